@@ -8,13 +8,19 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from pool.registry import NumberRegistry
 from relay.settings import Settings
+from sessions.services import ServiceStore
+from sessions.store import SessionStore
 
-__all__ = ["SETTINGS", "REDIS", "PG", "ApiKey", "API_KEY"]
+__all__ = ["SETTINGS", "REDIS", "PG", "SESSIONS", "SERVICES", "NUMBERS", "ApiKey", "API_KEY"]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis", aioredis.Redis)
 PG: web.AppKey[asyncpg.Pool] = web.AppKey("pg", asyncpg.Pool)
+SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
+SERVICES: web.AppKey[ServiceStore] = web.AppKey("services", ServiceStore)
+NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""Every Redis key shape Maskline uses. See docs/design.md for what each holds.
+
+Keys of one Service share the hash tag `{KS...}`, so each Lua script touches a single hash slot."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "PREFIX",
+    "SERVICES",
+    "EVENT_STREAMS",
+    "GLOBAL_PREFIX",
+    "service_prefix",
+    "service_settings",
+    "session",
+    "sessions_by_created",
+    "participant",
+    "pair",
+    "number",
+    "proxy_owner",
+    "events",
+    "interaction",
+    "session_interactions",
+    "optout",
+    "seen",
+]
+
+PREFIX: Final = "ml:"
+# Set of every Service sid (the sweeper walks it).
+SERVICES: Final = "ml:services"
+# Set of every events stream key (the audit writer drains them all).
+EVENT_STREAMS: Final = "ml:event-streams"
+# Prefix for events that belong to no Service (API keys, ...).
+GLOBAL_PREFIX: Final = "ml:{global}:"
+
+
+def service_prefix(service_sid: str) -> str:
+    """`ml:{KS...}:`: KEYS[1] of every pool script."""
+    return f"ml:{{{service_sid}}}:"
+
+
+def service_settings(service_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:svc"
+
+
+def session(service_sid: str, session_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:sess:{session_sid}"
+
+
+def sessions_by_created(service_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:sessions"
+
+
+def participant(service_sid: str, participant_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:part:{participant_sid}"
+
+
+def pair(service_sid: str, identifier: str, proxy: str) -> str:
+    """The routing key: (participant's real number, proxy number) -> "KC:KP"."""
+    return f"ml:{{{service_sid}}}:pair:{identifier}:{proxy}"
+
+
+def number(service_sid: str, e164: str) -> str:
+    return f"ml:{{{service_sid}}}:num:{e164}"
+
+
+def proxy_owner(e164: str) -> str:
+    """Proxy number -> the Service it belongs to (its own slot; workers cache it)."""
+    return f"ml:proxy:{e164}"
+
+
+def events(service_sid: str | None) -> str:
+    return f"ml:{{{service_sid}}}:events" if service_sid else GLOBAL_PREFIX + "events"
+
+
+def interaction(service_sid: str, interaction_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:ix:{interaction_sid}"
+
+
+def session_interactions(service_sid: str, session_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:sess:{session_sid}:ix"
+
+
+def optout(service_sid: str, identifier: str, proxy: str) -> str:
+    return f"ml:{{{service_sid}}}:optout:{identifier}:{proxy}"
+
+
+def seen(service_sid: str, resource_sid: str) -> str:
+    return f"ml:{{{service_sid}}}:seen:{resource_sid}"

@@ -1,0 +1,42 @@
+-- Add one participant to a session.
+-- KEYS[1]  Service prefix "ml:{KS}:"
+-- ARGV[1]  now_ms or ''
+-- ARGV[2]  event id for participant.added
+-- ARGV[3]  session sid
+-- ARGV[4..9] participant: sid (KP...), identifier, region, area, ProxyIdentifier or '', friendly_name
+-- Returns JSON: the participant, or {e=code, m=message}.
+
+local now = now_ms(ARGV[1])
+local sid = ARGV[3]
+local sk = P .. 'sess:' .. sid
+local sess = hgetall(sk)
+if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
+if sess.status == 'closed' then return fail(80607, 'Session ' .. sid .. ' is closed; participants cannot be added') end
+local kp, ident, region, area, explicit, name = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local count = 0
+for other in string.gmatch(sess.parts or '', '[^,]+') do
+  count = count + 1
+  if redis.call('HGET', P .. 'part:' .. other, 'identifier') == ident then
+    return fail(80605, 'participant ' .. ident .. ' is already in Session ' .. sid)
+  end
+end
+if count >= 2 then return fail(80603, 'Session ' .. sid .. ' already has two participants') end
+local countries = svc_field('allowed_countries', '')
+if countries ~= '' and not string.find(countries, ',' .. region .. ',', 1, true) then
+  return fail(80623, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
+    string.sub(countries, 2, -2) .. ')')
+end
+local proxy, code, msg = choose_proxy(ident, region, area, explicit,
+  svc_field('geo_match_level', 'country'), svc_field('number_selection_behavior', 'prefer-sticky'))
+if not proxy then return fail(code, msg) end
+hold_pair(ident, proxy, sid, kp)
+redis.call('HSET', P .. 'part:' .. kp, 'sid', kp, 'session_sid', sid, 'identifier', ident,
+  'proxy_identifier', proxy, 'proxy_identifier_sid', redis.call('HGET', P .. 'num:' .. proxy, 'sid'),
+  'friendly_name', name, 'created_ms', now, 'updated_ms', now)
+local parts = sess.parts or ''
+if parts == '' then parts = kp else parts = parts .. ',' .. kp end
+redis.call('HSET', sk, 'parts', parts, 'updated_ms', now)
+local p = participant_view(kp)
+emit(ARGV[2], 'participant.added', now, { session_sid = sid, participant = p,
+  numbers = { ident, proxy } })
+return cjson.encode(p)

@@ -1,0 +1,65 @@
+-- Update a session: Ttl, DateExpiry and Status (close, or re-open a closed session).
+-- KEYS[1]  Service prefix "ml:{KS}:"
+-- ARGV[1]  now_ms or ''
+-- ARGV[2]  event id (session.updated or session.closed)
+-- ARGV[3]  session sid
+-- ARGV[4]  ttl_s or '' (unchanged)
+-- ARGV[5]  date_expiry_ms or '' (unchanged)
+-- ARGV[6]  status or '' (unchanged): closed | in-progress | open
+-- Returns JSON: the session view, or {e=code, m=message}.
+
+local now = now_ms(ARGV[1])
+local sid, ttl, date_expiry, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local sk = P .. 'sess:' .. sid
+local sess = hgetall(sk)
+if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
+
+if sess.status == 'closed' then
+  if status ~= 'in-progress' then
+    if status == 'closed' and ttl == '' and date_expiry == '' then return cjson.encode(session_view(sid)) end
+    return fail(80607, 'Session ' .. sid .. ' is closed and cannot be updated; re-open it with Status=in-progress')
+  end
+  -- Re-open only if every pair is still ours (cooling off) or free; never steal a pair.
+  local parts = {}
+  for kp in string.gmatch(sess.parts or '', '[^,]+') do
+    local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier')
+    if not f[1] then return fail(80604, 'participant ' .. kp .. ' of Session ' .. sid .. ' is gone; create a new Session') end
+    local holder = redis.call('GET', pair_key(f[1], f[2]))
+    if holder and holder ~= sid .. ':' .. kp then
+      return fail(80604, 'proxy number ' .. f[2] .. ' is now paired with ' .. f[1] .. ' in another Session; create a new Session')
+    end
+    if redis.call('EXISTS', P .. 'num:' .. f[2]) == 0 then
+      return fail(80604, 'proxy number ' .. f[2] .. ' left the pool; create a new Session')
+    end
+    parts[#parts + 1] = { kp = kp, ident = f[1], proxy = f[2] }
+  end
+  for _, p in ipairs(parts) do
+    redis.call('PERSIST', P .. 'part:' .. p.kp)
+    hold_pair(p.ident, p.proxy, sid, p.kp)
+  end
+  for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or ''), sk .. ':ix' }) do redis.call('PERSIST', k) end
+  redis.call('HSET', sk, 'status', 'in-progress', 'closed_reason', '', 'ended_ms', '', 'updated_ms', now,
+    'last_activity_ms', now)
+  if ttl ~= '' then redis.call('HSET', sk, 'ttl', ttl) end
+  if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
+  schedule_expiry(sid, hgetall(sk))
+  local view = session_view(sid)
+  emit(ARGV[2], 'session.updated', now, view)
+  return cjson.encode(view)
+end
+
+if status == 'closed' then
+  close_session(sid, 'api', now, ARGV[2])
+  return cjson.encode(session_view(sid))
+end
+if status ~= '' and status ~= sess.status then
+  return fail(80608, 'Session ' .. sid .. ' cannot go from ' .. sess.status .. ' to ' .. status ..
+    '; allowed: closed, or in-progress to re-open a closed Session')
+end
+if ttl ~= '' then redis.call('HSET', sk, 'ttl', ttl) end
+if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
+redis.call('HSET', sk, 'updated_ms', now)
+schedule_expiry(sid, hgetall(sk))
+local view = session_view(sid)
+emit(ARGV[2], 'session.updated', now, view)
+return cjson.encode(view)

@@ -1,0 +1,145 @@
+"""Proxy numbers of a Service: rows in Postgres, pool membership in Redis (number_upsert.lua)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from audit.events import emit_event
+from pool import keys
+from pool.errors import Conflict, NotFound, PoolError
+from pool.numbers import parse_proxy_number
+from pool.scripts import Scripts
+
+__all__ = ["NumberRegistry"]
+
+DEFAULT_CAPABILITIES: Final = {"sms_inbound": True, "sms_outbound": True, "voice_inbound": True, "voice_outbound": True}
+
+INSERT: Final = """
+INSERT INTO phone_numbers (sid, service_sid, phone_number, friendly_name, iso_country, capabilities, is_reserved)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING *
+"""
+SELECT_ONE: Final = "SELECT * FROM phone_numbers WHERE service_sid = $1 AND (sid = $2 OR phone_number = $2)"
+SELECT_PAGE: Final = """
+SELECT * FROM phone_numbers WHERE service_sid = $1 ORDER BY date_created, sid OFFSET $2 LIMIT $3
+"""
+SELECT_SERVICE_ALL: Final = "SELECT * FROM phone_numbers WHERE service_sid = $1"
+UPDATE_RESERVED: Final = """
+UPDATE phone_numbers SET is_reserved = $3, date_updated = now() WHERE service_sid = $1 AND sid = $2 RETURNING *
+"""
+DELETE: Final = "DELETE FROM phone_numbers WHERE service_sid = $1 AND sid = $2"
+SERVICE_EXISTS: Final = "SELECT 1 FROM services WHERE sid = $1"
+
+
+def _row(record: asyncpg.Record) -> dict[str, Any]:
+    row = dict(record)
+    if isinstance(row.get("capabilities"), str):
+        row["capabilities"] = orjson.loads(row["capabilities"])
+    return row
+
+
+class NumberRegistry:
+    def __init__(self, pg: asyncpg.Pool, redis: aioredis.Redis, *, scripts: Scripts | None = None) -> None:
+        self.pg = pg
+        self.redis = redis
+        self.scripts = scripts or Scripts(redis)
+
+    async def add(
+        self, service_sid: str, phone_number: str, *, is_reserved: bool = False, friendly_name: str | None = None
+    ) -> dict[str, Any]:
+        number = parse_proxy_number(phone_number)
+        if await self.pg.fetchval(SERVICE_EXISTS, service_sid) is None:
+            raise NotFound(f"Service {service_sid} was not found")
+        sid = "PN" + uuid.uuid4().hex
+        try:
+            record = await self.pg.fetchrow(
+                INSERT,
+                sid,
+                service_sid,
+                number.e164,
+                friendly_name or number.e164,
+                number.iso_country,
+                orjson.dumps(DEFAULT_CAPABILITIES).decode(),
+                is_reserved,
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"phone number {number.e164} already belongs to a Service", code=80111) from None
+        row = _row(record)
+        row["in_use"] = await self.publish(row)
+        await emit_event(self.redis, service_sid=service_sid, type="number.added", data=_event_view(row))
+        return row
+
+    async def publish(self, row: dict[str, Any]) -> int:
+        """Put the number in Redis' pool (idempotent); returns its live session count."""
+        number = parse_proxy_number(row["phone_number"])
+        in_use = await self.scripts.call(
+            "number_upsert",
+            keys.service_prefix(row["service_sid"]),
+            number.e164,
+            row["sid"],
+            number.region,
+            number.area,
+            "1" if row["is_reserved"] else "0",
+        )
+        await self.redis.set(keys.proxy_owner(number.e164), row["service_sid"])
+        return int(in_use)
+
+    async def publish_service(self, service_sid: str) -> int:
+        rows = await self.pg.fetch(SELECT_SERVICE_ALL, service_sid)
+        for record in rows:
+            await self.publish(_row(record))
+        return len(rows)
+
+    async def get(self, service_sid: str, sid_or_number: str) -> dict[str, Any]:
+        record = await self.pg.fetchrow(SELECT_ONE, service_sid, sid_or_number)
+        if record is None:
+            raise NotFound(f"PhoneNumber {sid_or_number} was not found in Service {service_sid}")
+        row = _row(record)
+        row["in_use"] = await self._in_use(service_sid, row["phone_number"])
+        return row
+
+    async def list(self, service_sid: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        rows = [_row(r) for r in await self.pg.fetch(SELECT_PAGE, service_sid, offset, limit)]
+        if rows:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    pipe.hget(keys.number(service_sid, row["phone_number"]), "in_use")
+                counts = await pipe.execute()
+            for row, count in zip(rows, counts, strict=True):
+                row["in_use"] = int(count or 0)
+        return rows
+
+    async def set_reserved(self, service_sid: str, sid: str, is_reserved: bool) -> dict[str, Any]:
+        record = await self.pg.fetchrow(UPDATE_RESERVED, service_sid, sid, is_reserved)
+        if record is None:
+            raise NotFound(f"PhoneNumber {sid} was not found in Service {service_sid}")
+        row = _row(record)
+        row["in_use"] = await self.publish(row)
+        await emit_event(self.redis, service_sid=service_sid, type="number.updated", data=_event_view(row))
+        return row
+
+    async def remove(self, service_sid: str, sid: str) -> None:
+        row = await self.get(service_sid, sid)
+        in_use = int(await self.scripts.call("number_remove", keys.service_prefix(service_sid), row["phone_number"]))
+        if in_use > 0:
+            raise PoolError(
+                f"PhoneNumber {sid} carries {in_use} live session(s); close them before removing it from the pool",
+                code=80612,
+            )
+        await self.pg.execute(DELETE, service_sid, row["sid"])
+        await self.redis.delete(keys.proxy_owner(row["phone_number"]))
+        await emit_event(self.redis, service_sid=service_sid, type="number.removed", data=_event_view(row))
+
+    async def _in_use(self, service_sid: str, e164: str) -> int:
+        return int(await self.redis.hget(keys.number(service_sid, e164), "in_use") or 0)
+
+
+def _event_view(row: dict[str, Any]) -> dict[str, Any]:
+    view = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+    view["numbers"] = [row["phone_number"]]
+    return view

@@ -1,0 +1,194 @@
+"""/v1/Services and /v1/Services/{ServiceSid}/PhoneNumbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from pool.errors import Forbidden, InvalidParameter, MissingParameter
+from relay.api import render
+from relay.api.common import api_key, base_url, json, require, service_sid
+from relay.api.params import Params, page_args, read_params
+from relay.appkeys import NUMBERS, SERVICES
+from sessions.models import GeoMatchLevel, NumberSelection
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+OPTION_PARAMS = {
+    # Maskline extensions to a Service, stored in its `options`: Param -> (option key, kind)
+    "CallTimeLimit": ("call_time_limit_s", "int"),
+    "Whisper": ("whisper", "str"),
+    "RecordCalls": ("record_calls", "bool"),
+    "RecordingConsent": ("recording_consent", "str"),
+    "OutOfSessionMessage": ("out_of_session_message", "str"),
+    "HelpMessage": ("help_message", "str"),
+    "BodyPolicy": ("body_policy", "str"),
+}
+
+
+def _service_fields(params: Params, current_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    text = {
+        "UniqueName": "unique_name",
+        "CallbackUrl": "callback_url",
+        "InterceptCallbackUrl": "intercept_callback_url",
+        "OutOfSessionCallbackUrl": "out_of_session_callback_url",
+        "ChatInstanceSid": "chat_instance_sid",
+    }
+    for param, column in text.items():
+        if param in params:
+            fields[column] = params.str(param, max_len=2048) or None
+    if (ttl := params.int("DefaultTtl", maximum=31_536_000)) is not None:
+        fields["default_ttl_s"] = ttl
+    if (cool := params.int("CoolOff", maximum=30 * 86400)) is not None:
+        fields["cool_off_s"] = cool
+    if (geo := params.enum("GeoMatchLevel", GeoMatchLevel)) is not None:
+        fields["geo_match_level"] = geo
+    if (nsb := params.enum("NumberSelectionBehavior", NumberSelection)) is not None:
+        fields["number_selection_behavior"] = nsb
+    if "AllowedCountries" in params:
+        raw = params.str("AllowedCountries") or ""
+        fields["allowed_countries"] = [c.strip().upper() for c in raw.split(",") if c.strip()] or None
+    options = dict(current_options or {})
+    for param, (key, kind) in OPTION_PARAMS.items():
+        if param not in params:
+            continue
+        value: Any = (
+            params.int(param)
+            if kind == "int"
+            else params.bool(param)
+            if kind == "bool"
+            else params.str(param)
+        )
+        if key == "body_policy" and value not in ("keep", "redact", "hash"):
+            raise InvalidParameter("BodyPolicy must be one of keep, redact, hash")
+        options[key] = value
+    if options != (current_options or {}):
+        fields["options"] = options
+    return fields
+
+
+@routes.post("/v1/Services")
+async def create_service(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    if api_key(request).service_sids is not None:
+        raise Forbidden("this API key is scoped to some Services and cannot create new ones")
+    params = await read_params(request)
+    if not params.str("UniqueName"):
+        raise MissingParameter("Missing required parameter UniqueName")
+    row = await request.app[SERVICES].create(_service_fields(params))
+    return json(render.service(row, base_url(request)), status=201)
+
+
+@routes.get("/v1/Services")
+async def list_services(request: web.Request) -> web.Response:
+    key = require(request, "proxy")
+    page_no, size = page_args(request)
+    rows = await request.app[SERVICES].list(offset=page_no * size, limit=size + 1)
+    rows = [r for r in rows if key.may_see(r["sid"])]
+    items = [render.service(r, base_url(request)) for r in rows[:size]]
+    return json(
+        render.page(
+            "services",
+            items,
+            base=base_url(request),
+            path="/v1/Services",
+            page_no=page_no,
+            size=size,
+            has_more=len(rows) > size,
+        )
+    )
+
+
+@routes.get("/v1/Services/{ServiceSid}")
+async def fetch_service(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    row = await request.app[SERVICES].get(service_sid(request))
+    return json(render.service(row, base_url(request)))
+
+
+@routes.post("/v1/Services/{ServiceSid}")
+async def update_service(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    store = request.app[SERVICES]
+    current = await store.get(sid)
+    params = await read_params(request)
+    row = await store.update(sid, _service_fields(params, current.get("options")))
+    return json(render.service(row, base_url(request)))
+
+
+@routes.delete("/v1/Services/{ServiceSid}")
+async def delete_service(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    await request.app[SERVICES].delete(service_sid(request))
+    return web.Response(status=204)
+
+
+@routes.post("/v1/Services/{ServiceSid}/PhoneNumbers")
+async def add_number(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    params = await read_params(request)
+    number = params.str("PhoneNumber", max_len=64)
+    if not number:
+        if params.str("Sid"):
+            raise InvalidParameter(
+                "Maskline has no Twilio account inventory to look up an incoming number Sid; send PhoneNumber (E.164) instead"
+            )
+        raise MissingParameter("Missing required parameter PhoneNumber (E.164, e.g. +14155550100)")
+    row = await request.app[NUMBERS].add(
+        sid, number, is_reserved=bool(params.bool("IsReserved")), friendly_name=params.str("FriendlyName")
+    )
+    return json(render.phone_number(row, base_url(request)), status=201)
+
+
+@routes.get("/v1/Services/{ServiceSid}/PhoneNumbers")
+async def list_numbers(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    await request.app[SERVICES].get(sid)
+    page_no, size = page_args(request)
+    rows = await request.app[NUMBERS].list(sid, offset=page_no * size, limit=size + 1)
+    items = [render.phone_number(r, base_url(request)) for r in rows[:size]]
+    return json(
+        render.page(
+            "phone_numbers",
+            items,
+            base=base_url(request),
+            path=f"/v1/Services/{sid}/PhoneNumbers",
+            page_no=page_no,
+            size=size,
+            has_more=len(rows) > size,
+        )
+    )
+
+
+@routes.get("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
+async def fetch_number(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    row = await request.app[NUMBERS].get(service_sid(request), request.match_info["Sid"])
+    return json(render.phone_number(row, base_url(request)))
+
+
+@routes.post("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
+async def update_number(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    params = await read_params(request)
+    registry = request.app[NUMBERS]
+    row = await registry.get(sid, request.match_info["Sid"])
+    reserved = params.bool("IsReserved")
+    if reserved is not None:
+        row = await registry.set_reserved(sid, row["sid"], reserved)
+    return json(render.phone_number(row, base_url(request)))
+
+
+@routes.delete("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
+async def remove_number(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    await request.app[NUMBERS].remove(service_sid(request), request.match_info["Sid"])
+    return web.Response(status=204)

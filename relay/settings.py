@@ -1,0 +1,90 @@
+"""Process settings: one frozen dataclass, read from MASKLINE_* environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "EMBEDDED_MODES", "Settings"]
+
+ENV_PREFIX = "MASKLINE_"
+# auto: start an embedded server only for a default URL that does not answer;
+# always: use embedded servers whatever the URLs say; never: use the URLs as they are.
+EMBEDDED_MODES = ("auto", "always", "never")
+
+# Fields derived by from_env, never read from the environment themselves.
+_DERIVED = frozenset({"redis_url_explicit", "database_url_explicit"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/maskline"
+    public_url: str = "http://127.0.0.1:8080"  # how Twilio reaches us; the base of signed webhook URLs
+    host: str = "127.0.0.1"
+    port: int = 8080
+    twilio_account_sid: str = "AC" + "0" * 32
+    twilio_auth_token: str = "maskline-dev-auth-token"
+    twilio_api_url: str = "https://api.twilio.com"
+    data_dir: str = ".maskline"  # embedded servers keep their data here
+    embedded: str = "auto"
+    sweep_interval_s: float = 1.0
+    webhook_deadline_s: float = 2.0
+    intercept_timeout_s: float = 1.5
+    callback_timeout_s: float = 5.0
+    log_level: str = "INFO"
+    # Whether the URL came from the environment: an explicit URL that does not answer is an
+    # error, a default one that does not answer is replaced by an embedded server.
+    redis_url_explicit: bool = False
+    database_url_explicit: bool = False
+
+    def __post_init__(self) -> None:
+        # Signed webhook URLs are public_url + path; a trailing slash would double it and break
+        # every X-Twilio-Signature check.
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        object.__setattr__(self, "twilio_api_url", self.twilio_api_url.rstrip("/"))
+        if self.embedded not in EMBEDDED_MODES:
+            raise ValueError(
+                f"{ENV_PREFIX}EMBEDDED must be one of {', '.join(EMBEDDED_MODES)}, got {self.embedded!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from MASKLINE_<FIELD> variables; a bad value raises ValueError naming the variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name in _DERIVED:
+                continue
+            var = ENV_PREFIX + field.name.upper()
+            raw = env.get(var)
+            if raw is None:
+                continue
+            values[field.name] = _parse(var, raw, field.type)
+        values["redis_url_explicit"] = "redis_url" in values
+        values["database_url_explicit"] = "database_url" in values
+        return cls(**values)
+
+
+def _parse(var: str, raw: str, type_name: object) -> Any:
+    # With `from __future__ import annotations` field.type is the annotation string.
+    text = raw.strip()
+    if type_name in (int, "int"):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{var} must be an integer, got {raw!r}") from None
+    if type_name in (float, "float"):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{var} must be a number, got {raw!r}") from None
+        if value != value or value < 0:  # NaN or negative: no timeout or interval means that
+            raise ValueError(f"{var} must be a non-negative number, got {raw!r}")
+        return value
+    if not text:
+        raise ValueError(f"{var} is set but empty")
+    return text

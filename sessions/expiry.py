@@ -1,0 +1,43 @@
+"""The sweeper: closes sessions whose TTL or DateExpiry has passed, in every worker at once.
+
+close_expired.lua takes a session off the expiry zset in the same atomic step that closes it, so
+concurrent sweepers never close one session twice; running in every worker only makes closing
+prompter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pool import keys
+from sessions.store import SessionStore
+
+__all__ = ["sweep_once", "run_sweeper"]
+
+log = logging.getLogger("maskline.expiry")
+
+
+async def sweep_once(store: SessionStore, *, batch: int = 500) -> int:
+    """Close every due session of every Service; returns how many this call closed."""
+    closed = 0
+    for service_sid in await store.redis.smembers(keys.SERVICES):
+        while True:
+            n = await store.close_expired(service_sid, limit=batch)
+            closed += n
+            if n < batch:
+                break
+    return closed
+
+
+async def run_sweeper(store: SessionStore, *, interval_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            closed = await sweep_once(store)
+            if closed:
+                log.info("closed %d expired session(s)", closed)
+        except Exception as err:  # Redis away: try again next tick, never die
+            log.warning("expiry sweep failed: %s", err)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass

@@ -1,0 +1,195 @@
+"""Services: rows in Postgres (the source of truth), published to Redis for the hot path."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Final
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from audit.events import emit_event
+from pool import keys
+from pool.errors import Conflict, InvalidParameter, NotFound
+from sessions.models import GeoMatchLevel, NumberSelection
+
+__all__ = ["ServiceStore", "DEFAULT_COOL_OFF_S", "EDITABLE"]
+
+# A late caller redialling from their call log within this window gets "conversation ended",
+# never a stranger. Marketplaces keep contact open ~24 h after a trip; 4 h of quiet after close.
+DEFAULT_COOL_OFF_S: Final = 4 * 3600
+
+# Column -> default for the fields a caller may set.
+EDITABLE: Final[dict[str, Any]] = {
+    "unique_name": None,
+    "default_ttl_s": 0,
+    "geo_match_level": GeoMatchLevel.COUNTRY.value,
+    "number_selection_behavior": NumberSelection.PREFER_STICKY.value,
+    "callback_url": None,
+    "intercept_callback_url": None,
+    "out_of_session_callback_url": None,
+    "chat_instance_sid": None,
+    "cool_off_s": DEFAULT_COOL_OFF_S,
+    "allowed_countries": None,
+    "options": {},
+}
+
+INSERT: Final = """
+INSERT INTO services (sid, account_sid, unique_name, default_ttl_s, geo_match_level,
+                      number_selection_behavior, callback_url, intercept_callback_url,
+                      out_of_session_callback_url, chat_instance_sid, cool_off_s, allowed_countries, options)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+RETURNING *
+"""
+SELECT_ONE: Final = "SELECT * FROM services WHERE sid = $1"
+SELECT_PAGE: Final = "SELECT * FROM services ORDER BY date_created, sid OFFSET $1 LIMIT $2"
+SELECT_ALL: Final = "SELECT * FROM services"
+DELETE: Final = "DELETE FROM services WHERE sid = $1 RETURNING sid"
+
+
+def _check(fields: dict[str, Any]) -> None:
+    """Values a caller sent, checked before anything is written; messages say what to fix."""
+    if "unique_name" in fields:
+        name = fields["unique_name"]
+        if not name or len(name) > 191:
+            raise InvalidParameter("UniqueName must be 1 to 191 characters")
+    if "default_ttl_s" in fields and not 0 <= fields["default_ttl_s"] <= 31_536_000:
+        raise InvalidParameter("DefaultTtl must be between 0 (no TTL) and 31536000 seconds")
+    if "cool_off_s" in fields and not 0 <= fields["cool_off_s"] <= 30 * 86400:
+        raise InvalidParameter("CoolOff must be between 0 and 2592000 seconds")
+    if "geo_match_level" in fields and fields["geo_match_level"] not in set(GeoMatchLevel):
+        raise InvalidParameter("GeoMatchLevel must be one of: " + ", ".join(GeoMatchLevel))
+    if "number_selection_behavior" in fields and fields["number_selection_behavior"] not in set(NumberSelection):
+        raise InvalidParameter("NumberSelectionBehavior must be one of: " + ", ".join(NumberSelection))
+    for url_field in ("callback_url", "intercept_callback_url", "out_of_session_callback_url"):
+        url = fields.get(url_field)
+        if url and not url.startswith(("http://", "https://")):
+            raise InvalidParameter(f"{url_field} must be an http(s) URL")
+    countries = fields.get("allowed_countries")
+    if countries is not None and any(len(c) != 2 or not c.isalpha() for c in countries):
+        raise InvalidParameter("AllowedCountries must be ISO 3166 alpha-2 codes, comma separated (e.g. US,CA)")
+
+
+def _row(record: asyncpg.Record) -> dict[str, Any]:
+    row = dict(record)
+    if isinstance(row.get("options"), str):
+        row["options"] = orjson.loads(row["options"])
+    return row
+
+
+class ServiceStore:
+    def __init__(self, pg: asyncpg.Pool, redis: aioredis.Redis, *, account_sid: str) -> None:
+        self.pg = pg
+        self.redis = redis
+        self.account_sid = account_sid
+
+    async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
+        if not fields.get("unique_name"):
+            raise InvalidParameter("UniqueName is required", code=21602)
+        _check(fields)
+        values = {**EDITABLE, **fields}
+        sid = "KS" + uuid.uuid4().hex
+        try:
+            record = await self.pg.fetchrow(
+                INSERT,
+                sid,
+                self.account_sid,
+                values["unique_name"],
+                values["default_ttl_s"],
+                values["geo_match_level"],
+                values["number_selection_behavior"],
+                values["callback_url"],
+                values["intercept_callback_url"],
+                values["out_of_session_callback_url"],
+                values["chat_instance_sid"],
+                values["cool_off_s"],
+                values["allowed_countries"],
+                orjson.dumps(values["options"]).decode(),
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a Service with UniqueName {values['unique_name']} already exists", code=80110) from None
+        row = _row(record)
+        await self.publish(row)
+        await emit_event(self.redis, service_sid=sid, type="service.created", data=_event_view(row))
+        return row
+
+    async def get(self, sid: str) -> dict[str, Any]:
+        record = await self.pg.fetchrow(SELECT_ONE, sid)
+        if record is None:
+            raise NotFound(f"Service {sid} was not found")
+        return _row(record)
+
+    async def list(self, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        return [_row(r) for r in await self.pg.fetch(SELECT_PAGE, offset, limit)]
+
+    async def update(self, sid: str, fields: dict[str, Any]) -> dict[str, Any]:
+        _check(fields)
+        if not fields:
+            return await self.get(sid)
+        columns = [c for c in fields if c in EDITABLE]
+        assignments = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(columns))
+        values = [orjson.dumps(fields[c]).decode() if c == "options" else fields[c] for c in columns]
+        try:
+            record = await self.pg.fetchrow(
+                f"UPDATE services SET {assignments}, date_updated = now() WHERE sid = $1 RETURNING *", sid, *values
+            )
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a Service with UniqueName {fields.get('unique_name')} already exists", code=80110) from None
+        if record is None:
+            raise NotFound(f"Service {sid} was not found")
+        row = _row(record)
+        await self.publish(row)
+        await emit_event(self.redis, service_sid=sid, type="service.updated", data=_event_view(row))
+        return row
+
+    async def delete(self, sid: str) -> None:
+        """Removes the Service, its numbers and every Redis key of it (sessions included)."""
+        numbers = await self.pg.fetch("SELECT phone_number FROM phone_numbers WHERE service_sid = $1", sid)
+        if await self.pg.fetchval(DELETE, sid) is None:
+            raise NotFound(f"Service {sid} was not found")
+        await emit_event(self.redis, service_sid=sid, type="service.deleted", data={"sid": sid})
+        prefix = keys.service_prefix(sid)
+        events_key = keys.events(sid)
+        batch: list[str] = []
+        async for key in self.redis.scan_iter(match=prefix.replace("{", "\\{").replace("}", "\\}") + "*", count=1000):
+            if key != events_key:  # the audit writer still has to drain it
+                batch.append(key)
+            if len(batch) >= 500:
+                await self.redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.redis.unlink(*batch)
+        if numbers:
+            await self.redis.delete(*(keys.proxy_owner(r["phone_number"]) for r in numbers))
+        await self.redis.srem(keys.SERVICES, sid)
+
+    async def publish(self, row: dict[str, Any]) -> None:
+        """Copy what the hot path needs into Redis (idempotent; run for every Service at start-up)."""
+        countries = row.get("allowed_countries")
+        mapping = {
+            "sid": row["sid"],
+            "default_ttl_s": row["default_ttl_s"],
+            "geo_match_level": row["geo_match_level"],
+            "number_selection_behavior": row["number_selection_behavior"],
+            "cool_off_s": row["cool_off_s"],
+            "allowed_countries": "," + ",".join(c.upper() for c in countries) + "," if countries else "",
+            "callback_url": row.get("callback_url") or "",
+            "intercept_callback_url": row.get("intercept_callback_url") or "",
+            "out_of_session_callback_url": row.get("out_of_session_callback_url") or "",
+            "options": orjson.dumps(row.get("options") or {}).decode(),
+        }
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.service_settings(row["sid"]), mapping=mapping)
+            pipe.sadd(keys.SERVICES, row["sid"])
+            await pipe.execute()
+
+    async def publish_all(self) -> int:
+        rows = [_row(r) for r in await self.pg.fetch(SELECT_ALL)]
+        for row in rows:
+            await self.publish(row)
+        return len(rows)
+
+
+def _event_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}

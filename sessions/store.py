@@ -1,0 +1,174 @@
+"""Sessions and participants: every write is one Lua script (pool/lua), so the pair invariant
+holds under any concurrency. Reads are plain hash reads."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from pool import keys
+from pool.errors import InvalidParameter, NotFound
+from pool.numbers import parse_participant, parse_proxy_number
+from pool.scripts import Scripts, event_id, event_id_base
+from sessions.clock import SYSTEM, Clock
+from sessions.models import Mode, ParticipantRequest, Status
+
+__all__ = ["SessionStore", "new_sid"]
+
+
+def new_sid(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex
+
+
+class SessionStore:
+    def __init__(self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM) -> None:
+        self.redis = redis
+        self.scripts = scripts or Scripts(redis)
+        self.clock = clock
+
+    # -- participants' arguments -------------------------------------------------------------
+    async def _participant_args(self, service_sid: str, req: ParticipantRequest) -> list[str]:
+        allowed = None  # the allow-list is enforced inside the script, atomically with the rest
+        number = parse_participant(req.identifier, allowed_countries=allowed)
+        proxy = ""
+        if req.proxy_identifier:
+            proxy = parse_proxy_number(req.proxy_identifier).e164
+        elif req.proxy_identifier_sid:
+            proxy = await self._number_for_sid(service_sid, req.proxy_identifier_sid)
+        return [new_sid("KP"), number.e164, number.region, number.area, proxy, req.friendly_name]
+
+    async def _number_for_sid(self, service_sid: str, pn_sid: str) -> str:
+        e164 = await self.redis.hget(keys.service_prefix(service_sid) + "numsid", pn_sid)
+        if not e164:
+            raise InvalidParameter(f"ProxyIdentifierSid {pn_sid} is not a phone number of this Service", code=80205)
+        return str(e164)
+
+    # -- sessions --------------------------------------------------------------------------------
+    async def create_session(
+        self,
+        service_sid: str,
+        *,
+        unique_name: str = "",
+        mode: Mode = Mode.VOICE_AND_MESSAGE,
+        status: Status = Status.OPEN,
+        ttl_s: int | None = None,
+        date_expiry_ms: int | None = None,
+        participants: list[ParticipantRequest] | tuple[ParticipantRequest, ...] = (),
+        session_sid: str | None = None,
+    ) -> dict[str, Any]:
+        if len(participants) > 2:
+            raise InvalidParameter("a Session has at most two Participants", code=80603)
+        if status not in (Status.OPEN, Status.IN_PROGRESS):
+            raise InvalidParameter(f"Status must be open or in-progress when creating a Session, not {status}")
+        args: list[str | int] = [
+            self.clock.script_now(),
+            event_id(),
+            session_sid or new_sid("KC"),
+            unique_name,
+            mode.value,
+            status.value,
+            "" if ttl_s is None else ttl_s,
+            "" if date_expiry_ms is None else date_expiry_ms,
+            len(participants),
+        ]
+        for req in participants:
+            args.extend(await self._participant_args(service_sid, req))
+        return await self.scripts.call_json("create_session", keys.service_prefix(service_sid), *args)
+
+    async def get_session(self, service_sid: str, session_sid: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self.redis.hgetall(keys.session(service_sid, session_sid))
+        if not data:
+            raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
+        return data
+
+    async def list_sessions(self, service_sid: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Newest first. Sessions whose records expired after close are pruned from the index."""
+        index = keys.sessions_by_created(service_sid)
+        sids = await self.redis.zrevrange(index, offset, offset + limit - 1)
+        if not sids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(keys.session(service_sid, sid))
+            rows = await pipe.execute()
+        gone = [sid for sid, row in zip(sids, rows, strict=True) if not row]
+        if gone:
+            await self.redis.zrem(index, *gone)
+        return [row for row in rows if row]
+
+    async def update_session(
+        self,
+        service_sid: str,
+        session_sid: str,
+        *,
+        ttl_s: int | None = None,
+        date_expiry_ms: int | None = None,
+        status: Status | None = None,
+    ) -> dict[str, Any]:
+        return await self.scripts.call_json(
+            "update_session",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            event_id(),
+            session_sid,
+            "" if ttl_s is None else ttl_s,
+            "" if date_expiry_ms is None else date_expiry_ms,
+            "" if status is None else status.value,
+        )
+
+    async def close_session(self, service_sid: str, session_sid: str) -> dict[str, Any]:
+        return await self.update_session(service_sid, session_sid, status=Status.CLOSED)
+
+    async def delete_session(self, service_sid: str, session_sid: str) -> None:
+        deleted = await self.scripts.call(
+            "delete_session", keys.service_prefix(service_sid), self.clock.script_now(), event_id_base(), session_sid
+        )
+        if not deleted:
+            raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
+
+    async def close_expired(self, service_sid: str, *, limit: int = 500) -> int:
+        closed = await self.scripts.call(
+            "close_expired", keys.service_prefix(service_sid), self.clock.script_now(), event_id_base(), limit
+        )
+        return int(closed)
+
+    # -- participants ----------------------------------------------------------------------------
+    async def add_participant(self, service_sid: str, session_sid: str, req: ParticipantRequest) -> dict[str, Any]:
+        args = await self._participant_args(service_sid, req)
+        return await self.scripts.call_json(
+            "add_participant",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            event_id(),
+            session_sid,
+            *args,
+        )
+
+    async def remove_participant(self, service_sid: str, session_sid: str, participant_sid: str) -> dict[str, Any]:
+        return await self.scripts.call_json(
+            "remove_participant",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            event_id(),
+            session_sid,
+            participant_sid,
+        )
+
+    async def get_participant(self, service_sid: str, session_sid: str, participant_sid: str) -> dict[str, Any]:
+        data: dict[str, Any] = await self.redis.hgetall(keys.participant(service_sid, participant_sid))
+        if not data or data.get("session_sid") != session_sid:
+            raise NotFound(f"Participant {participant_sid} was not found in Session {session_sid}")
+        return data
+
+    async def list_participants(self, service_sid: str, session_sid: str) -> list[dict[str, Any]]:
+        session = await self.get_session(service_sid, session_sid)
+        sids = [s for s in session.get("parts", "").split(",") if s]
+        if not sids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(keys.participant(service_sid, sid))
+            rows = await pipe.execute()
+        return [row for row in rows if row]
