@@ -141,7 +141,9 @@ class AuditWriter:
 
     async def discover_streams(self) -> None:
         """Register streams missing from `ml:event-streams` (for instance after a partial restore)."""
-        found = [_text(k) async for k in self.redis.scan_iter(match=STREAM_PATTERN, _type="stream", count=1000)]
+        found = [
+            _text(k) async for k in self.redis.scan_iter(match=STREAM_PATTERN, _type="stream", count=1000)
+        ]
         if found:
             await self.redis.sadd(keys.EVENT_STREAMS, *found)
 
@@ -220,7 +222,9 @@ class AuditWriter:
         if dead:
             pipe = self.redis.pipeline(transaction=False)
             for e in dead:
-                log.error("audit writer: malformed entry %s %s moved to %s", e.stream, e.entry_id, DEAD_LETTERS)
+                log.error(
+                    "audit writer: malformed entry %s %s moved to %s", e.stream, e.entry_id, DEAD_LETTERS
+                )
                 pipe.xadd(DEAD_LETTERS, {**e.raw, "_stream": e.stream, "_entry_id": e.entry_id})
             await pipe.execute()
         if events:

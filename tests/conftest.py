@@ -147,26 +147,22 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-@pytest.fixture(scope="session")
-async def _pg_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    # A pool per test: a test (or an app it builds) may close the pool it was given.
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
     try:
+        async with pool.acquire() as conn:
+            tables = [row[0] for row in await conn.fetch(LIST_TABLES)]
+            if tables:
+                async with conn.transaction():
+                    # replica role skips user triggers (an append-only audit table may refuse
+                    # TRUNCATE through one); tests connect as a superuser, which may set it.
+                    await conn.execute("SET LOCAL session_replication_role = replica")
+                    await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
         yield pool
     finally:
         await pool.close()
-
-
-@pytest.fixture
-async def pg(_pg_pool: asyncpg.Pool) -> asyncpg.Pool:
-    async with _pg_pool.acquire() as conn:
-        tables = [row[0] for row in await conn.fetch(LIST_TABLES)]
-        if tables:
-            async with conn.transaction():
-                # replica role skips user triggers (an append-only audit table may refuse
-                # TRUNCATE through one); tests connect as a superuser, which may set it.
-                await conn.execute("SET LOCAL session_replication_role = replica")
-                await conn.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
-    return _pg_pool
 
 
 @pytest.fixture

@@ -139,7 +139,7 @@ class FakeTwilio:
         if request.content_type == "application/x-www-form-urlencoded":
             for key, value in (await request.post()).items():
                 form_all.setdefault(key, []).append(str(value))
-        response = self._injected_failure(request.path)
+        response: web.StreamResponse | None = self._injected_failure(request.path)
         if response is None:
             handler = self._routes.get((request.method, request.path))
             if handler is not None:
@@ -148,6 +148,7 @@ class FakeTwilio:
                 response = self._create_message(request, {k: v[-1] for k, v in form_all.items()})
             else:
                 response = _error(404)
+        assert response is not None
         self.requests.append(
             FakeRequest(
                 method=request.method,

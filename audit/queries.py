@@ -1,0 +1,264 @@
+"""Reading the audit log: filtered, keyset-paged queries and streaming exports (CSV, JSON Lines).
+
+Rows come back as readers should see them: subject tokens turned back into numbers and personal
+text decrypted; erased parts read "[erased]". Order is (ts, id) ascending; a cursor is the last
+(ts, id) seen, opaque to callers. A query by number looks up the number's subject token and uses
+the GIN index on `numbers`."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
+
+import asyncpg
+import orjson
+
+from audit import privacy
+from audit.chain import ts_from_ms, ts_to_ms
+from pool.errors import InvalidParameter
+
+__all__ = ["AuditEvent", "query_events", "export_events", "EXPORT_FORMATS"]
+
+EXPORT_FORMATS: Final = ("csv", "jsonl")
+CSV_COLUMNS: Final = ("id", "ts", "service_sid", "seq", "type", "session_sid", "numbers", "data")
+MAX_LIMIT: Final = 1000
+EXPORT_CHUNK_ROWS: Final = 1000
+
+SELECT_EVENTS: Final = """
+SELECT ts, id, service_sid, seq, type, session_sid, numbers, data FROM audit_events
+"""
+SELECT_TOKEN: Final = "SELECT subject_id FROM audit_subjects WHERE number = $1"
+
+# Filter fragments; each takes the next $n in turn (see _Filters.add).
+WHERE_SERVICES: Final = "service_sid = ANY(${}::text[])"
+WHERE_SESSION: Final = "session_sid = ${}"
+WHERE_NUMBERS: Final = "numbers @> ${}::text[]"
+WHERE_SINCE: Final = "ts >= ${}"
+WHERE_UNTIL: Final = "ts < ${}"
+WHERE_TYPES: Final = "type = ANY(${}::text[])"
+WHERE_AFTER: Final = "(ts, id) > (${}, ${})"
+ORDER: Final = " ORDER BY ts, id"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: str
+    ts: datetime
+    service_sid: str | None
+    seq: int
+    type: str
+    session_sid: str | None
+    numbers: list[str]  # real numbers, "[erased]" for an erased one
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ts": self.ts.isoformat().replace("+00:00", "Z"),
+            "service_sid": self.service_sid,
+            "seq": self.seq,
+            "type": self.type,
+            "session_sid": self.session_sid,
+            "numbers": self.numbers,
+            "data": self.data,
+        }
+
+
+class _Filters:
+    def __init__(self) -> None:
+        self.clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, fragment: str, *values: Any) -> None:
+        first = len(self.args) + 1
+        self.clauses.append(fragment.format(*range(first, first + len(values))))
+        self.args.extend(values)
+
+    def sql(self, tail: str = "") -> str:
+        where = (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
+        return SELECT_EVENTS + where + ORDER + tail
+
+
+async def _filters(
+    conn: asyncpg.Connection,
+    *,
+    service_sids: set[str] | None,
+    session_sid: str | None,
+    number: str | None,
+    proxy_number: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    types: Iterable[str] | None,
+) -> _Filters | None:
+    """The WHERE clause, or None when the query cannot match anything (unknown or erased number)."""
+    f = _Filters()
+    if service_sids is not None:
+        f.add(WHERE_SERVICES, sorted(service_sids))
+    if session_sid:
+        f.add(WHERE_SESSION, session_sid)
+    tokens = []
+    for n in (number, proxy_number):
+        if n:
+            token = await conn.fetchval(SELECT_TOKEN, n)
+            if token is None:
+                return None
+            tokens.append(token)
+    if tokens:
+        f.add(WHERE_NUMBERS, tokens)
+    if since is not None:
+        f.add(WHERE_SINCE, since)
+    if until is not None:
+        f.add(WHERE_UNTIL, until)
+    if types:
+        f.add(WHERE_TYPES, sorted(set(types)))
+    return f
+
+
+def encode_cursor(ts: datetime, event_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([ts_to_ms(ts), ts.microsecond % 1000, event_id])).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        ms, extra_us, event_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return ts_from_ms(int(ms)) + timedelta(microseconds=int(extra_us)), str(event_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise InvalidParameter("cursor is not one this API returned") from exc
+
+
+async def _reveal(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[AuditEvent]:
+    datas = [orjson.loads(r["data"]) for r in rows]
+    wanted: set[str] = set()
+    for r, d in zip(rows, datas, strict=True):
+        wanted.update(r["numbers"])
+        wanted |= privacy.tokens_in(d)
+    subjects = await privacy.lookup_subjects(conn, wanted)
+    out = []
+    for r, d in zip(rows, datas, strict=True):
+        numbers = list(r["numbers"])
+        out.append(
+            AuditEvent(
+                id=r["id"],
+                ts=r["ts"],
+                service_sid=r["service_sid"],
+                seq=r["seq"],
+                type=r["type"],
+                session_sid=r["session_sid"],
+                numbers=[subjects[t][0] if t in subjects else privacy.ERASED for t in numbers],
+                data=privacy.reveal(d, numbers, subjects),
+            )
+        )
+    return out
+
+
+async def query_events(
+    pg: asyncpg.Pool,
+    *,
+    service_sids: set[str] | None,
+    session_sid: str | None = None,
+    number: str | None = None,
+    proxy_number: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: Iterable[str] | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> tuple[list[AuditEvent], str | None]:
+    """One page of events in (ts, id) order and the cursor of the next page (None: last page).
+
+    `service_sids` None means every Service (and events of no Service); a set restricts to those."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    async with pg.acquire() as conn:
+        f = await _filters(
+            conn,
+            service_sids=service_sids,
+            session_sid=session_sid,
+            number=number,
+            proxy_number=proxy_number,
+            since=since,
+            until=until,
+            types=types,
+        )
+        if f is None:
+            return [], None
+        if cursor:
+            f.add(WHERE_AFTER, *decode_cursor(cursor))
+        f.args.append(limit + 1)
+        rows = await conn.fetch(f.sql(f" LIMIT ${len(f.args)}"), *f.args)
+        page = await _reveal(conn, rows[:limit])
+    next_cursor = encode_cursor(page[-1].ts, page[-1].id) if len(rows) > limit else None
+    return page, next_cursor
+
+
+async def export_events(
+    pg: asyncpg.Pool,
+    *,
+    service_sids: set[str] | None,
+    session_sid: str | None = None,
+    number: str | None = None,
+    proxy_number: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: Iterable[str] | None = None,
+    fmt: Literal["csv", "jsonl"] = "csv",
+) -> AsyncIterator[bytes]:
+    """The whole result as CSV or JSON Lines, in chunks, through a server-side cursor: memory stays
+    flat whatever the size of the result."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidParameter(f"format must be one of {', '.join(EXPORT_FORMATS)}")
+    async with pg.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        f = await _filters(
+            conn,
+            service_sids=service_sids,
+            session_sid=session_sid,
+            number=number,
+            proxy_number=proxy_number,
+            since=since,
+            until=until,
+            types=types,
+        )
+        if fmt == "csv":
+            yield _csv_chunk([], header=True)
+        if f is None:
+            return
+        chunk: list[asyncpg.Record] = []
+        async for r in conn.cursor(f.sql(), *f.args, prefetch=EXPORT_CHUNK_ROWS):
+            chunk.append(r)
+            if len(chunk) >= EXPORT_CHUNK_ROWS:
+                yield _encode(await _reveal(conn, chunk), fmt)
+                chunk = []
+        if chunk:
+            yield _encode(await _reveal(conn, chunk), fmt)
+
+
+def _encode(events: list[AuditEvent], fmt: str) -> bytes:
+    if fmt == "jsonl":
+        return b"".join(orjson.dumps(e.as_dict()) + b"\n" for e in events)
+    return _csv_chunk(events)
+
+
+def _csv_chunk(events: list[AuditEvent], *, header: bool = False) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if header:
+        w.writerow(CSV_COLUMNS)
+    for e in events:
+        d = e.as_dict()
+        w.writerow(
+            [
+                d["id"],
+                d["ts"],
+                d["service_sid"] or "",
+                d["seq"],
+                d["type"],
+                d["session_sid"] or "",
+                " ".join(e.numbers),
+                orjson.dumps(e.data).decode(),
+            ]
+        )
+    return buf.getvalue().encode()

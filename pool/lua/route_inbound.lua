@@ -1,0 +1,104 @@
+-- Route one inbound text or call by its (From, To) pair, in one round trip: de-duplicate Twilio's
+-- retries, find the live session, refuse what the session's mode or an opt-out forbids, restart
+-- the TTL, record the interaction and emit its event.
+-- KEYS[1]  Service prefix "ml:{KS}:"
+-- ARGV[1]  now_ms or ''
+-- ARGV[2]  event id for interaction.created
+-- ARGV[3]  From (E.164)       ARGV[4] To (the proxy number, E.164)
+-- ARGV[5]  kind: message | voice
+-- ARGV[6]  Twilio's MessageSid / CallSid (de-duplication key)
+-- ARGV[7]  interaction sid to create (KI...)
+-- ARGV[8]  keyword: '' | optout | optin | help   (decided by the caller from the body)
+-- ARGV[9]  interaction data (JSON text: body, media, ... as Twilio Proxy shows `data`)
+-- ARGV[10] seconds to remember a MessageSid / CallSid (Twilio retries within minutes)
+-- Returns JSON with `outcome`:
+--   duplicate   {answer}                       a retry: give the stored answer again
+--   no_session  {previous}                     no live session for the pair (previous: the closed one, if any)
+--   mode        {session}                      the session's mode refuses this kind
+--   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
+--   blocked     {...relay fields}              the recipient opted out of texts from that number
+--   relay       {session, inbound, outbound, interaction}
+
+local now = now_ms(ARGV[1])
+local from, to, kind, resource, ki, keyword = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+
+local seen = P .. 'seen:' .. resource
+local answer = redis.call('GET', seen)
+if answer then return cjson.encode({ outcome = 'duplicate', answer = answer }) end
+redis.call('SET', seen, '', 'EX', tonumber(ARGV[10]))
+
+local holder = redis.call('GET', pair_key(from, to))
+if not holder then return cjson.encode({ outcome = 'no_session' }) end
+local sid, kp = string.match(holder, '^([^:]+):(.+)$')
+local sk = P .. 'sess:' .. sid
+local sess = hgetall(sk)
+local live = sess and sess.status ~= 'closed' and string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true)
+if live then
+  local at = tonumber(sess.expires_at_ms or '0') or 0
+  if at > 0 and at <= now then
+    -- Due but not yet swept: close it now rather than relay on an expired session.
+    local de = tonumber(sess.date_expiry_ms or '') or 0
+    -- (its close event takes a sibling id: this call emits no interaction event)
+    close_session(sid, (de > 0 and de <= now) and 'expiry' or 'ttl', now, string.sub(ARGV[2], 1, -2) .. (string.sub(ARGV[2], -1) == '0' and '1' or '0'))
+    live = false
+  end
+end
+if not live then
+  return cjson.encode({ outcome = 'no_session', previous = sess and session_view(sid) or cjson.null })
+end
+
+local inbound = participant_view(kp)
+local outbound = nil
+for other in string.gmatch(sess.parts, '[^,]+') do
+  if other ~= kp then outbound = participant_view(other) end
+end
+if outbound == nil then
+  return cjson.encode({ outcome = 'no_session', previous = session_view(sid) })
+end
+if (kind == 'voice' and sess.mode == 'message-only') or (kind == 'message' and sess.mode == 'voice-only') then
+  return cjson.encode({ outcome = 'mode', session = sess })
+end
+
+local outcome = 'relay'
+if kind == 'message' then
+  if keyword == 'optout' then
+    redis.call('SET', P .. 'optout:' .. from .. ':' .. to, now)
+    outcome = 'keyword'
+  elseif keyword == 'optin' then
+    redis.call('DEL', P .. 'optout:' .. from .. ':' .. to)
+    outcome = 'keyword'
+  elseif keyword == 'help' then
+    outcome = 'keyword'
+  elseif redis.call('EXISTS', P .. 'optout:' .. outbound.identifier .. ':' .. outbound.proxy_identifier) == 1 then
+    outcome = 'blocked'
+  end
+end
+
+-- The session is in use: in-progress, and its TTL counts from now.
+if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
+redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
+sess.last_activity_ms = now
+schedule_expiry(sid, sess)
+
+local inbound_status = kind == 'message' and 'received' or 'in-progress'
+local outbound_status = outcome == 'relay' and 'initiated' or 'failed'
+local ix = {
+  'sid', ki, 'session_sid', sid, 'type', kind, 'data', ARGV[9], 'outcome', outcome,
+  'inbound_participant_sid', kp, 'inbound_resource_sid', resource, 'inbound_resource_status', inbound_status,
+  'inbound_resource_type', kind == 'message' and 'Message' or 'Call',
+  'outbound_participant_sid', outbound.sid, 'outbound_resource_sid', '',
+  'outbound_resource_status', outbound_status,
+  'outbound_resource_type', kind == 'message' and 'Message' or 'Call',
+  'created_ms', now, 'updated_ms', now,
+}
+redis.call('HSET', P .. 'ix:' .. ki, unpack(ix))
+redis.call('ZADD', sk .. ':ix', now, ki)
+local ix_view = hgetall(P .. 'ix:' .. ki)
+ix_view.numbers = { from, to, outbound.identifier, outbound.proxy_identifier }
+ix_view.inbound_identifier = from
+ix_view.outbound_identifier = outbound.identifier
+emit(ARGV[2], 'interaction.created', now, ix_view)
+return cjson.encode({
+  outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
+  interaction = ki,
+})

@@ -1,0 +1,76 @@
+"""Inbound routing by (From, To) at the domain level: the pair finds the session, nothing else."""
+
+from __future__ import annotations
+
+import pytest
+from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
+
+from sessions.routing import Router, classify_keyword
+
+
+@pytest.fixture
+async def world(pg, redis) -> World:
+    return World(pg, redis)
+
+
+async def test_text_from_customer_routes_to_courier_via_couriers_proxy(world: World) -> None:
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    given = proxies(view)
+    router = Router(world.redis, clock=world.clock)
+    route = await router.route_inbound(
+        from_=CUSTOMER, to=given[CUSTOMER], kind="message", resource_sid="SM1", data={"body": "hi"}
+    )
+    assert route.outcome == "relay"
+    assert route.outbound["identifier"] == COURIER
+    assert route.outbound["proxy_identifier"] == given[COURIER]
+    assert route.session["status"] == "in-progress"
+
+
+async def test_two_sessions_sharing_a_proxy_number_route_by_sender(world: World) -> None:
+    ks = await world.service()
+    await world.pool(ks, "+14155550201")
+    await world.session(ks, CUSTOMER, COURIER)
+    await world.session(ks, HOST, GUEST)
+    router = Router(world.redis, clock=world.clock)
+    a = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="voice", resource_sid="CA1", data={})
+    b = await router.route_inbound(from_=HOST, to="+14155550201", kind="voice", resource_sid="CA2", data={})
+    assert (a.outbound["identifier"], b.outbound["identifier"]) == (COURIER, GUEST)
+
+
+async def test_stranger_and_retry_and_closed_session(world: World) -> None:
+    ks = await world.service(cool_off_s=3600)
+    await world.pool(ks, "+14155550201")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    router = Router(world.redis, clock=world.clock)
+    stranger = await router.route_inbound(from_=HOST, to="+14155550201", kind="message", resource_sid="SM9", data={})
+    assert stranger.outcome == "no_session"
+    first = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={})
+    assert first.outcome == "relay"
+    await router.remember_answer(ks, "SM2", "<Response/>")
+    again = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={})
+    assert again.outcome == "duplicate" and again.data["answer"] == "<Response/>"
+    await world.sessions.close_session(ks, view["sid"])
+    late = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM3", data={})
+    assert late.outcome == "no_session"
+    assert late.data["previous"]["sid"] == view["sid"]
+
+
+async def test_expired_but_unswept_session_is_not_relayed(world: World) -> None:
+    ks = await world.service()
+    await world.pool(ks, "+14155550201")
+    await world.session(ks, CUSTOMER, COURIER, ttl_s=60)
+    router = Router(world.redis, clock=world.clock)
+    world.clock.advance(61)
+    route = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM4", data={})
+    assert route.outcome == "no_session"
+    assert route.data["previous"]["closed_reason"] == "ttl"
+
+
+def test_opt_out_words_ignore_case_and_space() -> None:
+    assert classify_keyword("  stop ") == "optout"
+    assert classify_keyword("StopAll") == "optout"
+    assert classify_keyword("unstop") == "optin"
+    assert classify_keyword("help") == "help"
+    assert classify_keyword("stop it please") == ""
