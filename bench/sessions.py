@@ -86,9 +86,11 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
         await redis.script_load(scripts._scripts["number_upsert"].script)
         store = SessionStore(redis, scripts=scripts)
         n = args.sessions
-        people = _numbers(2 * n + 1, seed=7)
+        probe = min(n, 5000)
+        people = _numbers(2 * n + 5000 + 2 * probe + 1, seed=7)
         pairs = [(people[2 * i], people[2 * i + 1]) for i in range(n)]
         heavy = people[-1]
+        spare = people[2 * n : -1]
         results: dict[str, list[float]] = {"1,000": [], "100,000": []}
         pools = {"1,000": _numbers(1_000, seed=1), "100,000": _numbers(100_000, seed=2)}
         print(f"maskline bench sessions: {n} creates per round, concurrency {args.concurrency}, {args.rounds} rounds")
@@ -105,14 +107,14 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
 
         # A courier already in 5,000 live sessions, against new participants, same pool.
         await _setup_pool(redis, scripts, pools["100,000"])
-        warm = [(heavy, b) for _, b in pairs[:5000]]
-        await _create_many(store, warm, args.concurrency)
-        probe = min(n, 5000)
-        heavy_rate = await _create_many(store, [(heavy, a) for a, _ in pairs[5000 : 5000 + probe]], args.concurrency)
-        fresh_rate = await _create_many(store, pairs[5000 + probe : 5000 + 2 * probe] or pairs[:probe], args.concurrency)
+        await _create_many(store, [(heavy, b) for b in spare[:5000]], args.concurrency)
+        rest = spare[5000:]
+        heavy_rate = await _create_many(store, [(heavy, b) for b in rest[:probe]], args.concurrency)
+        fresh = [(rest[probe + 2 * i], rest[probe + 2 * i + 1]) for i in range(probe // 2)]
+        fresh_rate = await _create_many(store, fresh, args.concurrency)
         print(f"participant holding 5,000 live sessions: {heavy_rate:8.0f} creates/s; new participants: {fresh_rate:8.0f} creates/s")
         await redis.flushdb()
     finally:
         await redis.aclose()
-        servers.stop()
+        await servers.stop()
     return 0

@@ -114,7 +114,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return int(await run_audit(args, settings) or 0)
         return 2
     finally:
-        servers.stop()
+        await servers.stop()
 
 
 async def _migrate(settings: Settings) -> int:
