@@ -36,4 +36,4 @@ class ApiKey:
         return self.service_sids is None or service_sid in self.service_sids
 
 
-API_KEY = "maskline.api_key"
+API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)
