@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from pool import keys
 from sessions.store import SessionStore
@@ -20,7 +21,8 @@ log = logging.getLogger("maskline.expiry")
 async def sweep_once(store: SessionStore, *, batch: int = 500) -> int:
     """Close every due session of every Service; returns how many this call closed."""
     closed = 0
-    for service_sid in await store.redis.smembers(keys.SERVICES):
+    service_sids = cast(set[str], await store.redis.smembers(keys.SERVICES))
+    for service_sid in service_sids:
         while True:
             n = await store.close_expired(service_sid, limit=batch)
             closed += n

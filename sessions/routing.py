@@ -7,7 +7,7 @@ only ever find "no session", and a miss re-reads the owner once."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -71,7 +71,7 @@ class Router:
     async def service_for(self, proxy: str, *, fresh: bool = False) -> str | None:
         if not fresh and (owner := self._owner.get(proxy)):
             return owner
-        found = await self.redis.get(keys.proxy_owner(proxy))
+        found = cast(str | None, await self.redis.get(keys.proxy_owner(proxy)))
         if found:
             if len(self._owner) > 200_000:
                 self._owner.clear()

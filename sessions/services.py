@@ -167,7 +167,7 @@ class ServiceStore:
     async def publish(self, row: dict[str, Any]) -> None:
         """Copy what the hot path needs into Redis (idempotent; run for every Service at start-up)."""
         countries = row.get("allowed_countries")
-        mapping = {
+        mapping: dict[str | bytes, str | int] = {
             "sid": row["sid"],
             "default_ttl_s": row["default_ttl_s"],
             "geo_match_level": row["geo_match_level"],
@@ -180,7 +180,7 @@ class ServiceStore:
             "options": orjson.dumps(row.get("options") or {}).decode(),
         }
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.service_settings(row["sid"]), mapping=mapping)
+            pipe.hset(keys.service_settings(row["sid"]), mapping=mapping)  # type: ignore[arg-type]
             pipe.sadd(keys.SERVICES, row["sid"])
             await pipe.execute()
 

@@ -4,7 +4,7 @@ holds under any concurrency. Reads are plain hash reads."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -78,7 +78,7 @@ class SessionStore:
         return await self.scripts.call_json("create_session", keys.service_prefix(service_sid), *args)
 
     async def get_session(self, service_sid: str, session_sid: str) -> dict[str, Any]:
-        data: dict[str, Any] = await self.redis.hgetall(keys.session(service_sid, session_sid))
+        data: dict[str, Any] = cast(dict[str, Any], await self.redis.hgetall(keys.session(service_sid, session_sid)))
         if not data:
             raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
         return data
@@ -86,7 +86,7 @@ class SessionStore:
     async def list_sessions(self, service_sid: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
         """Newest first. Sessions whose records expired after close are pruned from the index."""
         index = keys.sessions_by_created(service_sid)
-        sids = await self.redis.zrevrange(index, offset, offset + limit - 1)
+        sids: list[str] = cast(list[str], await self.redis.zrevrange(index, offset, offset + limit - 1))
         if not sids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -157,7 +157,7 @@ class SessionStore:
         )
 
     async def get_participant(self, service_sid: str, session_sid: str, participant_sid: str) -> dict[str, Any]:
-        data: dict[str, Any] = await self.redis.hgetall(keys.participant(service_sid, participant_sid))
+        data: dict[str, Any] = cast(dict[str, Any], await self.redis.hgetall(keys.participant(service_sid, participant_sid)))
         if not data or data.get("session_sid") != session_sid:
             raise NotFound(f"Participant {participant_sid} was not found in Session {session_sid}")
         return data
