@@ -58,9 +58,9 @@ FROM generate_series($4::bigint, $5::bigint) AS g
 """
 FILL_SUBJECTS = """
 INSERT INTO audit_subjects (subject_id, number, key)
-SELECT 'SJ' || md5('p' || g), '+1555' || lpad(g::text, 7, '0'), '\\x00' FROM generate_series(0, $1 - 1) AS g
+SELECT 'SJ' || md5('p' || g), '+1555' || lpad(g::text, 7, '0'), '\\x00'::bytea FROM generate_series(0, $1 - 1) AS g
 UNION ALL
-SELECT 'SJ' || md5('x' || g), '+1666' || lpad(g::text, 7, '0'), '\\x00' FROM generate_series(0, $2 - 1) AS g
+SELECT 'SJ' || md5('x' || g), '+1666' || lpad(g::text, 7, '0'), '\\x00'::bytea FROM generate_series(0, $2 - 1) AS g
 """
 ENSURE_MONTHS = """
 SELECT audit_ensure_partition(now() - m * interval '1 month') FROM generate_series(0, 4) AS m
