@@ -44,13 +44,24 @@ def _numbers(count: int, seed: int) -> list[str]:
 
 async def _setup_pool(redis: aioredis.Redis, scripts: Scripts, pool: list[str]) -> None:
     await redis.flushdb()
-    await redis.hset(keys.service_settings(SERVICE), mapping={"sid": SERVICE, "cool_off_s": 3600, "default_ttl_s": 0})
+    await redis.hset(
+        keys.service_settings(SERVICE), mapping={"sid": SERVICE, "cool_off_s": 3600, "default_ttl_s": 0}
+    )
     prefix = keys.service_prefix(SERVICE)
     for start in range(0, len(pool), 5000):
         async with redis.pipeline(transaction=False) as pipe:
             for i, e164 in enumerate(pool[start : start + 5000], start=start):
                 n = parse_proxy_number(e164)
-                pipe.evalsha(scripts._scripts["number_upsert"].sha, 1, prefix, n.e164, f"PN{i:032x}", n.region, n.area, "0")
+                pipe.evalsha(
+                    scripts._scripts["number_upsert"].sha,
+                    1,
+                    prefix,
+                    n.e164,
+                    f"PN{i:032x}",
+                    n.region,
+                    n.area,
+                    "0",
+                )
             await pipe.execute()
 
 
@@ -93,7 +104,9 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
         spare = people[2 * n : -1]
         results: dict[str, list[float]] = {"1,000": [], "100,000": []}
         pools = {"1,000": _numbers(1_000, seed=1), "100,000": _numbers(100_000, seed=2)}
-        print(f"maskline bench sessions: {n} creates per round, concurrency {args.concurrency}, {args.rounds} rounds")
+        print(
+            f"maskline bench sessions: {n} creates per round, concurrency {args.concurrency}, {args.rounds} rounds"
+        )
         for round_no in range(args.rounds):
             for label, pool in pools.items():
                 await _setup_pool(redis, scripts, pool)
@@ -112,7 +125,9 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
         heavy_rate = await _create_many(store, [(heavy, b) for b in rest[:probe]], args.concurrency)
         fresh = [(rest[probe + 2 * i], rest[probe + 2 * i + 1]) for i in range(probe // 2)]
         fresh_rate = await _create_many(store, fresh, args.concurrency)
-        print(f"participant holding 5,000 live sessions: {heavy_rate:8.0f} creates/s; new participants: {fresh_rate:8.0f} creates/s")
+        print(
+            f"participant holding 5,000 live sessions: {heavy_rate:8.0f} creates/s; new participants: {fresh_rate:8.0f} creates/s"
+        )
         await redis.flushdb()
     finally:
         await redis.aclose()

@@ -17,7 +17,12 @@ from pool.scripts import Scripts
 
 __all__ = ["NumberRegistry"]
 
-DEFAULT_CAPABILITIES: Final = {"sms_inbound": True, "sms_outbound": True, "voice_inbound": True, "voice_outbound": True}
+DEFAULT_CAPABILITIES: Final = {
+    "sms_inbound": True,
+    "sms_outbound": True,
+    "voice_inbound": True,
+    "voice_outbound": True,
+}
 
 INSERT: Final = """
 INSERT INTO phone_numbers (sid, service_sid, phone_number, friendly_name, iso_country, capabilities, is_reserved)
@@ -50,7 +55,12 @@ class NumberRegistry:
         self.scripts = scripts or Scripts(redis)
 
     async def add(
-        self, service_sid: str, phone_number: str, *, is_reserved: bool = False, friendly_name: str | None = None
+        self,
+        service_sid: str,
+        phone_number: str,
+        *,
+        is_reserved: bool = False,
+        friendly_name: str | None = None,
     ) -> dict[str, Any]:
         number = parse_proxy_number(phone_number)
         if await self.pg.fetchval(SERVICE_EXISTS, service_sid) is None:
@@ -125,7 +135,9 @@ class NumberRegistry:
 
     async def remove(self, service_sid: str, sid: str) -> None:
         row = await self.get(service_sid, sid)
-        in_use = int(await self.scripts.call("number_remove", keys.service_prefix(service_sid), row["phone_number"]))
+        in_use = int(
+            await self.scripts.call("number_remove", keys.service_prefix(service_sid), row["phone_number"])
+        )
         if in_use > 0:
             raise PoolError(
                 f"PhoneNumber {sid} carries {in_use} live session(s); close them before removing it from the pool",

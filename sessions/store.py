@@ -23,7 +23,9 @@ def new_sid(prefix: str) -> str:
 
 
 class SessionStore:
-    def __init__(self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM
+    ) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts(redis)
         self.clock = clock
@@ -42,7 +44,9 @@ class SessionStore:
     async def _number_for_sid(self, service_sid: str, pn_sid: str) -> str:
         e164 = await self.redis.hget(keys.service_prefix(service_sid) + "numsid", pn_sid)
         if not e164:
-            raise InvalidParameter(f"ProxyIdentifierSid {pn_sid} is not a phone number of this Service", code=80205)
+            raise InvalidParameter(
+                f"ProxyIdentifierSid {pn_sid} is not a phone number of this Service", code=80205
+            )
         return str(e164)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -61,7 +65,9 @@ class SessionStore:
         if len(participants) > 2:
             raise InvalidParameter("a Session has at most two Participants", code=80603)
         if status not in (Status.OPEN, Status.IN_PROGRESS):
-            raise InvalidParameter(f"Status must be open or in-progress when creating a Session, not {status}")
+            raise InvalidParameter(
+                f"Status must be open or in-progress when creating a Session, not {status}"
+            )
         args: list[str | int] = [
             self.clock.script_now(),
             event_id(),
@@ -78,7 +84,9 @@ class SessionStore:
         return await self.scripts.call_json("create_session", keys.service_prefix(service_sid), *args)
 
     async def get_session(self, service_sid: str, session_sid: str) -> dict[str, Any]:
-        data: dict[str, Any] = cast(dict[str, Any], await self.redis.hgetall(keys.session(service_sid, session_sid)))
+        data: dict[str, Any] = cast(
+            dict[str, Any], await self.redis.hgetall(keys.session(service_sid, session_sid))
+        )
         if not data:
             raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
         return data
@@ -123,7 +131,11 @@ class SessionStore:
 
     async def delete_session(self, service_sid: str, session_sid: str) -> None:
         deleted = await self.scripts.call(
-            "delete_session", keys.service_prefix(service_sid), self.clock.script_now(), event_id_base(), session_sid
+            "delete_session",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            event_id_base(),
+            session_sid,
         )
         if not deleted:
             raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
@@ -135,7 +147,9 @@ class SessionStore:
         return int(closed)
 
     # -- participants ----------------------------------------------------------------------------
-    async def add_participant(self, service_sid: str, session_sid: str, req: ParticipantRequest) -> dict[str, Any]:
+    async def add_participant(
+        self, service_sid: str, session_sid: str, req: ParticipantRequest
+    ) -> dict[str, Any]:
         args = await self._participant_args(service_sid, req)
         return await self.scripts.call_json(
             "add_participant",
@@ -146,7 +160,9 @@ class SessionStore:
             *args,
         )
 
-    async def remove_participant(self, service_sid: str, session_sid: str, participant_sid: str) -> dict[str, Any]:
+    async def remove_participant(
+        self, service_sid: str, session_sid: str, participant_sid: str
+    ) -> dict[str, Any]:
         return await self.scripts.call_json(
             "remove_participant",
             keys.service_prefix(service_sid),
@@ -156,8 +172,12 @@ class SessionStore:
             participant_sid,
         )
 
-    async def get_participant(self, service_sid: str, session_sid: str, participant_sid: str) -> dict[str, Any]:
-        data: dict[str, Any] = cast(dict[str, Any], await self.redis.hgetall(keys.participant(service_sid, participant_sid)))
+    async def get_participant(
+        self, service_sid: str, session_sid: str, participant_sid: str
+    ) -> dict[str, Any]:
+        data: dict[str, Any] = cast(
+            dict[str, Any], await self.redis.hgetall(keys.participant(service_sid, participant_sid))
+        )
         if not data or data.get("session_sid") != session_sid:
             raise NotFound(f"Participant {participant_sid} was not found in Session {session_sid}")
         return data

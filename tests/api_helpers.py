@@ -43,7 +43,11 @@ class RunningApp:
 
 @asynccontextmanager
 async def running_app(
-    settings: Settings, redis: aioredis.Redis, pg: asyncpg.Pool, *, permissions: frozenset[str] = frozenset({"proxy"})
+    settings: Settings,
+    redis: aioredis.Redis,
+    pg: asyncpg.Pool,
+    *,
+    permissions: frozenset[str] = frozenset({"proxy"}),
 ) -> AsyncIterator[RunningApp]:
     clock = ManualClock(1_900_000_000_000)
     app = create_app(settings, redis=redis, pg=pg, clock=clock, background=False)

@@ -48,18 +48,34 @@ async def test_official_twilio_client_drives_the_whole_api(api: RunningApp) -> N
         for i in range(7):
             client.proxy.v1.services(service.sid).sessions.create(unique_name=f"bulk-{i}")
         paged = list(client.proxy.v1.services(service.sid).sessions.stream(page_size=3))
-        one = client.proxy.v1.services(service.sid).sessions(session.sid).participants(participants[0].sid).fetch()
+        one = (
+            client.proxy.v1.services(service.sid)
+            .sessions(session.sid)
+            .participants(participants[0].sid)
+            .fetch()
+        )
         client.proxy.v1.services(service.sid).sessions(session.sid).participants(participants[0].sid).delete()
         client.proxy.v1.services(service.sid).sessions(session.sid).delete()
         return {
-            "service": service, "fetched": fetched, "updated": updated, "numbers": numbers, "reserved": reserved,
-            "session": session, "participants": participants, "in_use": in_use, "closed": closed,
-            "reopened": reopened, "paged": paged, "one": one,
+            "service": service,
+            "fetched": fetched,
+            "updated": updated,
+            "numbers": numbers,
+            "reserved": reserved,
+            "session": session,
+            "participants": participants,
+            "in_use": in_use,
+            "closed": closed,
+            "reopened": reopened,
+            "paged": paged,
+            "one": one,
         }
 
     r = await asyncio.to_thread(scenario)
     service, session = r["service"], r["session"]
-    assert service.sid.startswith("KS") and service.unique_name == "deliveries" and service.default_ttl == 3600
+    assert (
+        service.sid.startswith("KS") and service.unique_name == "deliveries" and service.default_ttl == 3600
+    )
     assert service.url == f"{api.base}/v1/Services/{service.sid}"
     assert service.links["sessions"] == f"{api.base}/v1/Services/{service.sid}/Sessions"
     assert r["fetched"].sid == service.sid and r["updated"].geo_match_level == "country"
@@ -84,9 +100,15 @@ async def test_errors_reach_the_twilio_client_with_their_codes(api: RunningApp) 
         client.proxy.v1.services(service.sid).phone_numbers.create(phone_number="+14155550201")
         seen = []
         attempts = [
-            lambda: client.proxy.v1.services(service.sid).sessions.create(participants=[{"Identifier": "+44 7400 123457"}]),
-            lambda: client.proxy.v1.services(service.sid).sessions.create(participants=[{"Identifier": "911"}]),
-            lambda: client.proxy.v1.services(service.sid).sessions.create(participants=[{"Identifier": "not a number"}]),
+            lambda: client.proxy.v1.services(service.sid).sessions.create(
+                participants=[{"Identifier": "+44 7400 123457"}]
+            ),
+            lambda: client.proxy.v1.services(service.sid).sessions.create(
+                participants=[{"Identifier": "911"}]
+            ),
+            lambda: client.proxy.v1.services(service.sid).sessions.create(
+                participants=[{"Identifier": "not a number"}]
+            ),
             lambda: client.proxy.v1.services(service.sid).sessions("KC" + "0" * 32).fetch(),
             lambda: client.proxy.v1.services.create(unique_name="errs"),
             lambda: client.proxy.v1.services(service.sid).sessions.create(ttl=-5),
@@ -98,7 +120,14 @@ async def test_errors_reach_the_twilio_client_with_their_codes(api: RunningApp) 
                 seen.append((err.status, err.code))
         return seen
 
-    assert await asyncio.to_thread(scenario) == [(400, 80203), (400, 80623), (400, 80601), (404, 20404), (409, 80110), (400, 20001)]
+    assert await asyncio.to_thread(scenario) == [
+        (400, 80203),
+        (400, 80623),
+        (400, 80601),
+        (404, 20404),
+        (409, 80110),
+        (400, 20001),
+    ]
 
 
 async def test_wrong_or_missing_credentials_get_401(api: RunningApp) -> None:
@@ -138,7 +167,8 @@ async def test_bad_input_gets_a_clear_4xx_and_writes_nothing(api: RunningApp) ->
 
 async def test_json_bodies_are_accepted(api: RunningApp) -> None:
     async with api.http.post(
-        api.base + "/v1/Services", json={"UniqueName": "json-svc", "DefaultTtl": 60},
+        api.base + "/v1/Services",
+        json={"UniqueName": "json-svc", "DefaultTtl": 60},
         headers=api.auth_headers,
     ) as resp:
         assert resp.status == 201

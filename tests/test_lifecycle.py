@@ -180,7 +180,10 @@ async def test_participants_added_one_by_one_and_removed(world: World) -> None:
     with pytest.raises(PoolError) as err:
         await world.sessions.add_participant(ks, view["sid"], ParticipantRequest(HOST))
     assert err.value.code == 80603
-    assert [p["friendly_name"] for p in await world.sessions.list_participants(ks, view["sid"])] == ["Ann", ""]
+    assert [p["friendly_name"] for p in await world.sessions.list_participants(ks, view["sid"])] == [
+        "Ann",
+        "",
+    ]
     await world.sessions.remove_participant(ks, view["sid"], a["sid"])
     assert len(await world.sessions.list_participants(ks, view["sid"])) == 1
     assert await _text(world, CUSTOMER, a["proxy_identifier"], "SM6") == "no_session"

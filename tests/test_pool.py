@@ -41,7 +41,9 @@ async def test_one_proxy_number_serves_many_sessions_of_different_participants(w
     assert (await world.numbers.get(ks, US_POOL[0]))["in_use"] == 4
 
 
-async def test_concurrent_creates_for_one_participant_never_duplicate_a_pair(world: World, redis_url: str) -> None:
+async def test_concurrent_creates_for_one_participant_never_duplicate_a_pair(
+    world: World, redis_url: str
+) -> None:
     # 1,000 creates in flight on 50 connections: Redis runs them interleaved, as under real load.
     busy = redis_client(redis_url, max_connections=50, timeout_s=30)
     world.sessions = SessionStore(busy, clock=world.clock)

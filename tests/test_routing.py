@@ -34,7 +34,9 @@ async def test_two_sessions_sharing_a_proxy_number_route_by_sender(world: World)
     await world.session(ks, CUSTOMER, COURIER)
     await world.session(ks, HOST, GUEST)
     router = Router(world.redis, clock=world.clock)
-    a = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="voice", resource_sid="CA1", data={})
+    a = await router.route_inbound(
+        from_=CUSTOMER, to="+14155550201", kind="voice", resource_sid="CA1", data={}
+    )
     b = await router.route_inbound(from_=HOST, to="+14155550201", kind="voice", resource_sid="CA2", data={})
     assert (a.outbound["identifier"], b.outbound["identifier"]) == (COURIER, GUEST)
 
@@ -44,15 +46,23 @@ async def test_stranger_and_retry_and_closed_session(world: World) -> None:
     await world.pool(ks, "+14155550201")
     view = await world.session(ks, CUSTOMER, COURIER)
     router = Router(world.redis, clock=world.clock)
-    stranger = await router.route_inbound(from_=HOST, to="+14155550201", kind="message", resource_sid="SM9", data={})
+    stranger = await router.route_inbound(
+        from_=HOST, to="+14155550201", kind="message", resource_sid="SM9", data={}
+    )
     assert stranger.outcome == "no_session"
-    first = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={})
+    first = await router.route_inbound(
+        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={}
+    )
     assert first.outcome == "relay"
     await router.remember_answer(ks, "SM2", "<Response/>")
-    again = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={})
+    again = await router.route_inbound(
+        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={}
+    )
     assert again.outcome == "duplicate" and again.data["answer"] == "<Response/>"
     await world.sessions.close_session(ks, view["sid"])
-    late = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM3", data={})
+    late = await router.route_inbound(
+        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM3", data={}
+    )
     assert late.outcome == "no_session"
     assert late.data["previous"]["sid"] == view["sid"]
 
@@ -63,7 +73,9 @@ async def test_expired_but_unswept_session_is_not_relayed(world: World) -> None:
     await world.session(ks, CUSTOMER, COURIER, ttl_s=60)
     router = Router(world.redis, clock=world.clock)
     world.clock.advance(61)
-    route = await router.route_inbound(from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM4", data={})
+    route = await router.route_inbound(
+        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM4", data={}
+    )
     assert route.outcome == "no_session"
     assert route.data["previous"]["closed_reason"] == "ttl"
 

@@ -18,9 +18,18 @@
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
 --   relay       {session, inbound, outbound, interaction}
+-- Every outcome but duplicate also carries `svc`: the Service's [callback_url,
+-- intercept_callback_url, out_of_session_callback_url, options] (false when unset), so the
+-- webhook needs no second round trip for the Service's relay options.
 
 local now = now_ms(ARGV[1])
 local from, to, kind, resource, ki, keyword = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+
+local function done(t)
+  t.svc = redis.call('HMGET', P .. 'svc', 'callback_url', 'intercept_callback_url',
+    'out_of_session_callback_url', 'options')
+  return cjson.encode(t)
+end
 
 local seen = P .. 'seen:' .. resource
 local answer = redis.call('GET', seen)
@@ -28,7 +37,7 @@ if answer then return cjson.encode({ outcome = 'duplicate', answer = answer }) e
 redis.call('SET', seen, '', 'EX', tonumber(ARGV[10]))
 
 local holder = redis.call('GET', pair_key(from, to))
-if not holder then return cjson.encode({ outcome = 'no_session' }) end
+if not holder then return done({ outcome = 'no_session' }) end
 local sid, kp = string.match(holder, '^([^:]+):(.+)$')
 local sk = P .. 'sess:' .. sid
 local sess = hgetall(sk)
@@ -44,7 +53,7 @@ if live then
   end
 end
 if not live then
-  return cjson.encode({ outcome = 'no_session', previous = sess and session_view(sid) or cjson.null })
+  return done({ outcome = 'no_session', previous = sess and session_view(sid) or cjson.null })
 end
 
 local inbound = participant_view(kp)
@@ -53,10 +62,10 @@ for other in string.gmatch(sess.parts, '[^,]+') do
   if other ~= kp then outbound = participant_view(other) end
 end
 if outbound == nil then
-  return cjson.encode({ outcome = 'no_session', previous = session_view(sid) })
+  return done({ outcome = 'no_session', previous = session_view(sid) })
 end
 if (kind == 'voice' and sess.mode == 'message-only') or (kind == 'message' and sess.mode == 'voice-only') then
-  return cjson.encode({ outcome = 'mode', session = sess })
+  return done({ outcome = 'mode', session = sess })
 end
 
 local outcome = 'relay'
@@ -98,7 +107,7 @@ ix_view.numbers = { from, to, outbound.identifier, outbound.proxy_identifier }
 ix_view.inbound_identifier = from
 ix_view.outbound_identifier = outbound.identifier
 emit(ARGV[2], 'interaction.created', now, ix_view)
-return cjson.encode({
+return done({
   outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
   interaction = ki,
 })

@@ -1,0 +1,257 @@
+"""Interactions of sessions held in Redis: read, list, delete, status updates, proactive messages.
+
+Keys (docs/design.md): `ml:{KS}:ix:{KI}` (hash) and `ml:{KS}:sess:{KC}:ix` (zset by creation ms).
+route_inbound.lua creates the interactions of inbound texts and calls; this module records the
+proactive ones (the API's MessageInteractions) and applies Twilio's status callbacks.
+
+Reads return None when Redis no longer has the interaction or session: that is the seam where
+the audit log (Postgres) will answer for sessions gone from Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+
+import pool.scripts
+from audit.events import emit_event
+from pool import keys
+from pool.scripts import event_id, raise_for
+from sessions.clock import SYSTEM, Clock
+from sessions.store import new_sid
+
+__all__ = ["InteractionStore", "STATUS_RANK", "TERMINAL_STATUSES"]
+
+# A status callback may arrive out of order (Twilio posts each in its own request): never move a
+# resource back from a later state to an earlier one.
+STATUS_RANK: Final[dict[str, int]] = {
+    "": 0,
+    "initiated": 1,
+    "accepted": 1,
+    "scheduled": 1,
+    "queued": 2,
+    "ringing": 2,
+    "sending": 3,
+    "in-progress": 3,
+    "answered": 3,
+    "receiving": 3,
+    "received": 4,
+    "sent": 4,
+    "delivery-unknown": 5,
+    "delivered": 6,
+    "undelivered": 6,
+    "failed": 6,
+    "completed": 6,
+    "busy": 6,
+    "no-answer": 6,
+    "canceled": 6,
+    "deleted": 7,
+}
+TERMINAL_STATUSES: Final = frozenset(s for s, r in STATUS_RANK.items() if r >= 6)
+
+_LIB: Final = (Path(pool.scripts.__file__).parent / "lua" / "_lib.lua").read_text()
+
+# Record a proactive message (the API's MessageInteractions) atomically with its checks.
+# KEYS[1]  Service prefix "ml:{KS}:"
+# ARGV[1]  now_ms or ''          ARGV[2] event id for interaction.created
+# ARGV[3]  session sid (KC)      ARGV[4] participant sid (KP)
+# ARGV[5]  interaction sid (KI)  ARGV[6] data (JSON text: {"body": ..., "media": [...]})
+# Returns JSON {interaction = the hash, participant = its hash} or {e, m}:
+#   20404 no such session / participant in it; 80607 the session is closed;
+#   21610 the participant opted out of texts from their proxy number.
+# Like an inbound interaction it moves the session to in-progress and restarts its TTL.
+PROACTIVE_LUA: Final = r"""
+local now = now_ms(ARGV[1])
+local sid, kp, ki = ARGV[3], ARGV[4], ARGV[5]
+local sk = P .. 'sess:' .. sid
+local sess = hgetall(sk)
+if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
+local part = hgetall(P .. 'part:' .. kp)
+if not part or part.session_sid ~= sid or
+   not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
+  return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
+end
+if sess.status == 'closed' then
+  return fail(80607, 'Session ' .. sid .. ' is closed; a message cannot be sent in a closed Session')
+end
+if redis.call('EXISTS', P .. 'optout:' .. part.identifier .. ':' .. part.proxy_identifier) == 1 then
+  return fail(21610, 'Attempt to send to unsubscribed recipient: the participant replied STOP to this proxy number')
+end
+if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
+redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
+sess.last_activity_ms = now
+schedule_expiry(sid, sess)
+redis.call('HSET', P .. 'ix:' .. ki, 'sid', ki, 'session_sid', sid, 'type', 'message', 'data', ARGV[6],
+  'outcome', 'proactive', 'origin', 'api', 'inbound_participant_sid', '', 'inbound_resource_sid', '',
+  'inbound_resource_status', '', 'inbound_resource_type', '',
+  'outbound_participant_sid', kp, 'outbound_resource_sid', '', 'outbound_resource_status', 'initiated',
+  'outbound_resource_type', 'Message', 'created_ms', now, 'updated_ms', now)
+redis.call('ZADD', sk .. ':ix', now, ki)
+local view = hgetall(P .. 'ix:' .. ki)
+view.numbers = { part.identifier, part.proxy_identifier }
+view.outbound_identifier = part.identifier
+view.outbound_proxy_identifier = part.proxy_identifier
+emit(ARGV[2], 'interaction.created', now, view)
+return cjson.encode({ interaction = hgetall(P .. 'ix:' .. ki), participant = part })
+"""
+
+# Free a (identifier, proxy) pair that is cooling off after its session closed, so an
+# out-of-session auto-create can give the caller the number they dialled. Only a pair that still
+# points at a closed session is released (a live one is never touched).
+# KEYS[1] Service prefix; ARGV[1] identifier; ARGV[2] proxy number. Returns 1 if released.
+RELEASE_COOLING_PAIR_LUA: Final = r"""
+local pk = pair_key(ARGV[1], ARGV[2])
+local holder = redis.call('GET', pk)
+if not holder then return 0 end
+local sid = string.match(holder, '^([^:]+):')
+local status = redis.call('HGET', P .. 'sess:' .. sid, 'status')
+if status and status ~= 'closed' then return 0 end
+redis.call('DEL', pk)
+return 1
+"""
+
+
+class InteractionStore:
+    def __init__(self, redis: aioredis.Redis, *, clock: Clock = SYSTEM) -> None:
+        self.redis = redis
+        self.clock = clock
+        self._proactive = redis.register_script(_LIB + "\n" + PROACTIVE_LUA)
+        self._release = redis.register_script(_LIB + "\n" + RELEASE_COOLING_PAIR_LUA)
+
+    # -- reads (None: not in Redis; the audit log may still know it) -------------------------
+    async def get(self, service_sid: str, session_sid: str, interaction_sid: str) -> dict[str, Any] | None:
+        row: dict[str, Any] = await self.redis.hgetall(keys.interaction(service_sid, interaction_sid))
+        if not row or row.get("session_sid") != session_sid:
+            return None
+        return row
+
+    async def list(
+        self, service_sid: str, session_sid: str, *, offset: int, limit: int
+    ) -> list[dict[str, Any]] | None:
+        """Newest first; None when Redis no longer holds the session."""
+        index = keys.session_interactions(service_sid, session_sid)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.session(service_sid, session_sid))
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            exists, sids = await pipe.execute()
+        if not exists:
+            return None
+        if not sids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(keys.interaction(service_sid, sid))
+            rows = await pipe.execute()
+        return [row for row in rows if row]
+
+    async def delete(self, service_sid: str, session_sid: str, interaction_sid: str) -> bool:
+        row = await self.get(service_sid, session_sid, interaction_sid)
+        if row is None:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.interaction(service_sid, interaction_sid))
+            pipe.zrem(keys.session_interactions(service_sid, session_sid), interaction_sid)
+            await pipe.execute()
+        await emit_event(
+            self.redis,
+            service_sid=service_sid,
+            type="interaction.deleted",
+            data={"sid": interaction_sid, "session_sid": session_sid},
+        )
+        return True
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def record_proactive(
+        self, service_sid: str, session_sid: str, participant_sid: str, data: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(interaction, participant). Raises NotFound / PoolError (80607, 21610)."""
+        raw = await self._proactive(
+            keys=[keys.service_prefix(service_sid)],
+            args=[
+                self.clock.script_now(),
+                event_id(),
+                session_sid,
+                participant_sid,
+                new_sid("KI"),
+                orjson.dumps(data).decode(),
+            ],
+        )
+        result = raise_for(orjson.loads(raw))
+        return result["interaction"], result["participant"]
+
+    async def release_cooling_pair(self, service_sid: str, identifier: str, proxy: str) -> bool:
+        released = await self._release(keys=[keys.service_prefix(service_sid)], args=[identifier, proxy])
+        return bool(released)
+
+    async def update(
+        self,
+        service_sid: str,
+        interaction_sid: str,
+        *,
+        outbound_resource_sid: str | None = None,
+        outbound_status: str | None = None,
+        inbound_status: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Apply a status callback; emits interaction.updated when anything changed.
+        Returns the updated interaction, or None if Redis no longer has it."""
+        key = keys.interaction(service_sid, interaction_sid)
+        row: dict[str, Any] = await self.redis.hgetall(key)
+        if not row:
+            return None
+        changes: dict[str, str] = {}
+        if outbound_resource_sid and row.get("outbound_resource_sid") != outbound_resource_sid:
+            changes["outbound_resource_sid"] = outbound_resource_sid
+        if outbound_status and _advances(row.get("outbound_resource_status", ""), outbound_status):
+            changes["outbound_resource_status"] = outbound_status
+        if inbound_status and _advances(row.get("inbound_resource_status", ""), inbound_status):
+            changes["inbound_resource_status"] = inbound_status
+        if data:
+            try:
+                merged = orjson.loads(row.get("data") or "{}")
+            except orjson.JSONDecodeError:
+                merged = {}
+            if not isinstance(merged, dict):
+                merged = {}
+            new = {**merged, **data}
+            if new != merged:
+                changes["data"] = orjson.dumps(new).decode()
+        if not changes:
+            return row
+        now_ms = self.clock.now_ms()
+        changes["updated_ms"] = str(now_ms)
+        await self.redis.hset(key, mapping=changes)
+        row.update(changes)
+        await emit_event(
+            self.redis,
+            service_sid=service_sid,
+            type="interaction.updated",
+            data=await self._event_view(service_sid, row),
+            ts_ms=now_ms,
+        )
+        return row
+
+    async def _event_view(self, service_sid: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The interaction with the real numbers it concerns (design.md, "Events")."""
+        view: dict[str, Any] = dict(row)
+        numbers: list[str] = []
+        for side in ("inbound", "outbound"):
+            kp = row.get(f"{side}_participant_sid")
+            if not kp:
+                continue
+            ident, proxy = await self.redis.hmget(
+                keys.participant(service_sid, kp), "identifier", "proxy_identifier"
+            )
+            if ident:
+                view[f"{side}_identifier"] = ident
+                numbers.append(ident)
+            if proxy:
+                numbers.append(proxy)
+        view["numbers"] = numbers
+        return view
+
+
+def _advances(current: str, new: str) -> bool:
+    return STATUS_RANK.get(new, 1) >= STATUS_RANK.get(current, 0) and new != current
