@@ -9,7 +9,7 @@ that lock ids already stored are skipped, which makes a retried or reclaimed bat
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -146,49 +146,59 @@ def _session_sid(event: Event) -> str | None:
     return sid if isinstance(sid, str) and sid else None
 
 
+@dataclass
+class _Pending:
+    """An event being appended, with what the append needs computed once."""
+
+    event: Event
+    ts: datetime
+    chain: tuple[str, date]
+    numbers: set[str]
+
+
 async def append_events(
     conn: asyncpg.Connection, events: Sequence[Event], *, known_periods: set[date] | None = None
 ) -> int:
     """Store the events not stored yet, in the given order, extending their chains; returns how
     many were new. Runs in a transaction (a savepoint when the caller already has one)."""
-    unique: dict[str, Event] = {}
+    batch: dict[str, _Pending] = {}
     for ev in events:
-        unique.setdefault(ev.id, ev)
-    if not unique:
+        if ev.id not in batch:
+            ts = ts_from_ms(ev.ts_ms)
+            chain = (chain_of(ev.service_sid), date(ts.year, ts.month, 1))
+            batch[ev.id] = _Pending(ev, ts, chain, privacy.event_numbers(ev.data))
+    if not batch:
         return 0
-    batch = list(unique.values())
-    periods = {period_of(ev.ts_ms) for ev in batch}
-
+    periods = {p.chain[1] for p in batch.values()}
     missing = periods if known_periods is None else periods - known_periods
     async with conn.transaction():
         if missing:
             await conn.execute(
                 ENSURE_PARTITIONS, [datetime(p.year, p.month, p.day, tzinfo=UTC) for p in missing]
             )
-        count = await _append(conn, batch)
+        count = await _append(conn, list(batch.values()))
     if known_periods is not None:
         known_periods |= missing  # only once committed: a rolled-back CREATE must be retried
     return count
 
 
-async def _append(conn: asyncpg.Connection, batch: list[Event]) -> int:
-    heads = await _lock_heads(conn, {(chain_of(ev.service_sid), period_of(ev.ts_ms)) for ev in batch})
-    stored = await conn.fetch(
-        SELECT_STORED_IDS, [ts_from_ms(ev.ts_ms) for ev in batch], [ev.id for ev in batch]
-    )
+async def _append(conn: asyncpg.Connection, batch: list[_Pending]) -> int:
+    heads = await _lock_heads(conn, {p.chain for p in batch})
+    stored = await conn.fetch(SELECT_STORED_IDS, [p.ts for p in batch], [p.event.id for p in batch])
     already = {r["id"] for r in stored}
-    fresh = [ev for ev in batch if ev.id not in already]
+    fresh = [p for p in batch if p.event.id not in already]
     if not fresh:
         return 0
 
-    subjects = await privacy.resolve_subjects(conn, _numbers(fresh))
-    policies = await privacy.body_policies(conn, {ev.service_sid for ev in fresh if ev.service_sid})
+    subjects = await privacy.resolve_subjects(conn, set().union(*(p.numbers for p in fresh)))
+    policies = await privacy.body_policies(conn, {p.event.service_sid for p in fresh if p.event.service_sid})
     records = []
-    touched: set[tuple[str, date]] = set()
-    for ev in fresh:
-        key = (chain_of(ev.service_sid), period_of(ev.ts_ms))
-        seq, prev = heads[key]
-        data, tokens = privacy.protect(ev.data, subjects, policies.get(ev.service_sid or "", "keep"))
+    for p in fresh:
+        ev = p.event
+        seq, prev = heads[p.chain]
+        data, tokens = privacy.protect(
+            ev.data, subjects, policies.get(ev.service_sid or "", "keep"), p.numbers
+        )
         row = StoredRow(
             id=ev.id,
             service_sid=ev.service_sid,
@@ -200,11 +210,10 @@ async def _append(conn: asyncpg.Connection, batch: list[Event]) -> int:
             data=canonical_data(data),
         )
         digest = row_hash(prev, row)
-        heads[key] = (row.seq, digest)
-        touched.add(key)
+        heads[p.chain] = (row.seq, digest)
         records.append(
             (
-                ts_from_ms(row.ts_ms),
+                p.ts,
                 row.id,
                 row.service_sid,
                 row.seq,
@@ -217,11 +226,11 @@ async def _append(conn: asyncpg.Connection, batch: list[Event]) -> int:
             )
         )
     await conn.copy_records_to_table("audit_events", records=records, columns=COLUMNS)
-    order = sorted(touched)
+    order = sorted({p.chain for p in fresh})
     await conn.execute(
         UPDATE_HEADS,
         [c for c, _ in order],
-        [p for _, p in order],
+        [d for _, d in order],
         [heads[k][0] for k in order],
         [heads[k][1] for k in order],
     )
@@ -237,10 +246,3 @@ async def _lock_heads(
     await conn.execute(INSERT_HEADS, names, periods, [genesis_hash(c, p) for c, p in order])
     rows = await conn.fetch(LOCK_HEADS, names, periods)
     return {(r["chain"], r["period"]): (r["seq"], bytes(r["hash"])) for r in rows}
-
-
-def _numbers(events: Iterable[Event]) -> set[str]:
-    found: set[str] = set()
-    for ev in events:
-        found |= privacy.event_numbers(ev.data)
-    return found

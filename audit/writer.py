@@ -63,7 +63,10 @@ def _text(value: Any) -> str:
 
 
 def parse_entry(stream: str, entry_id: str, fields: dict[Any, Any]) -> Entry:
-    raw = {_text(k): _text(v) for k, v in fields.items()}
+    raw = {
+        k if k.__class__ is str else _text(k): v if v.__class__ is str else _text(v)
+        for k, v in fields.items()
+    }
     try:
         data = orjson.loads(raw.get("data", "{}"))
         if not isinstance(data, dict) or not raw.get("type"):

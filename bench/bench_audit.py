@@ -131,7 +131,9 @@ async def bench_queries(pg: asyncpg.Pool, events: int, queries: int) -> tuple[fl
     await pg.execute(FILL_SUBJECTS, PARTICIPANTS, PROXIES)
     step = 200_000
     for start in range(0, max(0, events - have), step):
-        await pg.execute(FILL_EVENTS, PARTICIPANTS, PROXIES, SERVICES, start, min(start + step, events - have) - 1)
+        await pg.execute(
+            FILL_EVENTS, PARTICIPANTS, PROXIES, SERVICES, start, min(start + step, events - have) - 1
+        )
     await pg.execute("ANALYZE audit_events")
     await pg.execute("ANALYZE audit_subjects")
 
@@ -171,14 +173,21 @@ async def main(
     pg = await asyncpg.create_pool(await _fresh_database(database_url), min_size=2, max_size=4)
     try:
         rate = await bench_writer(redis, pg, write_events, batch_size)
-        print(f"writer: {write_events} events in Redis -> Postgres at {rate:,.0f} events/s (target >= 20,000)")
+        print(
+            f"writer: {write_events} events in Redis -> Postgres at {rate:,.0f} events/s (target >= 20,000)"
+        )
         p50, p95, proxy_p50, proxy_p95 = await bench_queries(pg, events, queries)
         total = int(await pg.fetchval("SELECT count(*) FROM audit_events"))
         print(
             f"query by number over {total:,} events: p50 {p50:.1f} ms, p95 {p95:.1f} ms (target p95 <= 50 ms); "
             f"by proxy number: p50 {proxy_p50:.1f} ms, p95 {proxy_p95:.1f} ms"
         )
-        return {"writer_events_per_s": rate, "query_p50_ms": p50, "query_p95_ms": p95, "proxy_query_p95_ms": proxy_p95}
+        return {
+            "writer_events_per_s": rate,
+            "query_p50_ms": p50,
+            "query_p95_ms": p95,
+            "proxy_query_p95_ms": proxy_p95,
+        }
     finally:
         await redis.flushdb()
         await redis.aclose()
@@ -186,15 +195,26 @@ async def main(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", default=os.environ.get("MASKLINE_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--database-url", default=os.environ.get("MASKLINE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/maskline")
+        "--redis-url", default=os.environ.get("MASKLINE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("MASKLINE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/maskline"),
     )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--write-events", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
     asyncio.run(
-        main(args.redis_url, args.database_url, args.events, write_events=args.write_events, batch_size=args.batch_size)
+        main(
+            args.redis_url,
+            args.database_url,
+            args.events,
+            write_events=args.write_events,
+            batch_size=args.batch_size,
+        )
     )

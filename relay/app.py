@@ -141,4 +141,8 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.add_routes(services_api.routes)
     app.add_routes(sessions_api.routes)
+    # Webhooks and interactions (relay/relay_state.py): after `resources`, whose Redis they use.
+    from relay import relay_state
+
+    relay_state.setup(app)
     return app

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "relay",
         "signed inbound SMS webhooks per second and latency, against a bare aiohttp handler",
     )
-    _add(bench_sub, "audit", "audit writer events per second and query latency by phone number")
+    b_audit = _add(bench_sub, "audit", "audit writer events per second and query latency by phone number")
+    b_audit.add_argument("--events", type=int, default=1_000_000, help="events stored for the query benchmark")
 
     try:
         from audit.cli import add_audit_commands
@@ -216,5 +217,22 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
         from bench import sessions as sessions_bench
 
         return await sessions_bench.main(settings, args)
-    print(f"maskline bench {args.bench_command}: not available yet", file=sys.stderr)
+    if args.bench_command == "audit":
+        from bench.bench_audit import main as audit_bench
+        from relay.embedded import ServerUnreachable, ensure_servers
+
+        try:
+            settings, servers = await ensure_servers(settings)
+        except ServerUnreachable as err:
+            print(f"maskline bench: {err}", file=sys.stderr)
+            return 2
+        try:
+            await audit_bench(settings.redis_url, settings.database_url, events=args.events)
+        finally:
+            await servers.stop()
+        return 0
+    if args.bench_command == "relay":
+        from bench.relay import main as relay_bench
+
+        return await relay_bench(settings, args)
     return 2

@@ -76,7 +76,9 @@ async def emit_many(
             "body": f"message {i}",
             "numbers": [f"+1555{i % 50:07d}", "+15550000999"],
         }
-        ids.append(await emit_event(redis, service_sid=sid, type="interaction.created", data=data, ts_ms=ts_ms))
+        ids.append(
+            await emit_event(redis, service_sid=sid, type="interaction.created", data=data, ts_ms=ts_ms)
+        )
     return ids
 
 

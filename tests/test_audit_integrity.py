@@ -42,7 +42,9 @@ async def test_stored_events_cannot_be_updated_or_deleted(redis, pg):
 
 async def test_verify_finds_an_altered_row(redis, pg):
     service = await stored_log(redis, pg)
-    await as_superuser_bypassing_triggers(pg, "UPDATE audit_events SET type = 'session.deleted' WHERE seq = 7")
+    await as_superuser_bypassing_triggers(
+        pg, "UPDATE audit_events SET type = 'session.deleted' WHERE seq = 7"
+    )
     result = await verify(pg)
     assert not result.ok
     brk = result.first_break
@@ -109,7 +111,9 @@ async def test_erasure_makes_the_number_unreadable_and_keeps_verify_green(redis,
     assert all(r.data["body"].startswith("message ") for r in others)
 
     # Chained rows untouched (byte for byte), the chain verifies, and the erasure is on record.
-    raw_after = await pg.fetch("SELECT id, data, hash FROM audit_events WHERE type <> 'audit.erased' ORDER BY id")
+    raw_after = await pg.fetch(
+        "SELECT id, data, hash FROM audit_events WHERE type <> 'audit.erased' ORDER BY id"
+    )
     assert raw_after == raw_before
     assert (await verify(pg)).ok
     [record], _ = await query_events(pg, service_sids=None, types={"audit.erased"})

@@ -21,7 +21,9 @@ async def test_query_by_number_pages_through_every_event_in_time_order(redis, pg
 
     seen, cursor = [], None
     while True:
-        rows, cursor = await query_events(pg, service_sids={service}, number="+15550000007", limit=3, cursor=cursor)
+        rows, cursor = await query_events(
+            pg, service_sids={service}, number="+15550000007", limit=3, cursor=cursor
+        )
         seen += rows
         if cursor is None:
             break

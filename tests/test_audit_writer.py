@@ -154,7 +154,9 @@ async def test_postgres_outage_keeps_events_in_redis_until_it_returns(redis, pg,
 async def test_malformed_entry_is_set_aside_and_does_not_block_the_stream(redis, pg):
     stream = keys.events(None)
     await redis.sadd(keys.EVENT_STREAMS, stream)
-    await redis.xadd(stream, {"id": "EV" + "0" * 32, "type": "key.created", "ts_ms": "1", "data": "{not json"})
+    await redis.xadd(
+        stream, {"id": "EV" + "0" * 32, "type": "key.created", "ts_ms": "1", "data": "{not json"}
+    )
     await emit_event(redis, service_sid=None, type="key.created", data={"sid": new_sid("SK")})
 
     assert await AuditWriter(redis, pg, consumer="w").drain_once() == 2
@@ -194,6 +196,6 @@ async def _rows(pg: asyncpg.Pool) -> int:
 
 async def _until(read, expected: int, *, timeout_s: float = 10) -> None:
     async with asyncio.timeout(timeout_s):
-        while (value := await read()) != expected:
+        while (value := await read()) != expected:  # noqa: ASYNC110 (polling Postgres: no event to await)
             await asyncio.sleep(0.05)
     assert value == expected

@@ -1,0 +1,174 @@
+"""`maskline audit ...`: the audit subcommands. relay/cli.py calls `add_audit_commands` to build
+the argparse group and `run(args, settings)` to execute one; `run` returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import os
+import re
+import signal
+import socket
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from audit.erase import erase_number
+from audit.events import emit_event
+from audit.queries import EXPORT_FORMATS, export_events
+from audit.retention import prune
+from audit.verify import verify
+from audit.writer import AuditWriter
+
+__all__ = ["add_audit_commands", "run", "parse_duration"]
+
+_DURATION: Final = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`400d`, `12w`, `36h` ... as a timedelta (argparse type)."""
+    m = _DURATION.match(text.strip().lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a duration like 400d, 12w or 36h, got {text!r}")
+    return timedelta(**{_UNITS[m[2]]: int(m[1])})
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an ISO 8601 date or time, got {text!r}") from exc
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
+    audit = subparsers.add_parser("audit", help="the audit log: writer, verify, erase, prune, export")
+    sub = audit.add_subparsers(dest="audit_command", required=True)
+
+    writer = sub.add_parser("writer", help="drain the event streams into Postgres until stopped")
+    writer.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
+    writer.add_argument("--batch-size", type=int, default=1000)
+
+    check = sub.add_parser("verify", help="recompute the hash chains; exit 1 at a broken link")
+    check.add_argument("--service", help="only this Service's chains (KS...)")
+
+    erase = sub.add_parser("erase", help="erase a person's number (GDPR); audited")
+    erase.add_argument("--number", required=True, help="E.164, e.g. +15551234567")
+    erase.add_argument("--actor", default=getpass.getuser(), help="who asked (recorded in the log)")
+
+    retention = sub.add_parser("prune", help="drop whole months older than a duration; audited")
+    retention.add_argument("--older-than", type=parse_duration, required=True, help="e.g. 400d")
+
+    export = sub.add_parser("export", help="export events as CSV or JSON Lines")
+    export.add_argument("--since", type=_timestamp)
+    export.add_argument("--until", type=_timestamp)
+    export.add_argument("--number", help="participant number (E.164)")
+    export.add_argument("--proxy-number", help="proxy number (E.164)")
+    export.add_argument("--service", action="append", help="Service sid (repeatable); default every Service")
+    export.add_argument("--session", help="session sid (KC...)")
+    export.add_argument("--type", action="append", dest="types", help="event type (repeatable)")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
+    export.add_argument("-o", "--output", required=True, help="file to write ('-' for stdout)")
+    return audit
+
+
+async def run(args: argparse.Namespace, settings: Any) -> int:
+    pg = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        command = args.audit_command
+        if command == "writer":
+            return await _writer(args, redis, pg)
+        if command == "verify":
+            return await _verify(args, pg)
+        if command == "erase":
+            count = await erase_number(pg, args.number, actor=args.actor)
+            print(f"erased {args.number}: {count} stored events no longer reveal it")
+            return 0
+        if command == "prune":
+            dropped = await prune(pg, older_than=args.older_than, actor=getpass.getuser())
+            print(f"dropped {len(dropped)} partition(s): {', '.join(dropped) or '-'}")
+            return 0
+        if command == "export":
+            return await _export(args, redis, pg)
+        raise ValueError(f"unknown audit command {command!r}")
+    finally:
+        await redis.aclose()
+        await pg.close()
+
+
+async def _writer(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.Pool) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    writer = AuditWriter(redis, pg, consumer=args.consumer, batch_size=args.batch_size)
+    print(f"audit writer {args.consumer} running; Ctrl-C to stop", file=sys.stderr)
+    await writer.run(stop)
+    print(f"audit writer stopped after storing {writer.stored} events", file=sys.stderr)
+    return 0
+
+
+async def _verify(args: argparse.Namespace, pg: asyncpg.Pool) -> int:
+    result = await verify(pg, service_sid=args.service)
+    if result.ok:
+        print(f"ok: {result.events} events in {result.chains} chains verified")
+        return 0
+    print(f"BROKEN: {len(result.breaks)} of {result.chains} chains ({result.events} events read)")
+    for brk in result.breaks:
+        print(f"  {brk}")
+    return 1
+
+
+async def _export(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.Pool) -> int:
+    filters: dict[str, Any] = {
+        "service_sids": set(args.service) if args.service else None,
+        "session_sid": args.session,
+        "number": args.number,
+        "proxy_number": args.proxy_number,
+        "since": args.since,
+        "until": args.until,
+        "types": args.types,
+    }
+    # Blocking file I/O is fine here: the CLI process does nothing else meanwhile.
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: ASYNC230
+    written = lines = 0
+    try:
+        async for chunk in export_events(pg, fmt=args.format, **filters):
+            out.write(chunk)
+            written += len(chunk)
+            lines += chunk.count(b"\n")
+            print(f"\rexported {lines:,} lines, {written / 1e6:,.1f} MB", end="", file=sys.stderr, flush=True)
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    print(file=sys.stderr)
+    # Compliance reads are themselves on record (who exported what, when); numbers listed so that
+    # the writer tokenises them like any other number.
+    numbers = [n for n in (args.number, args.proxy_number) if n]
+    await emit_event(
+        redis,
+        service_sid=None,
+        type="audit.exported",
+        data={
+            "actor": getpass.getuser(),
+            "via": "cli",
+            "format": args.format,
+            "filters": {
+                k: (sorted(v) if isinstance(v, set) else v) for k, v in filters.items() if v is not None
+            }
+            | {
+                "since": args.since and args.since.isoformat(),
+                "until": args.until and args.until.isoformat(),
+            },
+            "numbers": numbers,
+        },
+    )
+    return 0

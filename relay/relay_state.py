@@ -1,0 +1,143 @@
+"""What the webhooks and the interactions API share, opened and closed in one cleanup context:
+the router, the interaction store, one HTTP client (callbacks, intercept, out-of-session, Twilio's
+REST API), the background callback queue and the signature validator.
+
+`setup(app)` must run after the cleanup context that opens Redis (it reads app[REDIS])."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+
+from relay.appkeys import REDIS, SESSIONS, SETTINGS
+from relay.callbacks import CallbackDispatcher
+from relay.outbound import TwilioMessages
+from relay.settings import Settings
+from sessions.interactions import InteractionStore
+from sessions.routing import Router
+from sessions.store import SessionStore
+
+__all__ = ["RelayState", "RelayOptions", "RELAY", "setup"]
+
+DEFAULT_OUT_OF_SESSION_MESSAGE = "This conversation has ended. Please contact us through the app."
+DEFAULT_HELP_MESSAGE = "This is a masked number for your conversation. Reply STOP to stop texts from it."
+TEXTS_ONLY_MESSAGE = "This number only accepts text messages."
+CALLS_ONLY_MESSAGE = "This number only accepts calls."
+CALL_APOLOGY = "Sorry, we cannot connect your call right now. Please try again in a few minutes."
+DEFAULT_RECORDING_CONSENT = "This call may be recorded."
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """A Service's relay settings (route_inbound.lua returns them with every route)."""
+
+    callback_url: str = ""
+    intercept_url: str = ""
+    out_of_session_url: str = ""
+    call_time_limit_s: int | None = None
+    whisper: str = ""
+    record_calls: bool = False
+    recording_consent: str = ""
+    out_of_session_message: str = DEFAULT_OUT_OF_SESSION_MESSAGE
+    help_message: str = DEFAULT_HELP_MESSAGE
+
+    @classmethod
+    def from_svc(cls, svc: list[Any] | None) -> RelayOptions:
+        callback, intercept, oos, raw = ((svc or []) + [None] * 4)[:4]
+        try:
+            options = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            options = {}
+        if not isinstance(options, dict):
+            options = {}
+        limit = options.get("call_time_limit_s")
+        return cls(
+            callback_url=callback or "",
+            intercept_url=intercept or "",
+            out_of_session_url=oos or "",
+            call_time_limit_s=int(limit) if isinstance(limit, int) and limit > 0 else None,
+            whisper=str(options.get("whisper") or ""),
+            record_calls=bool(options.get("record_calls")),
+            recording_consent=str(options.get("recording_consent") or ""),
+            out_of_session_message=str(options.get("out_of_session_message") or DEFAULT_OUT_OF_SESSION_MESSAGE),
+            help_message=str(options.get("help_message") or DEFAULT_HELP_MESSAGE),
+        )
+
+    @property
+    def consent(self) -> str:
+        return (self.recording_consent or DEFAULT_RECORDING_CONSENT) if self.record_calls else ""
+
+
+@dataclass
+class RelayState:
+    settings: Settings
+    router: Router
+    sessions: SessionStore
+    interactions: InteractionStore
+    http: aiohttp.ClientSession
+    callbacks: CallbackDispatcher
+    messages: TwilioMessages
+    validator: RequestValidator
+    _options: dict[tuple[Any, ...], RelayOptions] = field(default_factory=dict)
+
+    def options(self, svc: list[Any] | None) -> RelayOptions:
+        """Parsed once per distinct Service settings, then a dict lookup."""
+        key = tuple(svc or ())
+        found = self._options.get(key)
+        if found is None:
+            if len(self._options) > 10_000:
+                self._options.clear()
+            found = self._options[key] = RelayOptions.from_svc(list(key))
+        return found
+
+    def url(self, path: str) -> str:
+        return self.settings.public_url + path
+
+
+RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
+
+
+async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    sessions = app[SESSIONS]
+    http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+    callbacks = CallbackDispatcher(
+        http, auth_token=settings.twilio_auth_token, timeout_s=settings.callback_timeout_s
+    )
+    callbacks.start()
+    app[RELAY] = RelayState(
+        settings=settings,
+        router=Router(app[REDIS], scripts=sessions.scripts, clock=sessions.clock),
+        sessions=sessions,
+        interactions=InteractionStore(app[REDIS], clock=sessions.clock),
+        http=http,
+        callbacks=callbacks,
+        messages=TwilioMessages(
+            http,
+            api_url=settings.twilio_api_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+        ),
+        validator=RequestValidator(settings.twilio_auth_token),
+    )
+    try:
+        yield
+    finally:
+        await callbacks.stop()
+        await http.close()
+
+
+def setup(app: web.Application) -> None:
+    """Register the relay's resources and routes (webhooks, interactions API)."""
+    from relay import webhooks
+    from relay.api import interactions
+
+    app.cleanup_ctx.append(_relay_ctx)
+    app.add_routes(webhooks.routes)
+    app.add_routes(interactions.routes)
