@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "signed inbound SMS webhooks per second and latency, against a bare aiohttp handler",
     )
     b_audit = _add(bench_sub, "audit", "audit writer events per second and query latency by phone number")
-    b_audit.add_argument("--events", type=int, default=1_000_000, help="events stored for the query benchmark")
+    b_audit.add_argument(
+        "--events", type=int, default=1_000_000, help="events stored for the query benchmark"
+    )
 
     try:
         from audit.cli import add_audit_commands
@@ -160,27 +162,43 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
     from relay.apikeys import create_key, revoke_key
     from relay.migrate import apply_migrations
 
+    from audit.events import emit_event
+    from pool.connections import redis_client
+
     await apply_migrations(settings.database_url)
     conn = await asyncpg.connect(settings.database_url)
+    redis = redis_client(settings.redis_url, max_connections=2)
     try:
         if args.keys_command == "create":
+            permissions = frozenset(args.permission or ["proxy"])
             sid, secret = await create_key(
-                conn,
-                args.name,
-                permissions=frozenset(args.permission or ["proxy"]),
-                service_sids=args.service,
+                conn, args.name, permissions=permissions, service_sids=args.service
+            )
+            # Audited without the secret: who may do what, from when.
+            await emit_event(
+                redis,
+                service_sid=None,
+                type="key.created",
+                data={
+                    "sid": sid,
+                    "friendly_name": args.name,
+                    "permissions": sorted(permissions),
+                    "service_sids": args.service,
+                },
             )
             print(
                 f"API key SID:    {sid}\nAPI key secret: {secret}\n(the secret is shown only now; store it safely)"
             )
             return 0
         if await revoke_key(conn, args.sid):
+            await emit_event(redis, service_sid=None, type="key.revoked", data={"sid": args.sid})
             print(f"revoked {args.sid}")
             return 0
         print(f"maskline: no active key {args.sid}", file=sys.stderr)
         return 1
     finally:
         await conn.close()
+        await redis.aclose()
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> int:

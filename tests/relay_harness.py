@@ -105,7 +105,13 @@ class Relay:
 
     @property
     def url(self) -> str:
+        """Where Twilio reaches the app (what it signs); the tests' public URL is the app itself
+        unless a test sets another one (behind a proxy)."""
         return self.settings.public_url
+
+    @property
+    def local(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}"
 
     async def start(self, *, redis: aioredis.Redis | None = None) -> Relay:
         app = create_app(self.settings, redis=redis or self.redis, pg=self.pg, background=False)
@@ -126,7 +132,7 @@ class Relay:
     # ---------------------------------------------------------------- REST API
     async def api(self, method: str, path: str, data: Any = None) -> tuple[int, Any]:
         assert self.http is not None
-        async with self.http.request(method, self.url + path, data=data, headers=self.auth) as resp:
+        async with self.http.request(method, self.local + path, data=data, headers=self.auth) as resp:
             raw = await resp.read()
             return resp.status, (orjson.loads(raw) if raw else None)
 
@@ -174,10 +180,10 @@ class Relay:
         assert self.http is not None
         resp = await post_webhook(
             self.http,
-            self.url + path,
+            self.local + path,
             params,
             token or self.settings.twilio_auth_token,
-            signed_url=signed_url,
+            signed_url=signed_url or self.url + path,
         )
         return resp.status, await resp.text()
 

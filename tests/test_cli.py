@@ -24,7 +24,7 @@ def _maskline(*args: str, database_url: str, redis_url: str) -> subprocess.Compl
 
 
 async def test_keys_create_prints_the_secret_once_and_stores_only_a_hash(
-    pg: asyncpg.Pool, database_url: str, redis_url: str
+    pg: asyncpg.Pool, redis, database_url: str, redis_url: str
 ) -> None:
     done = _maskline("keys", "create", "--name", "backend", database_url=database_url, redis_url=redis_url)
     assert done.returncode == 0, done.stderr
@@ -37,6 +37,10 @@ async def test_keys_create_prints_the_secret_once_and_stores_only_a_hash(
     key = await KeyVerifier(pg).verify(sid, secret)
     assert key is not None and key.permissions == frozenset({"proxy"})
     assert await KeyVerifier(pg).verify(sid, secret + "x") is None
+    # The creation is audited, without the secret.
+    events = await redis.xrange("ml:{global}:events")
+    created = [e for _, e in events if e["type"] == "key.created"]
+    assert len(created) == 1 and sid in created[0]["data"] and secret not in created[0]["data"]
 
 
 def test_help_explains_each_command() -> None:

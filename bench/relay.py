@@ -1,0 +1,506 @@
+"""`maskline bench relay`: signed inbound SMS webhooks per second against one worker, and the same
+load against a bare aiohttp handler (parse the form, answer a fixed TwiML), their ratio, and the
+p99 at a fixed 1,000 requests per second. Targets: >= 3,000 relays/s on one core, >= 0.35 of the
+bare handler, p99 < 10 ms at 1,000 rps.
+
+Processes (loopback only): this one sets up the data and orchestrates; the worker (the app as
+`maskline serve` runs it: one process, uvloop, no access log) and the bare handler each run in
+their own subprocess; the load comes from `wrk` when installed (apt install wrk), else from a
+Python/aiohttp generator in another subprocess (keep-alive, bounded concurrency). Every request
+is a distinct, correctly signed webhook with Twilio's full parameter set, for a live session
+(a repeated MessageSid would only measure the de-duplication path). The worker is profiled with
+py-spy during an extra run, and the functions that dominate are printed.
+
+Data: Redis DB --redis-db (default 10, flushed) and Postgres database maskline_bench_relay
+(dropped, re-created and migrated on each run)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+__all__ = ["main"]
+
+BENCH_DB = "maskline_bench_relay"
+AUTH_TOKEN = "maskline-bench-auth-token"
+ACCOUNT_SID = "AC" + "be" * 16
+BARE_TWIML = (
+    '<?xml version="1.0" encoding="UTF-8"?><Response><Message to="+14155550102" from="+14155550201" '
+    'statusCallback="http://127.0.0.1/twilio/status/message?Service=KS1&amp;Interaction=KI1">hello</Message></Response>'
+)
+AREA_CODES = (212, 213, 305, 312, 415, 503, 512, 617, 646, 702, 713, 718, 773, 818, 917)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _numbers(count: int, seed: int) -> list[str]:
+    import phonenumbers
+
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < count:
+        e164 = f"+1{rng.choice(AREA_CODES)}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
+        if phonenumbers.is_valid_number(phonenumbers.parse(e164)):
+            out.add(e164)
+    return sorted(out)
+
+
+def _arg(args: argparse.Namespace, name: str, default: Any) -> Any:
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+# ---------------------------------------------------------------------------------------- set-up
+
+
+async def _prepare(settings: Any, redis_url: str, database_url: str, n_sessions: int) -> list[tuple[str, str]]:
+    """A Service, its pool and n live sessions; returns (From, To) of one participant per session."""
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    from pool.registry import NumberRegistry
+    from relay.embedded import with_database
+    from relay.migrate import apply_migrations
+    from sessions.models import ParticipantRequest
+    from sessions.services import ServiceStore
+    from sessions.store import SessionStore
+
+    admin = await asyncpg.connect(with_database(database_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    finally:
+        await admin.close()
+    await apply_migrations(database_url)
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    pg = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        await redis.flushdb()
+        services = ServiceStore(pg, redis, account_sid=ACCOUNT_SID)
+        ks = (await services.create({"unique_name": "bench-relay", "cool_off_s": 3600}))["sid"]
+        registry = NumberRegistry(pg, redis)
+        for number in _numbers(50, seed=11):
+            await registry.add(ks, number)
+        store = SessionStore(redis)
+        people = _numbers(2 * n_sessions, seed=12)
+        pairs: list[tuple[str, str]] = []
+        sem = asyncio.Semaphore(32)
+
+        async def one(a: str, b: str) -> None:
+            async with sem:
+                view = await store.create_session(
+                    ks, participants=[ParticipantRequest(identifier=a), ParticipantRequest(identifier=b)]
+                )
+            first = view["participants"][0]
+            pairs.append((first["identifier"], first["proxy_identifier"]))
+
+        await asyncio.gather(*(one(people[2 * i], people[2 * i + 1]) for i in range(n_sessions)))
+        return pairs
+    finally:
+        await redis.aclose()
+        await pg.close()
+
+
+def _write_requests(path: Path, url: str, pairs: list[tuple[str, str]], count: int, run: int) -> None:
+    """`count` distinct signed inbound-SMS webhooks, one per line: signature TAB form body."""
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(AUTH_TOKEN)
+    geo = {"City": "SAN FRANCISCO", "State": "CA", "Zip": "94105", "Country": "US"}
+    with path.open("w") as out:
+        for i in range(count):
+            from_, to = pairs[i % len(pairs)]
+            sid = f"SM{run:02x}{i:030x}"
+            params = {
+                "ToCountry": "US", "ToState": "CA", "SmsMessageSid": sid, "NumMedia": "0",
+                "ToCity": geo["City"], "FromZip": geo["Zip"], "SmsSid": sid, "FromState": "CA",
+                "SmsStatus": "received", "FromCity": geo["City"], "Body": f"On my way, order {i}",
+                "FromCountry": "US", "To": to, "MessagingServiceSid": "MG" + "ab" * 16, "ToZip": geo["Zip"],
+                "NumSegments": "1", "ReferralNumMedia": "0", "MessageSid": sid, "AccountSid": ACCOUNT_SID,
+                "From": from_, "ApiVersion": "2010-04-01",
+            }  # fmt: skip
+            out.write(validator.compute_signature(url, params) + "\t" + urlencode(params) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- processes
+
+
+def _spawn(mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.relay", mode, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+
+
+async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"server on port {port} exited: {err}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await asyncio.sleep(0.3)
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+WRK_SCRIPT = r"""
+local reqs = {}
+init = function(args)
+  for line in io.lines(args[1]) do
+    local tab = string.find(line, "\t", 1, true)
+    reqs[#reqs + 1] = { string.sub(line, 1, tab - 1), string.sub(line, tab + 1) }
+  end
+end
+local i = 0
+request = function()
+  i = i + 1
+  local r = reqs[(i - 1) % #reqs + 1]
+  return wrk.format("POST", "/twilio/sms", {
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+    ["X-Twilio-Signature"] = r[1],
+    ["User-Agent"] = "TwilioProxy/1.1",
+  }, r[2])
+end
+"""
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+async def _wrk(port: int, requests_file: Path, script: Path, *, duration_s: int, connections: int) -> dict[str, float]:
+    proc = await asyncio.create_subprocess_exec(
+        "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script),
+        f"http://127.0.0.1:{port}/twilio/sms", "--", str(requests_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    text = out.decode()
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    p50 = re.search(r"50%\s+(\S+)", text)
+    p99 = re.search(r"99%\s+(\S+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if not rps:
+        raise RuntimeError(f"wrk failed: {text} {err.decode()}")
+    return {
+        "rps": float(rps.group(1)),
+        "p50_ms": _ms(p50.group(1)) if p50 else float("nan"),
+        "p99_ms": _ms(p99.group(1)) if p99 else float("nan"),
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+async def _pyload(
+    port: int, requests_file: Path, *, duration_s: float, connections: int, rate: float = 0.0
+) -> dict[str, float]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.relay", "load", "--port", str(port), "--file", str(requests_file),
+        "--duration", str(duration_s), "--connections", str(connections), "--rate", str(rate),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"load generator failed: {err.decode()[-2000:]}")
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+async def _profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--format", "raw",
+         "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _summarise_profile(path: Path, top: int = 14) -> list[str]:
+    """Self time by function and time inside a few areas of interest, from py-spy's raw output."""
+    if not path.exists():
+        return ["(no profile: py-spy unavailable or not permitted)"]
+    leaf: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    total = 0
+    patterns = {
+        "signature check (twilio RequestValidator)": "request_validator.py",
+        "form parsing (aiohttp request.post)": "post (aiohttp/web_request.py",
+        "redis client (redis.asyncio + hiredis)": "redis/",
+        "route_inbound (Router)": "route_inbound (sessions/routing.py",
+        "aiohttp HTTP server machinery": "aiohttp/web_protocol.py",
+        "TwiML building": "relay/twiml.py",
+        "JSON (orjson)": "orjson",
+    }
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        leaf[frames[-1]] += n
+        for label, needle in patterns.items():
+            if needle in stack:
+                areas[label] += n
+    if not total:
+        return ["(empty profile)"]
+    lines = [f"  inclusive: {label:44s} {100 * n / total:5.1f}%" for label, n in areas.most_common()]
+    lines += [f"  self:      {frame[:90]:90s} {100 * n / total:5.1f}%" for frame, n in leaf.most_common(top)]
+    return lines
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+async def main(settings: Any, args: argparse.Namespace) -> int:
+    from relay.embedded import ServerUnreachable, ensure_servers, with_database
+
+    n_sessions = int(_arg(args, "sessions", 2000))
+    duration_s = int(_arg(args, "duration", 8))
+    connections = int(_arg(args, "concurrency", 32))
+    redis_db = int(_arg(args, "redis_db", 10))
+    rate = float(_arg(args, "rate", 1000))
+    try:
+        settings, servers = await ensure_servers(settings)
+    except ServerUnreachable as err:
+        print(f"maskline bench: {err}")
+        return 2
+    base = settings.redis_url.rsplit("/", 1)[0] if settings.redis_url.count("/") > 2 else settings.redis_url
+    redis_url = f"{base}/{redis_db}"
+    database_url = with_database(settings.database_url, BENCH_DB)
+    use_wrk = shutil.which("wrk") is not None
+    tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-relay-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        print(f"maskline bench relay: {n_sessions} live sessions, {duration_s} s per run, {connections} connections, "
+              f"load from {'wrk' if use_wrk else 'the aiohttp generator'}")  # fmt: skip
+        pairs = await _prepare(settings, redis_url, database_url, n_sessions)
+        worker_port, bare_port = _free_port(), _free_port()
+        env = {
+            **os.environ,
+            "MASKLINE_REDIS_URL": redis_url,
+            "MASKLINE_DATABASE_URL": database_url,
+            "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{worker_port}",
+            "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "MASKLINE_EMBEDDED": "never",
+            "MASKLINE_LOG_LEVEL": "WARNING",
+        }
+        worker = _spawn("worker", worker_port, env)
+        bare = _spawn("bare", bare_port, env)
+        procs += [worker, bare]
+        await asyncio.gather(_wait_ready(worker_port, worker), _wait_ready(bare_port, bare))
+        url = f"http://127.0.0.1:{worker_port}/twilio/sms"
+        per_run = max(20_000, duration_s * 12_000)
+        files = {name: tmp / f"{name}.txt" for name in ("warm", "main", "fixed", "profile")}
+        for run, (name, path) in enumerate(files.items()):
+            _write_requests(path, url, pairs, per_run if name != "warm" else 3_000, run)
+        script = tmp / "wrk.lua"
+        script.write_text(WRK_SCRIPT)
+
+        async def closed_loop(port: int, path: Path, seconds: int) -> dict[str, float]:
+            if use_wrk:
+                return await _wrk(port, path, script, duration_s=seconds, connections=connections)
+            return await _pyload(port, path, duration_s=seconds, connections=connections)
+
+        await closed_loop(worker_port, files["warm"], 1)  # warm-up: script cache, connections
+        await closed_loop(bare_port, files["warm"], 1)
+        relay = await closed_loop(worker_port, files["main"], duration_s)
+        bare_result = await closed_loop(bare_port, files["main"], duration_s)
+        fixed = await _pyload(worker_port, files["fixed"], duration_s=min(duration_s, 6), connections=64, rate=rate)
+
+        prof_path = tmp / "profile.txt"
+        spy = await _profile(worker.pid, max(3, duration_s - 2), prof_path)
+        await closed_loop(worker_port, files["profile"], duration_s)
+        if spy is not None:
+            await asyncio.to_thread(spy.wait, 60)
+
+        ratio = relay["rps"] / bare_result["rps"] if bare_result["rps"] else float("nan")
+        print(f"worker (signed inbound SMS, full relay): {relay['rps']:8.0f} req/s  p50 {relay['p50_ms']:.2f} ms  "
+              f"p99 {relay['p99_ms']:.2f} ms  non-2xx {relay['errors']:.0f}   (target >= 3,000/s)")  # fmt: skip
+        print(f"bare aiohttp handler (parse form, fixed TwiML): {bare_result['rps']:8.0f} req/s  "
+              f"p50 {bare_result['p50_ms']:.2f} ms  p99 {bare_result['p99_ms']:.2f} ms")  # fmt: skip
+        print(f"ratio worker / bare: {ratio:.2f}   (target >= 0.35)")
+        print(f"fixed rate {rate:.0f} req/s for {fixed['seconds']:.0f} s: achieved {fixed['rps']:.0f} req/s, "
+              f"p50 {fixed['p50_ms']:.2f} ms, p99 {fixed['p99_ms']:.2f} ms, max {fixed['max_ms']:.2f} ms, "
+              f"errors {fixed['errors']:.0f}   (target p99 < 10 ms)")  # fmt: skip
+        print("profile of the worker under load (py-spy, share of samples):")
+        for line in _summarise_profile(prof_path):
+            print(line)
+        return 0
+    finally:
+        for proc in procs:
+            _stop(proc)
+        with contextlib.suppress(Exception):
+            import redis.asyncio as aioredis
+
+            r = aioredis.from_url(redis_url)
+            await r.flushdb()
+            await r.aclose()
+        shutil.rmtree(tmp, ignore_errors=True)
+        stopped = servers.stop()
+        if asyncio.iscoroutine(stopped):
+            await stopped
+
+
+# ---------------------------------------------------------------------------------------- subprocesses
+
+
+def _run_worker(port: int) -> None:
+    """The app exactly as `maskline serve` runs it: create_app, no access log, uvloop."""
+    import logging
+
+    from aiohttp import web
+
+    from relay.app import create_app
+    from relay.settings import Settings
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper())
+    app = create_app(settings)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def _run_bare(port: int) -> None:
+    from aiohttp import web
+
+    async def sms(request: web.Request) -> web.Response:
+        await request.post()
+        return web.Response(text=BARE_TWIML, content_type="text/xml")
+
+    app = web.Application()
+    app.router.add_post("/twilio/sms", sms)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def _load(port: int, path: Path, duration_s: float, connections: int, rate: float) -> dict[str, float]:
+    """Closed loop (rate 0: `connections` senders back to back) or open loop at `rate` req/s, where
+    latency counts from the scheduled send time (no coordinated omission)."""
+    import aiohttp
+
+    lines = [line.rstrip("\n").split("\t", 1) for line in path.open()]
+    url = f"http://127.0.0.1:{port}/twilio/sms"
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def send(i: int, scheduled: float) -> None:
+            nonlocal errors
+            sig, body = lines[i % len(lines)]
+            headers = {"X-Twilio-Signature": sig, "Content-Type": "application/x-www-form-urlencoded"}
+            try:
+                async with http.post(url, data=body.encode(), headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+
+        start = time.perf_counter()
+        end = start + duration_s
+        if rate > 0:
+            tasks = []
+            i = 0
+            while True:
+                scheduled = start + i / rate
+                if scheduled >= end:
+                    break
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(send(i, scheduled)))
+                i += 1
+            await asyncio.gather(*tasks)
+        else:
+            counter = iter(range(10**9))
+
+            async def sender() -> None:
+                while time.perf_counter() < end:
+                    await send(next(counter), time.perf_counter())
+
+            await asyncio.gather(*(sender() for _ in range(connections)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    n = len(latencies)
+    return {
+        "seconds": elapsed,
+        "rps": n / elapsed,
+        "p50_ms": statistics.median(latencies) if n else float("nan"),
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
+        "max_ms": latencies[-1] if n else float("nan"),
+        "errors": float(errors),
+    }
+
+
+def _cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay")
+    parser.add_argument("mode", choices=["worker", "bare", "load"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--file")
+    parser.add_argument("--duration", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=0)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    if args.mode == "worker":
+        _run_worker(args.port)
+    elif args.mode == "bare":
+        _run_bare(args.port)
+    else:
+        result = asyncio.run(_load(args.port, Path(args.file), args.duration, args.connections, args.rate))
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _cli()
