@@ -18,6 +18,7 @@ from audit.writer import AuditWriter
 from pool.connections import redis_client
 from pool.registry import NumberRegistry
 from pool.scripts import Scripts
+from relay.api import audit as audit_api
 from relay.api import services as services_api
 from relay.api import sessions as sessions_api
 from relay.apikeys import KeyVerifier
@@ -141,6 +142,7 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.add_routes(services_api.routes)
     app.add_routes(sessions_api.routes)
+    app.add_routes(audit_api.routes)
     # Webhooks and interactions (relay/relay_state.py): after `resources`, whose Redis they use.
     from relay import relay_state
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -222,8 +223,14 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})",
         flush=True,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # A clean stop also stops the embedded servers this process started.
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        print("maskline stopping", flush=True)
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
