@@ -1,0 +1,121 @@
+"""Build docs/openapi/maskline.json: Twilio's Proxy v1 document (the contract, MIT licensed, kept
+verbatim beside this file) plus what Maskline adds. Run: python docs/openapi/build.py
+tests/test_openapi.py checks that the app's routes and this document stay in step."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+SERVICE_EXTENSIONS = {
+    "CoolOff": (
+        "integer",
+        "Maskline: seconds a released (participant, proxy number) pair stays held after its session closes (default 14400).",
+    ),
+    "AllowedCountries": (
+        "string",
+        "Maskline: comma-separated ISO 3166 alpha-2 codes of participants allowed (e.g. US,CA); empty allows all.",
+    ),
+    "CallTimeLimit": ("integer", "Maskline: maximum length of a relayed call, in seconds."),
+    "Whisper": ("string", "Maskline: announcement played to the callee before a relayed call connects."),
+    "RecordCalls": (
+        "boolean",
+        "Maskline: record relayed calls (a consent announcement plays to both parties).",
+    ),
+    "RecordingConsent": ("string", "Maskline: the consent announcement played when RecordCalls is true."),
+    "OutOfSessionMessage": (
+        "string",
+        "Maskline: reply to texts and calls outside a live session when no OutOfSessionCallbackUrl is set.",
+    ),
+    "HelpMessage": ("string", "Maskline: reply to HELP."),
+    "BodyPolicy": ("string", "Maskline: message bodies in the audit log: keep, redact or hash."),
+}
+
+AUDIT_PATHS = {
+    "/v1/Audit/Events": "Query the audit log (keys with the audit permission; a key scoped to Services sees only theirs).",
+    "/v1/Audit/Events.csv": "Stream the same query as CSV.",
+    "/v1/Audit/Events.jsonl": "Stream the same query as JSON Lines.",
+}
+AUDIT_QUERY = [
+    "Service",
+    "Session",
+    "Number",
+    "ProxyNumber",
+    "Since",
+    "Until",
+    "Type",
+    "PageSize",
+    "PageToken",
+]
+
+WEBHOOKS = {
+    "/twilio/sms": "Twilio messaging webhook of every pool number (signed with X-Twilio-Signature).",
+    "/twilio/voice": "Twilio voice webhook of every pool number (signed with X-Twilio-Signature).",
+}
+OPS = {"/healthz": "Liveness.", "/readyz": "Readiness: Redis and Postgres reachable."}
+
+
+def build() -> dict:
+    doc = copy.deepcopy(json.loads((HERE / "twilio_proxy_v1.json").read_text()))
+    doc["info"]["title"] = "Maskline - Twilio Proxy v1 compatible API"
+    doc["info"]["description"] = (
+        "Maskline's REST API: wire-compatible with Twilio Proxy v1 (the paths, fields and enums of Twilio's "
+        "published document, MIT licensed, see twilio_proxy_v1.LICENSE) plus the Maskline extensions marked "
+        "'Maskline:'. Error codes: docs/errors.md."
+    )
+    doc["servers"] = [{"url": "http://127.0.0.1:8080", "description": "MASKLINE_PUBLIC_URL"}]
+    for path in ("/v1/Services", "/v1/Services/{Sid}"):
+        schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"][
+            "schema"
+        ]
+        for name, (kind, text) in SERVICE_EXTENSIONS.items():
+            schema["properties"][name] = {"type": kind, "description": text}
+    service = doc["components"]["schemas"]["proxy.v1.service"]["properties"]
+    service["cool_off"] = {"type": "integer", "description": SERVICE_EXTENSIONS["CoolOff"][1]}
+    service["allowed_countries"] = {"type": "array", "items": {"type": "string"}, "nullable": True}
+    service["options"] = {
+        "type": "object",
+        "description": "Maskline: relay and audit options of the Service.",
+    }
+    for path, text in AUDIT_PATHS.items():
+        doc["paths"][path] = {
+            "get": {
+                "summary": text,
+                "operationId": "Audit" + path.rsplit("/", 1)[1].replace(".", ""),
+                "parameters": [{"name": q, "in": "query", "schema": {"type": "string"}} for q in AUDIT_QUERY],
+                "responses": {
+                    "200": {"description": "events"},
+                    "403": {"description": "no audit permission"},
+                },
+            }
+        }
+    for path, text in WEBHOOKS.items():
+        doc["paths"][path] = {
+            "post": {
+                "summary": text,
+                "operationId": "Webhook" + path.rsplit("/", 1)[1].title(),
+                "security": [],
+                "responses": {
+                    "200": {"description": "TwiML", "content": {"application/xml": {}}},
+                    "403": {"description": "bad signature"},
+                },
+            }
+        }
+    for path, text in OPS.items():
+        doc["paths"][path] = {
+            "get": {
+                "summary": text,
+                "operationId": path.strip("/").title(),
+                "security": [],
+                "responses": {"200": {"description": "ok"}},
+            }
+        }
+    return doc
+
+
+if __name__ == "__main__":
+    (HERE / "maskline.json").write_text(json.dumps(build(), indent=1) + "\n")
+    print("wrote", HERE / "maskline.json")
