@@ -38,6 +38,8 @@ from urllib.parse import urlencode
 
 __all__ = ["main"]
 
+ROOT = str(Path(__file__).resolve().parent.parent)
+
 BENCH_DB = "maskline_bench_relay"
 AUTH_TOKEN = "maskline-bench-auth-token"
 ACCOUNT_SID = "AC" + "be" * 16
@@ -74,7 +76,9 @@ def _arg(args: argparse.Namespace, name: str, default: Any) -> Any:
 # ---------------------------------------------------------------------------------------- set-up
 
 
-async def _prepare(settings: Any, redis_url: str, database_url: str, n_sessions: int) -> list[tuple[str, str]]:
+async def _prepare(
+    settings: Any, redis_url: str, database_url: str, n_sessions: int
+) -> list[tuple[str, str]]:
     """A Service, its pool and n live sessions; returns (From, To) of one participant per session."""
     import asyncpg
     import redis.asyncio as aioredis
@@ -152,7 +156,7 @@ def _spawn(mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        cwd=str(Path(__file__).resolve().parent.parent),
+        cwd=ROOT,
     )
 
 
@@ -203,14 +207,16 @@ end
 
 
 def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s|m)\b", text)
     if not m:
         return float("nan")
     value, unit = float(m.group(1)), m.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return {"us": value / 1000, "ms": value, "s": value * 1000, "m": value * 60_000}[unit]
 
 
-async def _wrk(port: int, requests_file: Path, script: Path, *, duration_s: int, connections: int) -> dict[str, float]:
+async def _wrk(
+    port: int, requests_file: Path, script: Path, *, duration_s: int, connections: int
+) -> dict[str, float]:
     proc = await asyncio.create_subprocess_exec(
         "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script),
         f"http://127.0.0.1:{port}/twilio/sms", "--", str(requests_file),
@@ -219,8 +225,8 @@ async def _wrk(port: int, requests_file: Path, script: Path, *, duration_s: int,
     out, err = await proc.communicate()
     text = out.decode()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    p50 = re.search(r"50%\s+(\S+)", text)
-    p99 = re.search(r"99%\s+(\S+)", text)
+    p50 = re.search(r"^\s*50%\s+(\S+)", text, re.M)
+    p99 = re.search(r"^\s*99%\s+(\S+)", text, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     if not rps:
         raise RuntimeError(f"wrk failed: {text} {err.decode()}")
@@ -239,7 +245,7 @@ async def _pyload(
         sys.executable, "-m", "bench.relay", "load", "--port", str(port), "--file", str(requests_file),
         "--duration", str(duration_s), "--connections", str(connections), "--rate", str(rate),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=str(Path(__file__).resolve().parent.parent),
+        cwd=ROOT,
     )  # fmt: skip
     out, err = await proc.communicate()
     if proc.returncode:
@@ -248,7 +254,7 @@ async def _pyload(
     return result
 
 
-async def _profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
+def _profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return None
@@ -351,10 +357,12 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         await closed_loop(bare_port, files["warm"], 1)
         relay = await closed_loop(worker_port, files["main"], duration_s)
         bare_result = await closed_loop(bare_port, files["main"], duration_s)
-        fixed = await _pyload(worker_port, files["fixed"], duration_s=min(duration_s, 6), connections=64, rate=rate)
+        fixed = await _pyload(
+            worker_port, files["fixed"], duration_s=min(duration_s, 6), connections=64, rate=rate
+        )
 
         prof_path = tmp / "profile.txt"
-        spy = await _profile(worker.pid, max(3, duration_s - 2), prof_path)
+        spy = _profile(worker.pid, max(3, duration_s - 2), prof_path)
         await closed_loop(worker_port, files["profile"], duration_s)
         if spy is not None:
             await asyncio.to_thread(spy.wait, 60)

@@ -20,7 +20,13 @@ from twilio.request_validator import RequestValidator
 
 from relay.api.params import iso
 
-__all__ = ["CallbackDispatcher", "interaction_fields", "intercept", "ask_out_of_session", "OutOfSessionAnswer"]
+__all__ = [
+    "CallbackDispatcher",
+    "interaction_fields",
+    "intercept",
+    "ask_out_of_session",
+    "OutOfSessionAnswer",
+]
 
 log = logging.getLogger("maskline.callbacks")
 
@@ -92,7 +98,9 @@ class CallbackDispatcher:
             return True
         except asyncio.QueueFull:
             self.dropped += 1
-            log.warning("callback queue full (%d): dropped callback for %s", QUEUE_SIZE, form.get("interactionSid"))
+            log.warning(
+                "callback queue full (%d): dropped callback for %s", QUEUE_SIZE, form.get("interactionSid")
+            )
             return False
 
     async def _work(self) -> None:
@@ -114,7 +122,12 @@ class CallbackDispatcher:
 
 
 async def intercept(
-    http: aiohttp.ClientSession, validator: RequestValidator, url: str, form: dict[str, str], *, timeout_s: float
+    http: aiohttp.ClientSession,
+    validator: RequestValidator,
+    url: str,
+    form: dict[str, str],
+    *,
+    timeout_s: float,
 ) -> bool:
     """True when the interaction may go ahead: only an HTTP 403 blocks it."""
     try:
@@ -126,7 +139,11 @@ async def intercept(
         ) as resp:
             return resp.status != 403
     except Exception as err:  # timeout, refused, anything: Twilio Proxy lets the interaction through
-        log.warning("intercept callback for %s failed (%s); letting it through", form.get("interactionSid"), type(err).__name__)
+        log.warning(
+            "intercept callback for %s failed (%s); letting it through",
+            form.get("interactionSid"),
+            type(err).__name__,
+        )
         return True
 
 
@@ -137,7 +154,12 @@ class OutOfSessionAnswer:
 
 
 async def ask_out_of_session(
-    http: aiohttp.ClientSession, validator: RequestValidator, url: str, form: dict[str, str], *, timeout_s: float
+    http: aiohttp.ClientSession,
+    validator: RequestValidator,
+    url: str,
+    form: dict[str, str],
+    *,
+    timeout_s: float,
 ) -> OutOfSessionAnswer | None:
     """None when the endpoint failed or said nothing usable (the caller then uses the default)."""
     try:

@@ -72,7 +72,9 @@ class TwilioMessages:
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                async with self.http.post(self.url, data=form, headers=self.headers, timeout=self.timeout) as resp:
+                async with self.http.post(
+                    self.url, data=form, headers=self.headers, timeout=self.timeout
+                ) as resp:
                     payload = await _json(resp)
                     if resp.status < 300:
                         return payload

@@ -6,24 +6,30 @@ REST API), the background callback queue and the signature validator.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+import redis.asyncio as aioredis
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from pool import keys
 from relay.appkeys import REDIS, SESSIONS, SETTINGS
 from relay.callbacks import CallbackDispatcher
 from relay.outbound import TwilioMessages
 from relay.settings import Settings
 from sessions.interactions import InteractionStore
-from sessions.routing import Router
+from sessions.routing import SEEN_TTL_S, Router
 from sessions.store import SessionStore
 
-__all__ = ["RelayState", "RelayOptions", "RELAY", "setup"]
+__all__ = ["RelayState", "RelayOptions", "AnswerWriter", "RELAY", "setup"]
+
+log = logging.getLogger("maskline.webhooks")
 
 DEFAULT_OUT_OF_SESSION_MESSAGE = "This conversation has ended. Please contact us through the app."
 DEFAULT_HELP_MESSAGE = "This is a masked number for your conversation. Reply STOP to stop texts from it."
@@ -65,13 +71,53 @@ class RelayOptions:
             whisper=str(options.get("whisper") or ""),
             record_calls=bool(options.get("record_calls")),
             recording_consent=str(options.get("recording_consent") or ""),
-            out_of_session_message=str(options.get("out_of_session_message") or DEFAULT_OUT_OF_SESSION_MESSAGE),
+            out_of_session_message=str(
+                options.get("out_of_session_message") or DEFAULT_OUT_OF_SESSION_MESSAGE
+            ),
             help_message=str(options.get("help_message") or DEFAULT_HELP_MESSAGE),
         )
 
     @property
     def consent(self) -> str:
         return (self.recording_consent or DEFAULT_RECORDING_CONSENT) if self.record_calls else ""
+
+
+class AnswerWriter:
+    """Remembers the TwiML given to each MessageSid / CallSid (what Router.remember_answer does),
+    batched: answers queued during one loop iteration go to Redis in one pipeline, so the hot
+    path pays one Redis round trip per webhook instead of two. Twilio retries after seconds; the
+    write lands within a millisecond or so, and until then a retry finds the in-flight marker
+    and gets an empty answer, never a second relay."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._pending: list[tuple[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def remember(self, service_sid: str, resource_sid: str, answer: str) -> None:
+        if not resource_sid:
+            return
+        self._pending.append((keys.seen(service_sid, resource_sid), answer))
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for key, answer in batch:
+                            pipe.set(key, answer, ex=SEEN_TTL_S)
+                        await pipe.execute()
+                except Exception as err:  # Redis down: the retry then finds the marker (or nothing)
+                    log.warning("could not remember %d webhook answer(s): %s", len(batch), type(err).__name__)
+        finally:
+            self._task = None
+
+    async def drain(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
 
 @dataclass
@@ -84,6 +130,7 @@ class RelayState:
     callbacks: CallbackDispatcher
     messages: TwilioMessages
     validator: RequestValidator
+    answers: AnswerWriter
     _options: dict[tuple[Any, ...], RelayOptions] = field(default_factory=dict)
 
     def options(self, svc: list[Any] | None) -> RelayOptions:
@@ -125,10 +172,12 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
             auth_token=settings.twilio_auth_token,
         ),
         validator=RequestValidator(settings.twilio_auth_token),
+        answers=AnswerWriter(app[REDIS]),
     )
     try:
         yield
     finally:
+        await app[RELAY].answers.drain()
         await callbacks.stop()
         await http.close()
 

@@ -79,6 +79,4 @@ def dial(
     if whisper_url:
         number_attrs += f" url={_attr(whisper_url)}"
     head = f"<Say>{text_safe(announce)}</Say>" if announce else ""
-    return (
-        f"{XML_DECL}<Response>{head}<Dial{attrs}><Number{number_attrs}>{text_safe(number)}</Number></Dial></Response>"
-    )
+    return f"{XML_DECL}<Response>{head}<Dial{attrs}><Number{number_attrs}>{text_safe(number)}</Number></Dial></Response>"

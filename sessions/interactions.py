@@ -122,7 +122,8 @@ class InteractionStore:
 
     # -- reads (None: not in Redis; the audit log may still know it) -------------------------
     async def get(self, service_sid: str, session_sid: str, interaction_sid: str) -> dict[str, Any] | None:
-        row: dict[str, Any] = await self.redis.hgetall(keys.interaction(service_sid, interaction_sid))
+        raw: Any = await self.redis.hgetall(keys.interaction(service_sid, interaction_sid))
+        row: dict[str, Any] = raw
         if not row or row.get("session_sid") != session_sid:
             return None
         return row
@@ -198,10 +199,11 @@ class InteractionStore:
         """Apply a status callback; emits interaction.updated when anything changed.
         Returns the updated interaction, or None if Redis no longer has it."""
         key = keys.interaction(service_sid, interaction_sid)
-        row: dict[str, Any] = await self.redis.hgetall(key)
+        raw: Any = await self.redis.hgetall(key)
+        row: dict[str, Any] = dict(raw)
         if not row:
             return None
-        changes: dict[str, str] = {}
+        changes: dict[str, Any] = {}
         if outbound_resource_sid and row.get("outbound_resource_sid") != outbound_resource_sid:
             changes["outbound_resource_sid"] = outbound_resource_sid
         if outbound_status and _advances(row.get("outbound_resource_status", ""), outbound_status):
@@ -222,7 +224,8 @@ class InteractionStore:
             return row
         now_ms = self.clock.now_ms()
         changes["updated_ms"] = str(now_ms)
-        await self.redis.hset(key, mapping=changes)
+        mapping: Any = changes
+        await self.redis.hset(key, mapping=mapping)
         row.update(changes)
         await emit_event(
             self.redis,
@@ -245,10 +248,10 @@ class InteractionStore:
                 keys.participant(service_sid, kp), "identifier", "proxy_identifier"
             )
             if ident:
-                view[f"{side}_identifier"] = ident
-                numbers.append(ident)
+                view[f"{side}_identifier"] = str(ident)
+                numbers.append(str(ident))
             if proxy:
-                numbers.append(proxy)
+                numbers.append(str(proxy))
         view["numbers"] = numbers
         return view
 

@@ -188,7 +188,11 @@ class Relay:
         return resp.status, await resp.text()
 
     async def sms(self, from_: str, to: str, body: str = "hello", **kw: Any) -> tuple[int, str]:
-        return await self.post("/twilio/sms", sms_params(self.settings.twilio_account_sid, from_, to, body, **kw))
+        return await self.post(
+            "/twilio/sms", sms_params(self.settings.twilio_account_sid, from_, to, body, **kw)
+        )
 
     async def call(self, from_: str, to: str, **kw: Any) -> tuple[int, str]:
-        return await self.post("/twilio/voice", call_params(self.settings.twilio_account_sid, from_, to, **kw))
+        return await self.post(
+            "/twilio/voice", call_params(self.settings.twilio_account_sid, from_, to, **kw)
+        )

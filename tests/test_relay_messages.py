@@ -47,17 +47,25 @@ async def test_proactive_message_is_sent_from_the_proxy_number_after_a_429(relay
     assert sent.form["To"] == CUSTOMER and sent.form["From"] == sess["proxy"][CUSTOMER]
     assert sent.form["Body"] == "Your order is on its way"
     assert sent.form_all["MediaUrl"] == ["https://example.com/map.png"]
-    assert sent.form["StatusCallback"] == f"{relay.url}/twilio/status/message?Service={ks}&Interaction={body['sid']}"
+    assert (
+        sent.form["StatusCallback"]
+        == f"{relay.url}/twilio/status/message?Service={ks}&Interaction={body['sid']}"
+    )
     assert sent.headers["Authorization"].startswith("Basic ")
 
     assert body["participant_sid"] == kp and body["outbound_participant_sid"] == kp
     assert body["inbound_participant_sid"] is None and body["inbound_resource_sid"] is None
     assert body["outbound_resource_sid"].startswith("SM") and body["outbound_resource_status"] == "queued"
     assert body["outbound_resource_type"] == "Message"
-    assert orjson.loads(body["data"]) == {"body": "Your order is on its way", "media": ["https://example.com/map.png"]}
+    assert orjson.loads(body["data"]) == {
+        "body": "Your order is on its way",
+        "media": ["https://example.com/map.png"],
+    }
     assert body["url"].endswith(f"/Participants/{kp}/MessageInteractions/{body['sid']}")
 
-    status, page = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{kc}/Participants/{kp}/MessageInteractions")
+    status, page = await relay.api(
+        "GET", f"/v1/Services/{ks}/Sessions/{kc}/Participants/{kp}/MessageInteractions"
+    )
     assert [m["sid"] for m in page["interactions"]] == [body["sid"]]
     status, one = await relay.api(
         "GET", f"/v1/Services/{ks}/Sessions/{kc}/Participants/{kp}/MessageInteractions/{body['sid']}"
@@ -84,7 +92,9 @@ async def test_proactive_message_to_an_opted_out_participant_is_refused(relay: R
     await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "STOP")
     kp = sess["participants"][CUSTOMER]
     status, body = await relay.api(
-        "POST", f"/v1/Services/{ks}/Sessions/{sess['sid']}/Participants/{kp}/MessageInteractions", {"Body": "hi"}
+        "POST",
+        f"/v1/Services/{ks}/Sessions/{sess['sid']}/Participants/{kp}/MessageInteractions",
+        {"Body": "hi"},
     )
     assert status == 400 and body["code"] == 21610
     assert relay.fake.messages == []
@@ -95,7 +105,9 @@ async def test_proactive_message_when_twilio_stays_down_is_recorded_as_failed(re
     kp = sess["participants"][COURIER]
     relay.fake.fail_next(10, 503)
     status, body = await relay.api(
-        "POST", f"/v1/Services/{ks}/Sessions/{sess['sid']}/Participants/{kp}/MessageInteractions", {"Body": "hi"}
+        "POST",
+        f"/v1/Services/{ks}/Sessions/{sess['sid']}/Participants/{kp}/MessageInteractions",
+        {"Body": "hi"},
     )
     assert status == 503 and body["code"] == 20503
     assert len(relay.fake.log) == 4  # a few attempts, then give up
@@ -135,7 +147,7 @@ def _tree(xml: str) -> list[tuple[str, dict[str, str], str]]:
     return [(e.tag, dict(e.attrib), (e.text or "").strip()) for e in ET.fromstring(xml).iter()]
 
 
-HOSTILE = 'Tom & "Jerry" <b>\'50%\' \u00e9\u4e2d\U0001f600'
+HOSTILE = "Tom & \"Jerry\" <b>'50%' \u00e9\u4e2d\U0001f600"
 
 
 def test_message_twiml_matches_twilio_library() -> None:

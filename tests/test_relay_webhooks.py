@@ -104,12 +104,16 @@ async def test_courier_and_customer_texts_reach_each_other_from_proxy_numbers(re
          "From": proxy[COURIER], "To": COURIER, "ApiVersion": "2010-04-01", "SmsStatus": "delivered"},
     )  # fmt: skip
     assert status == 204
-    status, fetched = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}/Interactions/{first['sid']}")
+    status, fetched = await relay.api(
+        "GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}/Interactions/{first['sid']}"
+    )
     assert fetched["outbound_resource_status"] == "delivered"
     assert fetched["outbound_resource_sid"] == out_sid
     # A late "sent" does not move it back.
     await relay.post(path, {"MessageSid": out_sid, "MessageStatus": "sent"})
-    status, fetched = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}/Interactions/{first['sid']}")
+    status, fetched = await relay.api(
+        "GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}/Interactions/{first['sid']}"
+    )
     assert fetched["outbound_resource_status"] == "delivered"
 
     types = [t for t, _ in await _events(relay.redis, ks)]
@@ -122,7 +126,10 @@ async def test_courier_and_customer_texts_reach_each_other_from_proxy_numbers(re
 
 async def test_mms_relays_every_media_url(relay: Relay) -> None:
     ks, sess = await _world(relay)
-    media = ("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1", "https://example.com/b?x=1&y=2")
+    media = (
+        "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
+        "https://example.com/b?x=1&y=2",
+    )
     status, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "look", media=media)
     msg = _message(xml)
     assert msg.find("Body").text == "look"
@@ -241,7 +248,9 @@ async def test_call_options_time_limit_whisper_and_recording_consent(relay: Rela
     assert dial.get("record") == "record-from-answer-dual"
     whisper = dial.find("Number").get("url")
     assert whisper.startswith(f"{relay.url}/twilio/voice/whisper?Service={ks}")
-    status, xml = await relay.post(whisper[len(relay.url) :], call_params(relay.settings.twilio_account_sid, "+1", "+2"))
+    status, xml = await relay.post(
+        whisper[len(relay.url) :], call_params(relay.settings.twilio_account_sid, "+1", "+2")
+    )
     say = parse(xml).find("Say").text
     assert "Call from your Maskline customer" in say and "recorded for quality" in say  # and the callee
     assert "Hangup" not in xml
@@ -298,7 +307,10 @@ async def test_out_of_session_callback_twiml_is_obeyed_with_previous_session_fie
 
     async def oos(request: web.Request) -> web.Response:
         got.append(dict(await request.post()))
-        return web.Response(text="<Response><Message>Call support on the app</Message></Response>", content_type="application/xml")
+        return web.Response(
+            text="<Response><Message>Call support on the app</Message></Response>",
+            content_type="application/xml",
+        )
 
     url = relay.fake.route("POST", "/oos", oos)
     ks, sess = await _world(relay, OutOfSessionCallbackUrl=url)
@@ -363,7 +375,9 @@ async def test_stop_is_never_forwarded_and_is_honoured_until_start(relay: Relay)
 
 async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Relay) -> None:
     ks, sess = await _world(relay)
-    params = sms_params(relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "once", sid="SM" + "1" * 32)
+    params = sms_params(
+        relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "once", sid="SM" + "1" * 32
+    )
     _, first = await relay.post("/twilio/sms", params)
     _, second = await relay.post("/twilio/sms", params)
     assert first == second and _message(first).get("to") == COURIER
@@ -374,7 +388,9 @@ async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Rela
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "again", sid="SM" + "2" * 32)
     assert list(parse(xml)) == []
 
-    call = call_params(relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], sid="CA" + "3" * 32)
+    call = call_params(
+        relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], sid="CA" + "3" * 32
+    )
     _, a = await relay.post("/twilio/voice", call)
     _, b = await relay.post("/twilio/voice", call)
     assert a == b and parse(a).find("Dial") is not None
@@ -390,14 +406,26 @@ async def test_unsigned_and_tampered_webhooks_are_refused_and_not_acted_on(relay
     # Signed, then a parameter changed on the way.
     from signing import sign
 
-    headers = {"X-Twilio-Signature": sign(relay.url + "/twilio/sms", params, relay.settings.twilio_auth_token)}
-    async with relay.http.post(relay.url + "/twilio/sms", data={**params, "Body": "evil"}, headers=headers) as resp:
+    headers = {
+        "X-Twilio-Signature": sign(relay.url + "/twilio/sms", params, relay.settings.twilio_auth_token)
+    }
+    async with relay.http.post(
+        relay.url + "/twilio/sms", data={**params, "Body": "evil"}, headers=headers
+    ) as resp:
         assert resp.status == 403
     # Signed with another token, or over another URL.
     assert (await relay.post("/twilio/sms", params, token="not-the-token"))[0] == 403
     assert (await relay.post("/twilio/sms", params, signed_url="https://evil.example/twilio/sms"))[0] == 403
-    assert (await relay.post("/twilio/voice", call_params(relay.settings.twilio_account_sid, CUSTOMER, PROXY_A), token="x"))[0] == 403
-    assert (await relay.post(f"/twilio/status/message?Service={ks}&Interaction=KI1", {"MessageStatus": "failed"}, token="x"))[0] == 403
+    assert (
+        await relay.post(
+            "/twilio/voice", call_params(relay.settings.twilio_account_sid, CUSTOMER, PROXY_A), token="x"
+        )
+    )[0] == 403
+    assert (
+        await relay.post(
+            f"/twilio/status/message?Service={ks}&Interaction=KI1", {"MessageStatus": "failed"}, token="x"
+        )
+    )[0] == 403
     assert await relay.interactions(ks, sess["sid"]) == []
     assert await relay.redis.keys(keys.seen(ks, "*")) == []
 
@@ -412,8 +440,12 @@ async def test_signature_over_public_url_without_default_port(settings, redis, p
         ks = await relay.service()
         await relay.numbers(ks, PROXY_A, PROXY_B)
         sess = await relay.session(ks, CUSTOMER, COURIER)
-        for n, signed in enumerate(("https://relay.example.com/twilio/sms", "https://relay.example.com:443/twilio/sms")):
-            params = sms_params(settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi", sid=f"SM{n:032x}")
+        for n, signed in enumerate(
+            ("https://relay.example.com/twilio/sms", "https://relay.example.com:443/twilio/sms")
+        ):
+            params = sms_params(
+                settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi", sid=f"SM{n:032x}"
+            )
             status, xml = await relay.post("/twilio/sms", params, signed_url=signed)
             assert status == 200, signed
             assert _message(xml).get("to") == COURIER
@@ -441,7 +473,9 @@ async def test_redis_down_still_answers_valid_twiml_fast(settings, redis, pg, fa
         status, xml = await relay.call(CUSTOMER, PROXY_A)
         assert status == 200 and "Sorry" in parse(xml).find("Say").text
         assert time.monotonic() - started < settings.webhook_deadline_s + 0.5
-        status, _ = await relay.post("/twilio/status/message?Service=KS1&Interaction=KI1", {"MessageStatus": "sent"})
+        status, _ = await relay.post(
+            "/twilio/status/message?Service=KS1&Interaction=KI1", {"MessageStatus": "sent"}
+        )
         assert status == 204
     finally:
         await relay.stop()

@@ -174,13 +174,13 @@ def _page_url(request: web.Request, **changes: Any) -> str:
 
 @routes.get(PATH)
 async def list_events(request: web.Request) -> web.StreamResponse:
+    key = require(request, "audit")
     params = Params(request.query)
     fmt = params.str("Format", max_len=16)
     if fmt:
         if fmt.lower() not in EXPORT_FORMATS:
             raise InvalidParameter(f"Format must be one of {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
         return await _export(request, fmt.lower())
-    key = require(request, "audit")
     size = params.int("PageSize", minimum=1, maximum=MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
     page_no = params.int("Page", minimum=0, maximum=10_000_000) or 0
     token = params.str("PageToken", max_len=512) or None

@@ -90,7 +90,9 @@ def _view(request: web.Request, ks: str, ix: dict[str, Any]) -> dict[str, Any]:
 
 def _message_view(request: web.Request, ks: str, kp: str, ix: dict[str, Any]) -> dict[str, Any]:
     settings = request.app[RELAY].settings
-    return message_interaction_view(ix, ks, kp, base_url(request), account_sid(request), settings.twilio_api_url)
+    return message_interaction_view(
+        ix, ks, kp, base_url(request), account_sid(request), settings.twilio_api_url
+    )
 
 
 async def _get(request: web.Request, ks: str) -> dict[str, Any]:
