@@ -15,7 +15,7 @@ from redis.commands.core import AsyncScript
 
 from pool.errors import MasklineError, NotFound, PoolError
 
-__all__ = ["Scripts", "event_id", "event_id_base", "raise_for"]
+__all__ = ["Scripts", "event_id", "event_id_base", "raise_for", "script_source"]
 
 _LUA_DIR = Path(__file__).parent / "lua"
 _NAMES = (
@@ -32,7 +32,8 @@ _NAMES = (
 
 
 @cache
-def _source(name: str) -> str:
+def script_source(name: str) -> str:
+    """A script's full source: the shared helpers, then the script."""
     return (_LUA_DIR / "_lib.lua").read_text() + "\n" + (_LUA_DIR / f"{name}.lua").read_text()
 
 
@@ -66,7 +67,7 @@ class Scripts:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(_source(name))
+            name: redis.register_script(script_source(name))
             for name in _NAMES
             if (_LUA_DIR / f"{name}.lua").exists()
         }

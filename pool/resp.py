@@ -1,0 +1,143 @@
+"""A lean pipelined Redis client for the webhook hot path.
+
+redis-py's asyncio client spends most of a relay's CPU on per-command bookkeeping (pool checkout,
+locks, timeouts). The hot path needs one command per webhook (EVALSHA route_inbound), so this
+client keeps one connection, writes each command as soon as it is asked for, and matches replies
+to callers in order (Redis answers in order), parsing with hiredis. Errors surface as redis-py's
+own exceptions, so callers handle faults the same way for both clients."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+__all__ = ["RespClient"]
+
+
+def _encode(args: tuple[Any, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            waiter = self.waiters.popleft()
+            if waiter.done():
+                continue  # its caller gave up (timeout); the reply is still consumed in order
+            if isinstance(reply, ResponseError):
+                waiter.set_exception(reply)
+            else:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+
+
+class RespClient:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        password: str | None = None,
+        username: str | None = None,
+        connect_timeout_s: float = 2.0,
+    ) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.password, self.username = password, username
+        self.connect_timeout_s = connect_timeout_s
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._sha: dict[str, str] = {}
+
+    @classmethod
+    def like(cls, client: aioredis.Redis) -> RespClient:
+        """Connect where an existing redis-py client connects (same host, port, db, credentials)."""
+        kw = client.connection_pool.connection_kwargs
+        return cls(
+            kw.get("host", "127.0.0.1"),
+            int(kw.get("port", 6379)),
+            db=int(kw.get("db", 0) or 0),
+            password=kw.get("password"),
+            username=kw.get("username"),
+        )
+
+    async def _connection(self) -> _Protocol:
+        proto = self._proto
+        if proto is not None and not proto.lost:
+            return proto
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._proto is not None and not self._proto.lost:
+                return self._proto
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    _, proto = await loop.create_connection(_Protocol, self.host, self.port)
+            except (OSError, TimeoutError) as err:
+                raise ConnectionError(f"cannot reach Redis at {self.host}:{self.port}: {err}") from None
+            self._proto = proto
+            if self.password:
+                auth = (self.username, self.password) if self.username else (self.password,)
+                await self.execute("AUTH", *auth)
+            if self.db:
+                await self.execute("SELECT", self.db)
+            return proto
+
+    async def execute(self, *args: Any) -> Any:
+        proto = await self._connection()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        proto.waiters.append(waiter)
+        assert proto.transport is not None
+        proto.transport.write(_encode(args))
+        return await waiter
+
+    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script once if this Redis does not know it yet."""
+        sha = self._sha.get(source)
+        if sha is None:
+            sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as err:
+            if not str(err).startswith("NOSCRIPT"):
+                raise
+        await self.execute("SCRIPT", "LOAD", source)
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as err:
+            if str(err).startswith("NOSCRIPT"):
+                raise NoScriptError(str(err)) from None
+            raise
+
+    async def aclose(self) -> None:
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None
