@@ -193,11 +193,12 @@ async def _append(conn: asyncpg.Connection, batch: list[_Pending]) -> int:
     subjects = await privacy.resolve_subjects(conn, set().union(*(p.numbers for p in fresh)))
     policies = await privacy.body_policies(conn, {p.event.service_sid for p in fresh if p.event.service_sid})
     records = []
+    event_keys: privacy.EventKeys = {}
     for p in fresh:
         ev = p.event
         seq, prev = heads[p.chain]
         data, tokens = privacy.protect(
-            ev.data, subjects, policies.get(ev.service_sid or "", "keep"), p.numbers
+            ev.data, subjects, policies.get(ev.service_sid or "", "keep"), p.numbers, event_keys
         )
         row = StoredRow(
             id=ev.id,

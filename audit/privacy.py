@@ -6,10 +6,10 @@ personal text (message bodies, friendly names) encrypted under a key derived fro
 the event's subjects. Erasing a number deletes its subject row: the chained rows are untouched, the
 token no longer resolves and the text can no longer be decrypted ("crypto-shredding").
 
-Cipher: XOR with a SHAKE-256 keystream of (event key, random 12-byte nonce) plus a truncated
-keyed BLAKE2b tag (encrypt-then-MAC), from the standard library because the project has no crypto
-dependency. Its one job is to make text unreadable once a key is destroyed; the hash chain already
-guards integrity. The `enc1:` prefix versions the format, so AES-GCM can replace it later."""
+Cipher: AES-256-GCM (`cryptography`), written `enc2:` + base64(nonce || ciphertext || tag). Its one
+job is to make text unreadable once a key is destroyed; the hash chain already guards integrity.
+Rows written before it carry `enc1:` (XOR with a SHAKE-256 keystream plus a keyed BLAKE2b tag,
+standard library only): still decrypted, never written any more."""
 
 from __future__ import annotations
 
@@ -22,12 +22,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 import asyncpg
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "BODY_POLICIES",
     "ERASED",
     "REDACTED",
     "Subject",
+    "EventKeys",
     "event_numbers",
     "protect",
     "reveal",
@@ -46,10 +50,14 @@ NUMBER_FIELDS: Final = frozenset(
     {"identifier", "proxy_identifier", "from", "to", "inbound_identifier", "outbound_identifier"}
 )
 # Free text about a person: encrypted under the event's subject keys.
-TEXT_FIELDS: Final = frozenset({"body", "friendly_name"})
+# `data` is the Interaction's `data` as Twilio Proxy shows it: JSON text holding the message body.
+TEXT_FIELDS: Final = frozenset({"body", "friendly_name", "data"})
 
 _TOKEN = re.compile(r"^SJ[0-9a-f]{32}$")
-_ENC_PREFIX: Final = "enc1:"
+_ENC1_PREFIX: Final = "enc1:"  # legacy stream cipher: read only
+_ENC2_PREFIX: Final = "enc2:"  # AES-256-GCM
+_ENC_PREFIXES: Final = (_ENC1_PREFIX, _ENC2_PREFIX)
+_KEPT_AS_IS: Final = ("sha256:", "[redacted]")  # body policy results, never encrypted
 _HASH_PREFIX: Final = "sha256:"
 _NONCE_BYTES: Final = 12
 _TAG_BYTES: Final = 16
@@ -136,71 +144,104 @@ def _xor_stream(key: bytes, nonce: bytes, data: bytes) -> bytes:
 
 
 def _tag(key: bytes, message: bytes) -> bytes:
-    # Keyed BLAKE2b is a MAC by design (no HMAC construction needed) and cheaper per event.
     return hashlib.blake2b(message, key=key, digest_size=_TAG_BYTES).digest()
 
 
-def _encrypt(key: bytes, text: str) -> str:
+def _encrypt(cipher: AESGCM, text: str) -> str:
+    # Random 96-bit nonces: safe far beyond the texts one set of subjects (one key) ever gets (2**32).
     nonce = os.urandom(_NONCE_BYTES)
-    ct = _xor_stream(key, nonce, text.encode())
-    tag = _tag(key, nonce + ct)
-    return _ENC_PREFIX + base64.urlsafe_b64encode(nonce + tag + ct).decode()
+    return (
+        _ENC2_PREFIX + base64.urlsafe_b64encode(nonce + cipher.encrypt(nonce, text.encode(), None)).decode()
+    )
 
 
 def _decrypt(key: bytes, value: str) -> str | None:
     try:
-        raw = base64.urlsafe_b64decode(value[len(_ENC_PREFIX) :])
+        raw = base64.urlsafe_b64decode(value[len(_ENC2_PREFIX) :])
     except ValueError:
         return None
-    nonce, tag, ct = (
-        raw[:_NONCE_BYTES],
-        raw[_NONCE_BYTES : _NONCE_BYTES + _TAG_BYTES],
-        raw[_NONCE_BYTES + _TAG_BYTES :],
-    )
+    nonce, rest = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
+    if value.startswith(_ENC2_PREFIX):
+        try:
+            return AESGCM(key).decrypt(nonce, rest, None).decode(errors="replace")
+        except (InvalidTag, ValueError):
+            return None
+    tag, ct = rest[:_TAG_BYTES], rest[_TAG_BYTES:]  # enc1
     if not hmac.compare_digest(tag, _tag(key, nonce + ct)):
         return None
     return _xor_stream(key, nonce, ct).decode(errors="replace")
 
 
+def _apply_body_policy(value: str, policy: str, key: bytes | None, *, nested: bool) -> str:
+    """`body` (or, `nested`, the body inside an Interaction's `data` JSON text) as the policy keeps it."""
+    if nested:
+        try:
+            inner = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+        if inner.__class__ is not dict or inner.get("body").__class__ is not str:
+            return value
+        inner["body"] = _apply_body_policy(inner["body"], policy, key, nested=False)
+        return orjson.dumps(inner).decode()
+    if policy == "redact":
+        return REDACTED
+    digest = hmac.new(key, value.encode(), hashlib.sha256) if key else hashlib.sha256(value.encode())
+    return _HASH_PREFIX + digest.hexdigest()
+
+
+EventKeys = dict[tuple[str, ...], tuple[bytes, AESGCM]]
+
+
 def protect(
-    data: dict[str, Any], subjects: Mapping[str, Subject], policy: str, numbers: set[str] | None = None
+    data: dict[str, Any],
+    subjects: Mapping[str, Subject],
+    policy: str,
+    numbers: set[str] | None = None,
+    event_keys: EventKeys | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The event's data as stored, and the sorted subject tokens it concerns.
 
-    Numbers become tokens wherever they appear; `data.body` follows the Service's body policy; the
-    remaining personal text is encrypted when the event has subjects (an event about no number,
-    such as `service.updated`, has nobody to erase and stays readable). `numbers`: the event's
-    numbers when the caller already has them (`event_numbers`)."""
+    Numbers become tokens wherever they appear; `data.body` (and the body inside an Interaction's
+    `data` text) follows the Service's body policy; the remaining personal text is encrypted when
+    the event has subjects (an event about no number, such as `service.updated`, has nobody to
+    erase and stays readable). `numbers`: the event's numbers when the caller already has them
+    (`event_numbers`); `event_keys`: a cache of event keys the caller keeps across a batch (many
+    events concern the same pair of numbers)."""
     if numbers is None:
         numbers = event_numbers(data)
-    mine = {n: subjects[n] for n in numbers if n in subjects}
-    tokens = sorted(tok for tok, _ in mine.values())
-    by_token = dict(mine.values())
-    key = _event_key([by_token[t] for t in tokens]) if tokens else None
+    mine = {n: subjects[n][0] for n in numbers if n in subjects}
+    tokens = sorted(mine.values())
+    key: bytes | None = None
+    cipher: AESGCM | None = None
+    if tokens:
+        tkey = tuple(tokens)
+        cached = event_keys.get(tkey) if event_keys is not None else None
+        if cached is None:
+            key = _event_key([k for _, k in sorted(subjects[n] for n in mine)])
+            cached = (key, AESGCM(key))
+            if event_keys is not None:
+                event_keys[tkey] = cached
+        key, cipher = cached
 
-    body = data.get("body")
-    if body.__class__ is str:
-        data = dict(data)
-        if policy == "redact":
-            data["body"] = REDACTED
-        elif policy == "hash":
-            digest = hmac.new(key, body.encode(), hashlib.sha256) if key else hashlib.sha256(body.encode())
-            data["body"] = _HASH_PREFIX + digest.hexdigest()
-
-    def text(value: str, field: Any) -> str:
-        found = mine.get(value)
-        if found is not None:
-            return found[0]
-        if key is not None and field in TEXT_FIELDS and not value.startswith((_HASH_PREFIX, REDACTED)):
-            return _encrypt(key, value)
-        return value
+    if policy != "keep":
+        changed = {}
+        if data.get("body").__class__ is str:
+            changed["body"] = _apply_body_policy(data["body"], policy, key, nested=False)
+        if data.get("data").__class__ is str:
+            changed["data"] = _apply_body_policy(data["data"], policy, key, nested=True)
+        if changed:
+            data = {**data, **changed}
 
     def walk_dict(value: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for k, v in value.items():
             cls = v.__class__
             if cls is str:
-                v = text(v, k)
+                tok = mine.get(v)
+                if tok is not None:
+                    v = tok
+                elif cipher is not None and k in TEXT_FIELDS and not v.startswith(_KEPT_AS_IS):
+                    v = _encrypt(cipher, v)
             elif cls is dict:
                 v = walk_dict(v)
             elif cls is list:
@@ -213,7 +254,11 @@ def protect(
         for v in value:
             cls = v.__class__
             if cls is str:
-                v = text(v, field)
+                tok = mine.get(v)
+                if tok is not None:
+                    v = tok
+                elif cipher is not None and field in TEXT_FIELDS and not v.startswith(_KEPT_AS_IS):
+                    v = _encrypt(cipher, v)
             elif cls is dict:
                 v = walk_dict(v)
             elif cls is list:
@@ -237,7 +282,7 @@ def reveal(data: Any, numbers: list[str], subjects: Mapping[str, tuple[str, byte
             if _TOKEN.match(value):
                 found = subjects.get(value)
                 return found[0] if found else ERASED
-            if value.startswith(_ENC_PREFIX):
+            if value.startswith(_ENC_PREFIXES):
                 plain = _decrypt(key, value) if key is not None else None
                 return ERASED if plain is None else plain
             return value

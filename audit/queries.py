@@ -22,7 +22,7 @@ from audit import privacy
 from audit.chain import ts_from_ms, ts_to_ms
 from pool.errors import InvalidParameter
 
-__all__ = ["AuditEvent", "query_events", "export_events", "EXPORT_FORMATS"]
+__all__ = ["AuditEvent", "query_events", "export_events", "interactions_from_audit", "EXPORT_FORMATS"]
 
 EXPORT_FORMATS: Final = ("csv", "jsonl")
 CSV_COLUMNS: Final = ("id", "ts", "service_sid", "seq", "type", "session_sid", "numbers", "data")
@@ -262,3 +262,100 @@ def _csv_chunk(events: list[AuditEvent], *, header: bool = False) -> bytes:
             ]
         )
     return buf.getvalue().encode()
+
+
+# Every interaction event of one session, in the order they were written (seq follows the stream).
+SELECT_INTERACTION_EVENTS: Final = """
+SELECT ts, id, service_sid, seq, type, session_sid, numbers, data FROM audit_events
+WHERE service_sid = $1 AND session_sid = $2 AND type = ANY($3::text[])
+ORDER BY ts, seq
+"""
+INTERACTION_EVENT_TYPES: Final = ("interaction.created", "interaction.updated", "interaction.deleted")
+# The Interaction resource's own fields, as the interaction hash (and so its events) holds them.
+INTERACTION_FIELDS: Final = (
+    "sid",
+    "session_sid",
+    "data",
+    "type",
+    "inbound_participant_sid",
+    "inbound_resource_sid",
+    "inbound_resource_status",
+    "inbound_resource_type",
+    "outbound_participant_sid",
+    "outbound_resource_sid",
+    "outbound_resource_status",
+    "outbound_resource_type",
+)
+
+
+def _iso_ms(ms: Any) -> str | None:
+    try:
+        value = int(ms)
+    except (TypeError, ValueError):
+        return None
+    if value <= 0:
+        return None
+    return ts_from_ms(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def interactions_from_audit(
+    pg: asyncpg.Pool,
+    *,
+    service_sid: str,
+    session_sid: str,
+    interaction_sid: str | None = None,
+    limit: int,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """A session's Interactions rebuilt from the log, for when Redis has forgotten the session.
+
+    Folds each interaction's `interaction.created` and `interaction.updated` events (the one with
+    the latest `updated_ms` wins, ties go to the later write); `interaction.deleted` removes it.
+    Newest first like the live list; each dict holds the Interaction's fields (sid, session_sid,
+    service_sid, data, type, inbound_/outbound_ participant and resource sid/status/type,
+    date_created, date_updated) and `created_ms` / `updated_ms` as the Redis hash has them.
+    Numbers and text of erased subjects read "[erased]"."""
+    async with pg.acquire() as conn:
+        rows = await conn.fetch(
+            SELECT_INTERACTION_EVENTS, service_sid, session_sid, list(INTERACTION_EVENT_TYPES)
+        )
+        events = await _reveal(conn, rows)
+    latest: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}
+    deleted: set[str] = set()
+    for order, ev in enumerate(events):
+        sid = ev.data.get("sid")
+        if not isinstance(sid, str) or (interaction_sid is not None and sid != interaction_sid):
+            continue
+        if ev.type == "interaction.deleted":
+            deleted.add(sid)
+            continue
+        try:
+            updated_ms = int(ev.data.get("updated_ms") or 0)
+        except (TypeError, ValueError):
+            updated_ms = 0
+        rank = (updated_ms, order)
+        merged = dict(latest[sid][1]) if sid in latest else {}
+        if sid in latest and rank < latest[sid][0]:
+            # A late-written older state fills gaps only; it never overwrites a newer status.
+            merged = {**ev.data, **merged}
+            rank = latest[sid][0]
+        else:
+            merged.update(ev.data)
+        latest[sid] = (rank, merged)
+
+    out = []
+    for sid, (_, ix) in latest.items():
+        if sid in deleted:
+            continue
+        view: dict[str, Any] = {name: ix.get(name) or None for name in INTERACTION_FIELDS}
+        view["sid"] = sid
+        view["session_sid"] = session_sid
+        view["service_sid"] = service_sid
+        view["type"] = ix.get("type") or "unknown"
+        view["created_ms"] = ix.get("created_ms")
+        view["updated_ms"] = ix.get("updated_ms") or ix.get("created_ms")
+        view["date_created"] = _iso_ms(view["created_ms"])
+        view["date_updated"] = _iso_ms(view["updated_ms"])
+        out.append(view)
+    out.sort(key=lambda v: (int(v["created_ms"] or 0), v["sid"]), reverse=True)
+    return out[offset : offset + max(0, limit)]

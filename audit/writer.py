@@ -12,6 +12,7 @@ Acknowledged entries are deleted (XDEL) so the streams do not grow without bound
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -114,6 +115,12 @@ class AuditWriter:
         # A restarted consumer may own pending entries from its previous life: read those first.
         self._own_pending = True
         self._last_claim_s = 0.0
+        # Pipelining: the next batch is read, and the last one acknowledged, while a batch is being
+        # stored (Postgres works on the COPY in its own process meanwhile). Neither weakens a
+        # guarantee: a prefetched entry is pending in Redis until its own batch commits, and an
+        # acknowledgement only ever follows a commit.
+        self._prefetched: asyncio.Task[list[Entry]] | None = None
+        self._acking: asyncio.Task[None] | None = None
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Drain until stop_event is set; transient failures back off (up to 5 s) and retry."""
@@ -131,15 +138,36 @@ class AuditWriter:
             except TRANSIENT_ERRORS as exc:
                 log.warning("audit writer %s: %r; retrying in %.1fs", self.consumer, exc, backoff_s)
                 self._own_pending = True
+                await self._settle()
                 await _wait(stop_event, backoff_s)
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Drop a prefetched batch (its entries stay pending: re-read first) and finish the last
+        acknowledgement; errors here are the ones the caller is already handling."""
+        prefetched, self._prefetched = self._prefetched, None
+        acking, self._acking = self._acking, None
+        for task in (prefetched, acking):
+            if task is not None:
+                if task is prefetched:
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
+                    await task
+        if prefetched is not None:
+            self._own_pending = True
 
     async def drain_once(self) -> int:
         """Store what is available now (own pending, claimable, new); returns entries acknowledged."""
         self._last_claim_s = 0.0
         total = 0
-        while n := await self._step(block_ms=None):
-            total += n
+        try:
+            while n := await self._step(block_ms=None):
+                total += n
+            if self._acking is not None:
+                await self._acking
+        finally:
+            await self._settle()
         return total
 
     async def discover_streams(self) -> None:
@@ -151,30 +179,40 @@ class AuditWriter:
             await self.redis.sadd(keys.EVENT_STREAMS, *found)
 
     async def _step(self, *, block_ms: int | None) -> int:
+        if self._acking is not None:
+            acking, self._acking = self._acking, None
+            await acking
         streams = await self._streams()
         if not streams:
             return 0
         entries: list[Entry] = []
         if self._own_pending:
+            await self._settle()
             entries = await self._read(streams, "0")
             self._own_pending = bool(entries)
         if not entries and time.monotonic() - self._last_claim_s >= self.claim_idle_ms / 2000:
             entries = await self._claim(streams)
             if not entries:
                 self._last_claim_s = time.monotonic()
+        if not entries and self._prefetched is not None:
+            prefetched, self._prefetched = self._prefetched, None
+            entries = await prefetched
         if not entries:
             entries = await self._read(streams, ">", block_ms=block_ms)
         if not entries:
             return 0
+        if not self._own_pending and self._prefetched is None:
+            self._prefetched = asyncio.create_task(self._read(streams, ">"))
         try:
             await self._store(entries)
         except asyncpg.CheckViolationError:
             self._periods.clear()  # a partition was dropped (retention) under us: create it again
+            self._own_pending = True
             raise
         except BaseException:
             self._own_pending = True
             raise
-        await self._acknowledge(entries)
+        self._acking = asyncio.create_task(self._acknowledge(entries))
         return len(entries)
 
     async def _streams(self) -> list[str]:
