@@ -1,8 +1,7 @@
 """/v1/Services/{KS}/Sessions/{KC}/Interactions and .../Participants/{KP}/MessageInteractions.
 
 Interactions are read from Redis while their session is there (live, or closed within
-closed_retention_s). A session gone from Redis reads as 20404 for now: `_from_audit` is where the
-audit log (Postgres) will answer instead."""
+closed_retention_s); once Redis has forgotten the session, the audit log (Postgres) answers."""
 
 from __future__ import annotations
 
@@ -10,10 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
+from audit.queries import interactions_from_audit
 from pool.errors import MissingParameter, NotFound
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.params import iso, page_args, read_params
+from relay.appkeys import PG
 from relay.outbound import TwilioSendError
 from relay.relay_state import RELAY
 
@@ -78,9 +79,29 @@ def message_interaction_view(
     return view
 
 
-async def _from_audit(ks: str, session_sid: str, interaction_sid: str | None = None) -> Any:
-    """Seam: the audit log will answer for sessions no longer in Redis. Nothing yet."""
-    return None
+async def _from_audit(
+    request: web.Request,
+    ks: str,
+    session_sid: str,
+    interaction_sid: str | None = None,
+    *,
+    offset: int = 0,
+    limit: int = 1,
+) -> Any:
+    """The session's Interactions rebuilt from the audit log; None when the log has none either."""
+    rows = await interactions_from_audit(
+        request.app[PG],
+        service_sid=ks,
+        session_sid=session_sid,
+        interaction_sid=interaction_sid,
+        limit=limit,
+        offset=offset,
+    )
+    if interaction_sid is not None:
+        return rows[0] if rows else None
+    if not rows and offset == 0:
+        return None
+    return rows
 
 
 def _view(request: web.Request, ks: str, ix: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +121,7 @@ async def _get(request: web.Request, ks: str) -> dict[str, Any]:
     sid = request.match_info["Sid"]
     ix = await request.app[RELAY].interactions.get(ks, session_sid, sid)
     if ix is None:
-        ix = await _from_audit(ks, session_sid, sid)
+        ix = await _from_audit(request, ks, session_sid, sid)
     if ix is None:
         raise NotFound(f"Interaction {sid} was not found in Session {session_sid}")
     return dict(ix)
@@ -114,7 +135,7 @@ async def list_interactions(request: web.Request) -> web.Response:
     page_no, size = page_args(request)
     rows = await request.app[RELAY].interactions.list(ks, session_sid, offset=page_no * size, limit=size + 1)
     if rows is None:
-        rows = await _from_audit(ks, session_sid)
+        rows = await _from_audit(request, ks, session_sid, offset=page_no * size, limit=size + 1)
     if rows is None:
         raise NotFound(f"Session {session_sid} was not found in Service {ks}")
     return json(
