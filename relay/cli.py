@@ -77,9 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     b_sessions.add_argument("--sessions", type=int, default=20_000, help="sessions to create per pool size")
     b_sessions.add_argument("--concurrency", type=int, default=64, help="creates in flight at once")
     b_sessions.add_argument("--redis-db", type=int, default=11, help="Redis DB number the bench may flush")
-    b_sessions.add_argument(
-        "--rounds", type=int, default=3, help="alternating rounds; the median is reported"
-    )
     _add(
         bench_sub,
         "relay",
