@@ -187,3 +187,20 @@ async def test_participants_added_one_by_one_and_removed(world: World) -> None:
     await world.sessions.remove_participant(ks, view["sid"], a["sid"])
     assert len(await world.sessions.list_participants(ks, view["sid"])) == 1
     assert await _text(world, CUSTOMER, a["proxy_identifier"], "SM6") == "no_session"
+
+
+async def test_closed_session_records_expire_after_retention_and_reopen_keeps_them(world: World) -> None:
+    ks = await world.service(cool_off_s=60)
+    await world.pool(ks, *POOL)
+    view = await world.session(ks, CUSTOMER, COURIER)
+    await _text(world, CUSTOMER, proxies(view)[CUSTOMER], "SM7")
+    ix_sids = await world.redis.zrange(keys.session_interactions(ks, view["sid"]), 0, -1)
+    assert len(ix_sids) == 1
+    await world.sessions.close_session(ks, view["sid"])
+    held = [keys.session(ks, view["sid"]), keys.interaction(ks, ix_sids[0])]
+    held += [keys.participant(ks, p["sid"]) for p in view["participants"]]
+    # Closed: kept for the retention period (7 days by default), then Redis forgets them.
+    ttls = [await world.redis.pttl(k) for k in held]
+    assert all(0 < t <= 7 * 86400 * 1000 for t in ttls), ttls
+    await world.sessions.update_session(ks, view["sid"], status=Status.IN_PROGRESS)
+    assert [await world.redis.pttl(k) for k in held] == [-1] * len(held)

@@ -196,6 +196,7 @@ local function close_session(sid, reason, now, event_id)
   local uname = redis.call('HGET', sk, 'unique_name')
   if uname and uname ~= '' then keys[#keys + 1] = P .. 'uname:' .. uname end
   keys[#keys + 1] = sk .. ':ix'
+  for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do keys[#keys + 1] = P .. 'ix:' .. ki end
   retain(keys, keep_ms)
   if event_id then emit(event_id, 'session.closed', now, session_view(sid)) end
   return true
