@@ -54,6 +54,6 @@ async def emit_event(
     # first: once the entry exists its stream is registered, so the writer cannot miss it.
     pipe = redis.pipeline(transaction=False)
     pipe.sadd(keys.EVENT_STREAMS, key)
-    pipe.xadd(key, fields)
+    pipe.xadd(key, fields)  # type: ignore[arg-type]
     await pipe.execute()
     return event_id

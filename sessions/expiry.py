@@ -28,6 +28,7 @@ async def sweep_once(store: SessionStore, *, batch: int = 500) -> int:
             closed += n
             if n < batch:
                 break
+        await store.prune_index(service_sid)
     return closed
 
 

@@ -115,7 +115,7 @@ class Router:
         data: dict[str, Any],
         keyword: str,
     ) -> Route:
-        args = [
+        args: list[str | int] = [
             self.clock.script_now(),
             event_id(),
             from_,

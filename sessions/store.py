@@ -106,6 +106,22 @@ class SessionStore:
             await self.redis.zrem(index, *gone)
         return [row for row in rows if row]
 
+    async def prune_index(self, service_sid: str, *, batch: int = 200) -> int:
+        """Drop from the listing index the oldest sessions whose records Redis has let expire.
+        The sweeper calls it each tick, so the index does not grow with every session ever made."""
+        index = keys.sessions_by_created(service_sid)
+        oldest = cast(list[str], await self.redis.zrange(index, 0, batch - 1))
+        if not oldest:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in oldest:
+                pipe.exists(keys.session(service_sid, sid))
+            present = await pipe.execute()
+        gone = [sid for sid, there in zip(oldest, present, strict=True) if not there]
+        if gone:
+            await self.redis.zrem(index, *gone)
+        return len(gone)
+
     async def update_session(
         self,
         service_sid: str,

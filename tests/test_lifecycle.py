@@ -204,3 +204,13 @@ async def test_closed_session_records_expire_after_retention_and_reopen_keeps_th
     assert all(0 < t <= 7 * 86400 * 1000 for t in ttls), ttls
     await world.sessions.update_session(ks, view["sid"], status=Status.IN_PROGRESS)
     assert [await world.redis.pttl(k) for k in held] == [-1] * len(held)
+
+
+async def test_sweeper_prunes_sessions_redis_has_forgotten_from_the_listing(world: World) -> None:
+    ks = await world.service()
+    await world.pool(ks, *POOL)
+    gone = await world.session(ks, CUSTOMER)
+    kept = await world.session(ks, COURIER)
+    await world.redis.delete(keys.session(ks, gone["sid"]))  # as when its retention ends
+    await sweep_once(world.sessions)
+    assert await world.redis.zrange(keys.sessions_by_created(ks), 0, -1) == [kept["sid"]]
