@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
-
 import orjson
 from _audit_fixtures import add_service, emit_many
+from cli_helpers import maskline
 
 from audit.queries import query_events
 from audit.writer import AuditWriter
-
-
-async def _maskline(*args: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MASKLINE_DATABASE_URL": database_url, "MASKLINE_REDIS_URL": redis_url}
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "relay", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_verify_says_ok_then_points_at_a_tampered_row(redis, pg, redis_url, database_url):
@@ -32,14 +15,14 @@ async def test_verify_says_ok_then_points_at_a_tampered_row(redis, pg, redis_url
     await emit_many(redis, [service], 30)
     await AuditWriter(redis, pg, consumer="w").drain_once()
 
-    done = await _maskline("audit", "verify", database_url=database_url, redis_url=redis_url)
+    done = await maskline("audit", "verify", database_url=database_url, redis_url=redis_url)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok: 30 events in 1 chains")
 
     async with pg.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL session_replication_role = replica")
         await conn.execute("UPDATE audit_events SET type = 'session.created' WHERE seq = 7")
-    done = await _maskline(
+    done = await maskline(
         "audit", "verify", "--service", service, database_url=database_url, redis_url=redis_url
     )
     assert done.returncode == 1
@@ -55,7 +38,7 @@ async def test_export_writes_the_file_shows_progress_and_is_recorded(
     await AuditWriter(redis, pg, consumer="w").drain_once()
     out = tmp_path / "export.jsonl"
 
-    done = await _maskline(
+    done = await maskline(
         "audit",
         "export",
         "--number",

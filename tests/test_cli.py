@@ -7,26 +7,17 @@ import subprocess
 import sys
 
 import asyncpg
+from cli_helpers import maskline
 
 from relay.apikeys import KeyVerifier
-
-
-def _maskline(*args: str, database_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MASKLINE_DATABASE_URL": database_url, "MASKLINE_REDIS_URL": redis_url}
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_keys_create_prints_the_secret_once_and_stores_only_a_hash(
     pg: asyncpg.Pool, redis, database_url: str, redis_url: str
 ) -> None:
-    done = _maskline("keys", "create", "--name", "backend", database_url=database_url, redis_url=redis_url)
+    done = await maskline(
+        "keys", "create", "--name", "backend", database_url=database_url, redis_url=redis_url
+    )
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(":", 1) for line in done.stdout.splitlines() if ":" in line)
     sid, secret = lines["API key SID"].strip(), lines["API key secret"].strip()
@@ -65,7 +56,7 @@ def test_bad_configuration_gets_a_clear_message() -> None:
     assert "MASKLINE_PORT" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_unreachable_explicit_redis_is_named(database_url: str) -> None:
-    done = _maskline("migrate", database_url=database_url, redis_url="redis://127.0.0.1:1/0")
+async def test_unreachable_explicit_redis_is_named(database_url: str) -> None:
+    done = await maskline("migrate", database_url=database_url, redis_url="redis://127.0.0.1:1/0")
     assert done.returncode == 2
     assert "MASKLINE_REDIS_URL" in done.stderr and "Traceback" not in done.stderr
