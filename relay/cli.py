@@ -157,11 +157,10 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.apikeys import create_key, revoke_key
-    from relay.migrate import apply_migrations
-
     from audit.events import emit_event
     from pool.connections import redis_client
+    from relay.apikeys import create_key, revoke_key
+    from relay.migrate import apply_migrations
 
     await apply_migrations(settings.database_url)
     conn = await asyncpg.connect(settings.database_url)
