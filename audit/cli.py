@@ -53,7 +53,7 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
 
     writer = sub.add_parser("writer", help="drain the event streams into Postgres until stopped")
     writer.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
-    writer.add_argument("--batch-size", type=int, default=1000)
+    writer.add_argument("--batch-size", type=int, default=2000)
 
     check = sub.add_parser("verify", help="recompute the hash chains; exit 1 at a broken link")
     check.add_argument("--service", help="only this Service's chains (KS...)")

@@ -14,6 +14,7 @@ standard library only): still decrypted, never written any more."""
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -31,6 +32,7 @@ __all__ = [
     "ERASED",
     "REDACTED",
     "Subject",
+    "SubjectCache",
     "EventKeys",
     "event_numbers",
     "protect",
@@ -75,6 +77,10 @@ ON CONFLICT (number) DO NOTHING
 SELECT_SUBJECTS_BY_NUMBER: Final = """
 SELECT subject_id, number, key FROM audit_subjects WHERE number = ANY($1::text[]) FOR SHARE
 """
+# The writer's cached subjects still exist (not erased) and are locked like the others (FOR SHARE).
+LOCK_SUBJECTS_BY_TOKEN: Final = """
+SELECT subject_id FROM audit_subjects WHERE subject_id = ANY($1::text[]) FOR SHARE
+"""
 SELECT_SUBJECTS_BY_TOKEN: Final = """
 SELECT subject_id, number, key FROM audit_subjects WHERE subject_id = ANY($1::text[])
 """
@@ -88,31 +94,87 @@ def event_numbers(data: Mapping[str, Any]) -> set[str]:
     found: set[str] = set()
     listed = data.get("numbers")
     if isinstance(listed, list):
-        found.update(n for n in listed if isinstance(n, str) and n)
-    stack: list[Any] = [data]
-    while stack:  # iterative: this runs for every event the writer stores
+        found.update([n for n in listed if isinstance(n, str) and n])
+    stack: list[Any] = []
+    # Hot: runs for every event the writer stores. The top level inline, nested values iteratively.
+    for k, v in data.items():
+        cls = v.__class__
+        if cls is str:
+            if v and k in NUMBER_FIELDS:
+                found.add(v)
+        elif cls is dict or cls is list:
+            stack.append(v)
+    while stack:
         value = stack.pop()
         items = value.items() if value.__class__ is dict else enumerate(value)
-        for k, v in items:
-            cls = v.__class__
+        for field, item in items:
+            cls = item.__class__
             if cls is str:
-                if v and k in NUMBER_FIELDS:
-                    found.add(v)
+                if item and field in NUMBER_FIELDS:
+                    found.add(item)
             elif cls is dict or cls is list:
-                stack.append(v)
+                stack.append(item)
     return found
 
 
-async def resolve_subjects(conn: asyncpg.Connection, numbers: Iterable[str]) -> dict[str, Subject]:
-    """number -> (token, key), creating subjects for new numbers. Call inside the write transaction."""
+class SubjectCache:
+    """The writer's memory of subjects (number -> (token, key)) and event keys across batches.
+
+    A cached subject is never trusted blindly: each batch locks its cached tokens FOR SHARE and
+    forgets those that no longer exist (erased), so an erased number gets a fresh subject exactly as
+    without the cache. The cache only saves creating and decoding rows (and deriving event keys).
+    Bounded: cleared when it grows past `max_subjects` (a cache miss costs one more row read)."""
+
+    def __init__(self, max_subjects: int = 200_000, max_event_keys: int = 100_000) -> None:
+        self.max_subjects = max_subjects
+        self.max_event_keys = max_event_keys
+        self.subjects: dict[str, Subject] = {}
+        self.event_keys: EventKeys = {}
+
+    def forget(self, numbers: Iterable[str]) -> None:
+        for n in numbers:
+            self.subjects.pop(n, None)
+        self.event_keys.clear()  # keyed by tokens: an erased token is never reused, but keep it simple
+
+    def trim(self) -> None:
+        if len(self.subjects) > self.max_subjects:
+            self.subjects.clear()
+        if len(self.event_keys) > self.max_event_keys:
+            self.event_keys.clear()
+
+
+async def resolve_subjects(
+    conn: asyncpg.Connection, numbers: Iterable[str], cache: SubjectCache | None = None
+) -> dict[str, Subject]:
+    """number -> (token, key), creating subjects for new numbers, every one locked FOR SHARE until
+    the transaction ends (an erasure waits for the events using them). Call inside the write
+    transaction. `cache`: the writer's SubjectCache (cached subjects are checked, not trusted)."""
     wanted = sorted(set(numbers))
     if not wanted:
         return {}
-    tokens = ["SJ" + os.urandom(16).hex() for _ in wanted]
-    subject_keys = [os.urandom(32) for _ in wanted]
-    await conn.execute(UPSERT_SUBJECTS, tokens, wanted, subject_keys)
-    rows = await conn.fetch(SELECT_SUBJECTS_BY_NUMBER, wanted)
-    return {r["number"]: (r["subject_id"], bytes(r["key"])) for r in rows}
+    found: dict[str, Subject] = {}
+    if cache is not None:
+        known = cache.subjects
+        cached = [n for n in wanted if n in known]
+        if cached:
+            tokens = [known[n][0] for n in cached]
+            alive = {r[0] for r in await conn.fetch(LOCK_SUBJECTS_BY_TOKEN, tokens)}
+            gone = [n for n, t in zip(cached, tokens, strict=True) if t not in alive]
+            if gone:
+                cache.forget(gone)
+            found = {n: known[n] for n in cached if n in known}
+            wanted = [n for n in wanted if n not in found]
+    if wanted:
+        tokens = ["SJ" + os.urandom(16).hex() for _ in wanted]
+        subject_keys = [os.urandom(32) for _ in wanted]
+        await conn.execute(UPSERT_SUBJECTS, tokens, wanted, subject_keys)
+        rows = await conn.fetch(SELECT_SUBJECTS_BY_NUMBER, wanted)
+        fresh = {r["number"]: (r["subject_id"], bytes(r["key"])) for r in rows}
+        found.update(fresh)
+        if cache is not None:
+            cache.trim()
+            cache.subjects.update(fresh)
+    return found
 
 
 async def lookup_subjects(
@@ -147,12 +209,36 @@ def _tag(key: bytes, message: bytes) -> bytes:
     return hashlib.blake2b(message, key=key, digest_size=_TAG_BYTES).digest()
 
 
+_NONCE_POOL_BYTES: Final = _NONCE_BYTES * 4096
+_nonce_pool = b""
+_nonce_at = 0
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+
+
+def _reset_nonces() -> None:
+    # A forked child must never reuse the random bytes its parent drew (nonce reuse under one key).
+    global _nonce_pool, _nonce_at
+    _nonce_pool, _nonce_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_reset_nonces)
+
+
+def _nonce() -> bytes:
+    """A fresh random 96-bit nonce; drawn from os.urandom 4096 at a time (one syscall, not 4096)."""
+    global _nonce_pool, _nonce_at
+    at = _nonce_at
+    if at >= len(_nonce_pool):
+        _nonce_pool, at = os.urandom(_NONCE_POOL_BYTES), 0
+    _nonce_at = at + _NONCE_BYTES
+    return _nonce_pool[at : at + _NONCE_BYTES]
+
+
 def _encrypt(cipher: AESGCM, text: str) -> str:
     # Random 96-bit nonces: safe far beyond the texts one set of subjects (one key) ever gets (2**32).
-    nonce = os.urandom(_NONCE_BYTES)
-    return (
-        _ENC2_PREFIX + base64.urlsafe_b64encode(nonce + cipher.encrypt(nonce, text.encode(), None)).decode()
-    )
+    nonce = _nonce()
+    raw = binascii.b2a_base64(nonce + cipher.encrypt(nonce, text.encode(), None), newline=False)
+    return _ENC2_PREFIX + raw.translate(_URLSAFE).decode()
 
 
 def _decrypt(key: bytes, value: str) -> str | None:
@@ -192,6 +278,20 @@ def _apply_body_policy(value: str, policy: str, key: bytes | None, *, nested: bo
 EventKeys = dict[tuple[str, ...], tuple[bytes, AESGCM]]
 
 
+def event_cipher(
+    tokens: list[str], mine: Mapping[str, str], subjects: Mapping[str, Subject], event_keys: EventKeys | None
+) -> tuple[bytes, AESGCM]:
+    """(event key, its AES-GCM) for an event whose sorted subject tokens are `tokens`."""
+    tkey = tuple(tokens)
+    cached = event_keys.get(tkey) if event_keys is not None else None
+    if cached is None:
+        key = _event_key([k for _, k in sorted(subjects[n] for n in mine)])
+        cached = (key, AESGCM(key))
+        if event_keys is not None:
+            event_keys[tkey] = cached
+    return cached
+
+
 def protect(
     data: dict[str, Any],
     subjects: Mapping[str, Subject],
@@ -205,8 +305,8 @@ def protect(
     `data` text) follows the Service's body policy; the remaining personal text is encrypted when
     the event has subjects (an event about no number, such as `service.updated`, has nobody to
     erase and stays readable). `numbers`: the event's numbers when the caller already has them
-    (`event_numbers`); `event_keys`: a cache of event keys the caller keeps across a batch (many
-    events concern the same pair of numbers)."""
+    (`event_numbers`); `event_keys`: a cache of event keys the caller keeps (many events concern
+    the same pair of numbers)."""
     if numbers is None:
         numbers = event_numbers(data)
     mine = {n: subjects[n][0] for n in numbers if n in subjects}
@@ -214,14 +314,7 @@ def protect(
     key: bytes | None = None
     cipher: AESGCM | None = None
     if tokens:
-        tkey = tuple(tokens)
-        cached = event_keys.get(tkey) if event_keys is not None else None
-        if cached is None:
-            key = _event_key([k for _, k in sorted(subjects[n] for n in mine)])
-            cached = (key, AESGCM(key))
-            if event_keys is not None:
-                event_keys[tkey] = cached
-        key, cipher = cached
+        key, cipher = event_cipher(tokens, mine, subjects, event_keys)
 
     if policy != "keep":
         changed = {}
@@ -231,42 +324,47 @@ def protect(
             changed["data"] = _apply_body_policy(data["data"], policy, key, nested=True)
         if changed:
             data = {**data, **changed}
+    return _walk_dict(data, mine, cipher), tokens
 
-    def walk_dict(value: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for k, v in value.items():
-            cls = v.__class__
-            if cls is str:
-                tok = mine.get(v)
-                if tok is not None:
-                    v = tok
-                elif cipher is not None and k in TEXT_FIELDS and not v.startswith(_KEPT_AS_IS):
-                    v = _encrypt(cipher, v)
-            elif cls is dict:
-                v = walk_dict(v)
-            elif cls is list:
-                v = walk_list(v, k)
-            out[k] = v
-        return out
 
-    def walk_list(value: list[Any], field: str) -> list[Any]:
-        out = []
-        for v in value:
-            cls = v.__class__
-            if cls is str:
-                tok = mine.get(v)
-                if tok is not None:
-                    v = tok
-                elif cipher is not None and field in TEXT_FIELDS and not v.startswith(_KEPT_AS_IS):
-                    v = _encrypt(cipher, v)
-            elif cls is dict:
-                v = walk_dict(v)
-            elif cls is list:
-                v = walk_list(v, field)
-            out.append(v)
-        return out
+def _walk_dict(value: dict[str, Any], mine: Mapping[str, str], cipher: AESGCM | None) -> dict[str, Any]:
+    # Hot: runs for every event the writer stores. Builds a new dict; the input is left as it was.
+    out = {}
+    get = mine.get
+    for k, v in value.items():
+        cls = v.__class__
+        if cls is str:
+            tok = get(v)
+            if tok is not None:
+                v = tok
+            elif cipher is not None and k in TEXT_FIELDS and not v.startswith(_KEPT_AS_IS):
+                v = _encrypt(cipher, v)
+        elif cls is dict:
+            v = _walk_dict(v, mine, cipher)
+        elif cls is list:
+            v = _walk_list(v, k, mine, cipher)
+        out[k] = v
+    return out
 
-    return walk_dict(data), tokens
+
+def _walk_list(value: list[Any], field: str, mine: Mapping[str, str], cipher: AESGCM | None) -> list[Any]:
+    out = []
+    get = mine.get
+    encrypt = cipher is not None and field in TEXT_FIELDS
+    for v in value:
+        cls = v.__class__
+        if cls is str:
+            tok = get(v)
+            if tok is not None:
+                v = tok
+            elif encrypt and not v.startswith(_KEPT_AS_IS):
+                v = _encrypt(cipher, v)  # type: ignore[arg-type]
+        elif cls is dict:
+            v = _walk_dict(v, mine, cipher)
+        elif cls is list:
+            v = _walk_list(v, field, mine, cipher)
+        out.append(v)
+    return out
 
 
 def reveal(data: Any, numbers: list[str], subjects: Mapping[str, tuple[str, bytes]]) -> Any:

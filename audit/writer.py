@@ -7,7 +7,11 @@ stored, under the chain lock). So:
 - writer killed mid-batch: its entries stay pending; another writer claims them (XAUTOCLAIM) once
   they have been idle `claim_idle_ms`, or the same consumer re-reads them when it restarts.
 - killed after commit, before XACK: the re-delivered entries are recognised and only acknowledged.
-Acknowledged entries are deleted (XDEL) so the streams do not grow without bound."""
+Acknowledged entries are deleted (XDEL) so the streams do not grow without bound.
+
+Hot path: stream entries are read and acknowledged over a lean hiredis connection (pool/resp.py,
+raw RESP2 replies, no per-entry objects but one Event tuple), and parsed with as few conversions
+as possible; see docs/audit.md ("Throughput")."""
 
 from __future__ import annotations
 
@@ -27,9 +31,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from audit.chain import Event, append_events
+from audit.privacy import SubjectCache
 from pool import keys
+from pool.resp import RespClient
 
-__all__ = ["GROUP", "DEAD_LETTERS", "Entry", "AuditWriter", "parse_entry"]
+__all__ = ["GROUP", "DEAD_LETTERS", "Batch", "Entry", "AuditWriter", "parse_entry"]
 
 log = logging.getLogger("maskline.audit.writer")
 
@@ -40,6 +46,7 @@ DEAD_LETTERS: Final = keys.GLOBAL_PREFIX + "events-dead"
 STREAM_PATTERN: Final = "ml:{*}:events"
 DISCOVER_EVERY_S: Final = 300.0
 MAX_BACKOFF_S: Final = 5.0
+REDIS_TIMEOUT_S: Final = 10.0  # a reply of the writer's own Redis connection (beyond BLOCK)
 
 # What a failed store or read can raise while Postgres or Redis is away; the entries stay pending.
 TRANSIENT_ERRORS: Final = (
@@ -85,6 +92,85 @@ def parse_entry(stream: str, entry_id: str, fields: dict[Any, Any]) -> Entry:
     return Entry(stream, entry_id, event, raw)
 
 
+class Batch:
+    """Stream entries read together: the events to store, what to acknowledge afterwards (every
+    entry, stored, skipped or set aside), and the malformed entries (to DEAD_LETTERS)."""
+
+    __slots__ = ("events", "acks", "dead", "size", "redelivered")
+
+    def __init__(self, *, redelivered: bool = False) -> None:
+        # redelivered: read again (own pending entries, claimed ones), so possibly stored already.
+        self.redelivered = redelivered
+        self.events: list[Event] = []
+        self.acks: dict[str, list[str]] = {}  # stream -> entry ids
+        self.dead: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id, raw fields)
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, stream: str, entry_id: str, raw: dict[str, str] | None) -> None:
+        """One entry; `raw` its fields as text (None or empty: deleted while pending, only acknowledged)."""
+        ids = self.acks.get(stream)
+        if ids is None:
+            ids = self.acks[stream] = []
+        ids.append(entry_id)
+        self.size += 1
+        if raw:
+            event = _event(stream, entry_id, raw)
+            if event is None:
+                self.dead.append((stream, entry_id, raw))
+            else:
+                self.events.append(event)
+
+    def add_resp2(self, reply: Any) -> None:
+        """An XREADGROUP reply as RESP2 sends it: [[stream, [[id, [field, value, ...] or nil]...]]...]."""
+        if not reply:
+            return
+        new_event, loads, derived = tuple.__new__, orjson.loads, _derived_id
+        events, dead = self.events, self.dead
+        for stream, messages in reply:
+            ids = self.acks.get(stream)
+            if ids is None:
+                ids = self.acks[stream] = []
+            self.size += len(messages)
+            for entry_id, fields in messages:
+                ids.append(entry_id)
+                if not fields:
+                    continue  # deleted from the stream while pending: only to acknowledge
+                it = iter(fields)
+                raw = dict(zip(it, it, strict=False))
+                # Inline _event (the hot path); anything unusual falls back to it.
+                try:
+                    data = loads(raw["data"])
+                    type_ = raw["type"]
+                    if data.__class__ is not dict or not type_:
+                        raise ValueError
+                    events.append(
+                        new_event(
+                            Event,
+                            (
+                                raw.get("id") or derived(stream, entry_id),
+                                type_,
+                                raw.get("service_sid") or None,
+                                int(raw["ts_ms"]),
+                                data,
+                            ),
+                        )
+                    )
+                except (ValueError, KeyError, TypeError):
+                    event = _event(stream, entry_id, raw)
+                    if event is None:
+                        dead.append((stream, entry_id, raw))
+                    else:
+                        events.append(event)
+
+
+def _event(stream: str, entry_id: str, raw: dict[str, str]) -> Event | None:
+    entry = parse_entry(stream, entry_id, raw)
+    return entry.event
+
+
 def _derived_id(stream: str, entry_id: str) -> str:
     # An entry without an id still needs one that is the same on every delivery (idempotency).
     return "EV" + hashlib.sha256(f"{stream}/{entry_id}".encode()).hexdigest()[:32]
@@ -97,10 +183,11 @@ class AuditWriter:
         pg_pool: asyncpg.Pool,
         *,
         consumer: str,
-        batch_size: int = 1000,
+        batch_size: int = 2000,
         claim_idle_ms: int = 30_000,
         block_ms: int = 1_000,
         store_timeout_s: float = 30.0,
+        max_inflight: int = 2,
     ) -> None:
         self.redis = redis
         self.pg_pool = pg_pool
@@ -109,18 +196,28 @@ class AuditWriter:
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
         self.store_timeout_s = store_timeout_s
+        self.max_inflight = max(1, max_inflight)
         self.stored = 0  # rows this writer inserted (re-deliveries excluded)
         self._groups: set[str] = set()
         self._periods: set[date] = set()
         # A restarted consumer may own pending entries from its previous life: read those first.
         self._own_pending = True
         self._last_claim_s = 0.0
-        # Pipelining: the next batch is read, and the last one acknowledged, while a batch is being
-        # stored (Postgres works on the COPY in its own process meanwhile). Neither weakens a
-        # guarantee: a prefetched entry is pending in Redis until its own batch commits, and an
-        # acknowledgement only ever follows a commit.
-        self._prefetched: asyncio.Task[list[Entry]] | None = None
-        self._acking: asyncio.Task[None] | None = None
+        self._active_streams = 0  # streams that had entries in the last read (see _count)
+        # Pipelining: the next batch is read while batches are being stored, and up to
+        # `max_inflight` batches are stored at once, each in its own transaction on its own
+        # connection: while one holds the chain heads for its COPY and COMMIT, the next one locks
+        # its subjects and protects its personal data (the CPU-heavy part), then waits for the
+        # heads (audit/chain.py). None of it weakens a guarantee: a prefetched or in-flight entry is
+        # pending in Redis until its own batch commits, and its acknowledgement (part of its task)
+        # only ever follows that commit.
+        self._prefetched: asyncio.Task[Batch] | None = None
+        self._inflight: list[asyncio.Task[None]] = []
+        # Subjects and event keys across batches (re-checked in every transaction, never trusted).
+        self._subjects = SubjectCache()
+        # Reads and acknowledgements over a lean hiredis connection when Redis is plain TCP (the
+        # usual case); redis-py otherwise (TLS, unix socket).
+        self._fast: RespClient | None = RespClient.like(redis) if _plain_tcp(redis) else None
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Drain until stop_event is set; transient failures back off (up to 5 s) and retry."""
@@ -142,20 +239,43 @@ class AuditWriter:
                 await _wait(stop_event, backoff_s)
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
         await self._settle()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the writer's own Redis connection (reopened when the writer is used again)."""
+        if self._fast is not None:
+            await self._fast.aclose()
 
     async def _settle(self) -> None:
-        """Drop a prefetched batch (its entries stay pending: re-read first) and finish the last
-        acknowledgement; errors here are the ones the caller is already handling."""
+        """Drop a prefetched batch (its entries stay pending: re-read first) and let the batches
+        in flight finish (stored and acknowledged, or left pending); errors here are the ones the
+        caller is already handling."""
         prefetched, self._prefetched = self._prefetched, None
-        acking, self._acking = self._acking, None
-        for task in (prefetched, acking):
-            if task is not None:
-                if task is prefetched:
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
-                    await task
+        inflight, self._inflight = self._inflight, []
         if prefetched is not None:
+            prefetched.cancel()
             self._own_pending = True
+        for task in [t for t in (prefetched,) if t is not None] + inflight:
+            with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
+                await task
+
+    async def _finish(self, *, keep: int = 0) -> None:
+        """Wait for the oldest batches in flight until at most `keep` remain; the first failure is
+        raised (the others are still awaited by `_settle`)."""
+        while len(self._inflight) > keep:
+            task = self._inflight[0]
+            try:
+                await task
+            except asyncpg.CheckViolationError:
+                self._periods.clear()  # a partition was dropped (retention) under us: create it again
+                self._own_pending = True
+                raise
+            except BaseException:
+                self._own_pending = True
+                raise
+            finally:
+                if self._inflight and self._inflight[0] is task:
+                    self._inflight.pop(0)
 
     async def drain_once(self) -> int:
         """Store what is available now (own pending, claimable, new); returns entries acknowledged."""
@@ -164,10 +284,10 @@ class AuditWriter:
         try:
             while n := await self._step(block_ms=None):
                 total += n
-            if self._acking is not None:
-                await self._acking
+            await self._finish()
         finally:
             await self._settle()
+            await self.aclose()
         return total
 
     async def discover_streams(self) -> None:
@@ -179,18 +299,22 @@ class AuditWriter:
             await self.redis.sadd(keys.EVENT_STREAMS, *found)
 
     async def _step(self, *, block_ms: int | None) -> int:
-        if self._acking is not None:
-            acking, self._acking = self._acking, None
-            await acking
+        # Finished batches are collected (their failure raised) without waiting for running ones;
+        # with `max_inflight` running, wait for the oldest.
+        while self._inflight and self._inflight[0].done():
+            await self._finish(keep=len(self._inflight) - 1)
+        await self._finish(keep=self.max_inflight - 1)
         streams = await self._streams()
         if not streams:
             return 0
-        entries: list[Entry] = []
+        entries = Batch()
         if self._own_pending:
             await self._settle()
             entries = await self._read(streams, "0")
             self._own_pending = bool(entries)
         if not entries and time.monotonic() - self._last_claim_s >= self.claim_idle_ms / 2000:
+            # Our own batches in flight are pending too: finish them first, or we would claim them.
+            await self._finish()
             entries = await self._claim(streams)
             if not entries:
                 self._last_claim_s = time.monotonic()
@@ -203,17 +327,14 @@ class AuditWriter:
             return 0
         if not self._own_pending and self._prefetched is None:
             self._prefetched = asyncio.create_task(self._read(streams, ">"))
-        try:
-            await self._store(entries)
-        except asyncpg.CheckViolationError:
-            self._periods.clear()  # a partition was dropped (retention) under us: create it again
-            self._own_pending = True
-            raise
-        except BaseException:
-            self._own_pending = True
-            raise
-        self._acking = asyncio.create_task(self._acknowledge(entries))
+        self._inflight.append(asyncio.create_task(self._store_and_acknowledge(entries)))
+        if self.max_inflight == 1:
+            await self._finish()
         return len(entries)
+
+    async def _store_and_acknowledge(self, entries: Batch) -> None:
+        await self._store(entries)
+        await self._acknowledge(entries)
 
     async def _streams(self) -> list[str]:
         streams = sorted(_text(s) for s in await self.redis.smembers(keys.EVENT_STREAMS))
@@ -227,19 +348,43 @@ class AuditWriter:
                 self._groups.add(s)
         return streams
 
-    async def _read(self, streams: list[str], start: str, *, block_ms: int | None = None) -> list[Entry]:
+    async def _read(self, streams: list[str], start: str, *, block_ms: int | None = None) -> Batch:
+        batch = Batch(redelivered=start != ">")
         try:
-            reply = await self.redis.xreadgroup(
-                GROUP, self.consumer, dict.fromkeys(streams, start), count=self.batch_size, block=block_ms
-            )
+            if self._fast is not None:
+                args: list[Any] = ["XREADGROUP", "GROUP", GROUP, self.consumer, "COUNT", self._count(streams)]
+                if block_ms is not None:
+                    args += ["BLOCK", block_ms]
+                args += ["STREAMS", *streams, *[start] * len(streams)]
+                # No socket timeout on this connection: bound the wait here (Redis hung, not gone).
+                async with asyncio.timeout((block_ms or 0) / 1000 + REDIS_TIMEOUT_S):
+                    batch.add_resp2(await self._fast.execute(*args))
+            else:
+                reply = await self.redis.xreadgroup(
+                    GROUP,
+                    self.consumer,
+                    dict.fromkeys(streams, start),
+                    count=self._count(streams),
+                    block=block_ms,
+                )
+                for e in _entries(reply):
+                    batch.add(e.stream, e.entry_id, e.raw)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data: recreate the groups
                 self._groups.clear()
             raise
-        return list(_entries(reply))
+        if batch.acks:
+            self._active_streams = len(batch.acks)
+        return batch
 
-    async def _claim(self, streams: list[str]) -> list[Entry]:
-        entries: list[Entry] = []
+    def _count(self, streams: list[str]) -> int:
+        """COUNT per stream, so that a read brings about `batch_size` entries in all (COUNT applies
+        to each stream): spread over the streams that had entries last time."""
+        active = min(self._active_streams or len(streams), len(streams)) or 1
+        return max(1, -(-self.batch_size // active))
+
+    async def _claim(self, streams: list[str]) -> Batch:
+        entries = Batch(redelivered=True)
         for s in streams:
             reply = await self.redis.xautoclaim(
                 s, GROUP, self.consumer, self.claim_idle_ms, start_id="0-0", count=self.batch_size
@@ -247,7 +392,7 @@ class AuditWriter:
             # reply: [next cursor, [(id, fields)...], [ids deleted while pending]] (Redis 7)
             for entry_id, fields in reply[1]:
                 if fields:
-                    entries.append(parse_entry(s, _text(entry_id), fields))
+                    entries.add(s, _text(entry_id), _raw(fields))
             gone = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
             if gone:
                 await self.redis.xack(s, GROUP, *gone)
@@ -257,30 +402,58 @@ class AuditWriter:
             log.info("audit writer %s claimed %d idle entries", self.consumer, len(entries))
         return entries
 
-    async def _store(self, entries: list[Entry]) -> None:
-        events = [e.event for e in entries if e.event is not None]
-        dead = [e for e in entries if e.event is None and e.raw]
-        if dead:
+    async def _store(self, entries: Batch) -> None:
+        if entries.dead:
             pipe = self.redis.pipeline(transaction=False)
-            for e in dead:
-                log.error(
-                    "audit writer: malformed entry %s %s moved to %s", e.stream, e.entry_id, DEAD_LETTERS
-                )
-                pipe.xadd(DEAD_LETTERS, {**e.raw, "_stream": e.stream, "_entry_id": e.entry_id})
+            for stream, entry_id, raw in entries.dead:
+                log.error("audit writer: malformed entry %s %s moved to %s", stream, entry_id, DEAD_LETTERS)
+                pipe.xadd(DEAD_LETTERS, {**raw, "_stream": stream, "_entry_id": entry_id})
             await pipe.execute()
-        if events:
+        if entries.events:
             async with asyncio.timeout(self.store_timeout_s), self.pg_pool.acquire() as conn:
-                self.stored += await append_events(conn, events, known_periods=self._periods)
+                n = await append_events(
+                    conn,
+                    entries.events,
+                    known_periods=self._periods,
+                    subject_cache=self._subjects,
+                    redelivered=entries.redelivered,
+                )
+            self.stored += n  # not `+= await`: batches are stored concurrently
 
-    async def _acknowledge(self, entries: list[Entry]) -> None:
-        by_stream: dict[str, list[str]] = {}
-        for e in entries:
-            by_stream.setdefault(e.stream, []).append(e.entry_id)
+    async def _acknowledge(self, entries: Batch) -> None:
+        if not entries.acks:
+            return
+        if self._fast is not None:
+            fast = self._fast
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                await asyncio.gather(
+                    *(
+                        cmd
+                        for stream, ids in entries.acks.items()
+                        for cmd in (
+                            fast.execute("XACK", stream, GROUP, *ids),
+                            fast.execute("XDEL", stream, *ids),
+                        )
+                    )
+                )
+            return
         pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
+        for stream, ids in entries.acks.items():
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
         await pipe.execute()
+
+
+def _raw(fields: Any) -> dict[str, str]:
+    return {
+        k if k.__class__ is str else _text(k): v if v.__class__ is str else _text(v)
+        for k, v in fields.items()
+    }
+
+
+def _plain_tcp(redis: aioredis.Redis) -> bool:
+    pool = getattr(redis, "connection_pool", None)
+    return pool is not None and pool.connection_class is aioredis.Connection
 
 
 def _entries(reply: Any) -> Iterable[Entry]:
