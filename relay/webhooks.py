@@ -427,6 +427,16 @@ async def _out_of_session(
 ) -> str:
     """No live session for (From, To): never relayed. Ask the Service's OutOfSessionCallbackUrl
     (TwiML answers as given, JSON auto-creates a session), else the polite default."""
+    previous = route.data.get("previous") or {}
+    await state.interactions.record_out_of_session(
+        ks,
+        kind=kind,
+        from_=form.get("From", ""),
+        to=form.get("To", ""),
+        resource_sid=sid,
+        previous_session_sid=str(previous.get("sid", "")) if isinstance(previous, dict) else "",
+        data={"body": form.get("Body", "")} if kind == "message" else {},
+    )
     if not opts.out_of_session_url:
         return _default_out_of_session(opts, kind)
     params = {k: str(v) for k, v in form.items()}

@@ -182,6 +182,37 @@ class InteractionStore:
         result = raise_for(orjson.loads(raw))
         return result["interaction"], result["participant"]
 
+    async def record_out_of_session(
+        self,
+        service_sid: str,
+        *,
+        kind: str,
+        from_: str,
+        to: str,
+        resource_sid: str,
+        previous_session_sid: str,
+        data: dict[str, Any],
+    ) -> str:
+        """An inbound text or call that reached no live session: never relayed, but audited, with
+        the session the pair last belonged to (if any). Returns the interaction sid."""
+        ki = new_sid("KI")
+        now = self.clock.now_ms()
+        await emit_event(
+            self.redis,
+            service_sid=service_sid,
+            type="interaction.created",
+            ts_ms=now,
+            data={
+                "sid": ki, "session_sid": previous_session_sid, "type": kind, "outcome": "out_of_session",
+                "data": orjson.dumps(data).decode(), "inbound_resource_sid": resource_sid,
+                "inbound_resource_status": "received" if kind == "message" else "in-progress",
+                "inbound_resource_type": "Message" if kind == "message" else "Call",
+                "outbound_resource_status": "failed", "created_ms": now, "updated_ms": now,
+                "inbound_identifier": from_, "numbers": [from_, to],
+            },
+        )  # fmt: skip
+        return ki
+
     async def release_cooling_pair(self, service_sid: str, identifier: str, proxy: str) -> bool:
         released = await self._release(keys=[keys.service_prefix(service_sid)], args=[identifier, proxy])
         return bool(released)

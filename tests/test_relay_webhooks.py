@@ -160,6 +160,13 @@ async def test_stranger_texting_a_proxy_number_gets_polite_reply_and_nothing_is_
     root = parse(xml)
     assert root.find("Say").text == "Sorry, this chat has ended." and root.find("Dial") is None
     assert await relay.interactions(ks, sess["sid"]) == []
+    # Never relayed, but on the record for the audit log: who tried to reach whom, how.
+    events = [e for _, e in await relay.redis.xrange(keys.events(ks)) if e["type"] == "interaction.created"]
+    stray = [orjson.loads(e["data"]) for e in events]
+    assert [(d["outcome"], d["type"], d["inbound_identifier"]) for d in stray] == [
+        ("out_of_session", "message", HOST),
+        ("out_of_session", "voice", HOST),
+    ]
 
 
 async def test_participant_texting_the_wrong_proxy_number_is_not_relayed(relay: Relay) -> None:
