@@ -194,6 +194,8 @@ class ServiceStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.service_settings(row["sid"]), mapping=mapping)  # type: ignore[arg-type]
             pipe.sadd(keys.SERVICES, row["sid"])
+            # The audit writer drains every registered stream, including the one the scripts append to.
+            pipe.sadd(keys.EVENT_STREAMS, keys.events(row["sid"]))
             await pipe.execute()
 
     async def publish_all(self) -> int:

@@ -59,11 +59,11 @@ local function schedule_expiry(sid, sess)
   return at
 end
 
+-- The stream is registered in `ml:event-streams` when the Service is published (ServiceStore),
+-- not here: that set lives in another hash slot, which a script must not touch on Redis Cluster.
 local function emit(event_id, etype, now, data)
-  local stream = P .. 'events'
-  redis.call('XADD', stream, '*', 'id', event_id, 'type', etype,
+  redis.call('XADD', P .. 'events', '*', 'id', event_id, 'type', etype,
     'service_sid', string.sub(P, 5, -3), 'ts_ms', now, 'data', cjson.encode(data))
-  redis.call('SADD', 'ml:event-streams', stream)
 end
 
 local function participant_view(kp)
