@@ -21,7 +21,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from audit.queries import query_events  # noqa: E402
 from audit.writer import AuditWriter  # noqa: E402
 from pool import keys  # noqa: E402
+from relay.embedded import with_database  # noqa: E402
 from relay.migrate import apply_migrations  # noqa: E402
 
 __all__ = ["main"]
@@ -68,19 +68,14 @@ SELECT audit_ensure_partition(now() - m * interval '1 month') FROM generate_seri
 """
 
 
-def _with_db(url: str, db: str, *, redis: bool = False) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{db}"))
-
-
 async def _fresh_database(database_url: str) -> str:
-    admin = await asyncpg.connect(_with_db(database_url, "postgres"))
+    admin = await asyncpg.connect(with_database(database_url, "postgres"))
     try:
         await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
         await admin.execute(f"CREATE DATABASE {BENCH_DB}")
     finally:
         await admin.close()
-    url = _with_db(database_url, BENCH_DB)
+    url = with_database(database_url, BENCH_DB)
     await apply_migrations(url)
     return url
 
@@ -169,7 +164,7 @@ async def main(
     batch_size: int = 2000,
     queries: int = 400,
 ) -> dict[str, float]:
-    redis = aioredis.from_url(_with_db(redis_url, str(BENCH_REDIS_DB)), decode_responses=True)
+    redis = aioredis.from_url(with_database(redis_url, str(BENCH_REDIS_DB)), decode_responses=True)
     await redis.flushdb()  # DB 12 only
     pg = await asyncpg.create_pool(await _fresh_database(database_url), min_size=2, max_size=4)
     try:

@@ -303,20 +303,14 @@ def _summarise_profile(path: Path, top: int = 14) -> list[str]:
 
 
 async def main(settings: Any, args: argparse.Namespace) -> int:
-    from relay.embedded import ServerUnreachable, ensure_servers, with_database
+    from relay.embedded import with_database
 
     n_sessions = int(_arg(args, "sessions", 2000))
     duration_s = int(_arg(args, "duration", 8))
     connections = int(_arg(args, "concurrency", 32))
     redis_db = int(_arg(args, "redis_db", 10))
     rate = float(_arg(args, "rate", 1000))
-    try:
-        settings, servers = await ensure_servers(settings)
-    except ServerUnreachable as err:
-        print(f"maskline bench: {err}")
-        return 2
-    base = settings.redis_url.rsplit("/", 1)[0] if settings.redis_url.count("/") > 2 else settings.redis_url
-    redis_url = f"{base}/{redis_db}"
+    redis_url = with_database(settings.redis_url, str(redis_db))
     database_url = with_database(settings.database_url, BENCH_DB)
     use_wrk = shutil.which("wrk") is not None
     tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-relay-"))
@@ -390,9 +384,6 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
             await r.flushdb()
             await r.aclose()
         shutil.rmtree(tmp, ignore_errors=True)
-        stopped = servers.stop()
-        if asyncio.iscoroutine(stopped):
-            await stopped
 
 
 # ---------------------------------------------------------------------------------------- subprocesses

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from pool import keys
 from pool.numbers import parse_proxy_number
 from pool.scripts import Scripts
+from relay.embedded import with_database
 from relay.settings import Settings
 from sessions.models import ParticipantRequest
 from sessions.store import SessionStore
@@ -77,15 +78,7 @@ async def _create_many(
 
 
 async def main(settings: Settings, args: argparse.Namespace) -> int:
-    from relay.embedded import ServerUnreachable, ensure_servers
-
-    try:
-        settings, servers = await ensure_servers(settings)
-    except ServerUnreachable as err:
-        print(f"maskline bench: {err}")
-        return 2
-    base = settings.redis_url.rsplit("/", 1)[0] if settings.redis_url.count("/") > 2 else settings.redis_url
-    redis = aioredis.from_url(f"{base}/{args.redis_db}", decode_responses=True)
+    redis = aioredis.from_url(with_database(settings.redis_url, str(args.redis_db)), decode_responses=True)
     try:
         scripts = Scripts(redis)
         await redis.script_load(scripts._scripts["number_upsert"].script)
@@ -143,5 +136,4 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
         await redis.flushdb()
     finally:
         await redis.aclose()
-        await servers.stop()
     return 0

@@ -123,8 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from relay.embedded import ServerUnreachable, ensure_servers
 
-    if args.command == "bench":
-        return await _bench(args, settings)
     try:
         settings, servers = await ensure_servers(settings)
     except ServerUnreachable as err:
@@ -133,6 +131,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.command == "serve":
             return await _serve(args, settings)
+        if args.command == "bench":
+            return await _bench(args, settings)
         if args.command == "migrate":
             return await _migrate(settings)
         if args.command == "keys":
@@ -234,23 +234,15 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    """`settings` point at reachable servers (embedded ones started by _dispatch if need be)."""
     if args.bench_command == "sessions":
         from bench import sessions as sessions_bench
 
         return await sessions_bench.main(settings, args)
     if args.bench_command == "audit":
         from bench.bench_audit import main as audit_bench
-        from relay.embedded import ServerUnreachable, ensure_servers
 
-        try:
-            settings, servers = await ensure_servers(settings)
-        except ServerUnreachable as err:
-            print(f"maskline bench: {err}", file=sys.stderr)
-            return 2
-        try:
-            await audit_bench(settings.redis_url, settings.database_url, events=args.events)
-        finally:
-            await servers.stop()
+        await audit_bench(settings.redis_url, settings.database_url, events=args.events)
         return 0
     if args.bench_command == "relay":
         from bench.relay import main as relay_bench
