@@ -117,7 +117,7 @@ class ServiceStore:
             ) from None
         row = _row(record)
         await self.publish(row)
-        await emit_event(self.redis, service_sid=sid, type="service.created", data=_event_view(row))
+        await emit_event(self.redis, service_sid=sid, type="service.created", data=row)
         return row
 
     async def get(self, sid: str) -> dict[str, Any]:
@@ -150,7 +150,7 @@ class ServiceStore:
             raise NotFound(f"Service {sid} was not found")
         row = _row(record)
         await self.publish(row)
-        await emit_event(self.redis, service_sid=sid, type="service.updated", data=_event_view(row))
+        await emit_event(self.redis, service_sid=sid, type="service.updated", data=row)
         return row
 
     async def delete(self, sid: str) -> None:
@@ -203,7 +203,3 @@ class ServiceStore:
         for row in rows:
             await self.publish(row)
         return len(rows)
-
-
-def _event_view(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}

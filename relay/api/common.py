@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from pool.errors import Forbidden, NotFound
@@ -41,6 +42,4 @@ def account_sid(request: web.Request) -> str:
 
 
 def json(data: Any, status: int = 200) -> web.Response:
-    import orjson
-
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
