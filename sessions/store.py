@@ -92,7 +92,8 @@ class SessionStore:
         return data
 
     async def list_sessions(self, service_sid: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
-        """Newest first. Sessions whose records expired after close are pruned from the index."""
+        """Newest first. Sessions whose records Redis let expire are skipped (the sweeper prunes
+        them from the index: prune_index)."""
         index = keys.sessions_by_created(service_sid)
         sids: list[str] = cast(list[str], await self.redis.zrevrange(index, offset, offset + limit - 1))
         if not sids:
@@ -101,9 +102,6 @@ class SessionStore:
             for sid in sids:
                 pipe.hgetall(keys.session(service_sid, sid))
             rows = await pipe.execute()
-        gone = [sid for sid, row in zip(sids, rows, strict=True) if not row]
-        if gone:
-            await self.redis.zrem(index, *gone)
         return [row for row in rows if row]
 
     async def prune_index(self, service_sid: str, *, batch: int = 200) -> int:
