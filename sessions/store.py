@@ -32,8 +32,8 @@ class SessionStore:
 
     # -- participants' arguments -------------------------------------------------------------
     async def _participant_args(self, service_sid: str, req: ParticipantRequest) -> list[str]:
-        allowed = None  # the allow-list is enforced inside the script, atomically with the rest
-        number = parse_participant(req.identifier, allowed_countries=allowed)
+        # The Service's country allow-list is enforced inside the script, atomically with the rest.
+        number = parse_participant(req.identifier)
         proxy = ""
         if req.proxy_identifier:
             proxy = parse_proxy_number(req.proxy_identifier).e164
