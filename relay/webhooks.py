@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -117,16 +117,24 @@ def _media(form: Form) -> list[str]:
 
 @routes.post("/twilio/sms")
 async def sms_webhook(request: web.Request) -> web.Response:
+    return await _answer(request, "sms", _text, twiml.EMPTY)
+
+
+async def _answer(
+    request: web.Request, what: str, handle: Callable[[RelayState, Form], Awaitable[str]], fallback: str
+) -> web.Response:
+    """The inbound webhooks' boundary: unsigned or tampered gets 403 and nothing is done; otherwise
+    TwiML within the deadline, and `fallback` when Redis is down or slow or anything unexpected."""
     form = await _read_signed(request)
     if form is None:
         return _forbidden(request)
     state = request.app[RELAY]
     try:
         async with asyncio.timeout(state.settings.webhook_deadline_s):
-            return _xml(await _text(state, form))
-    except Exception as err:  # the boundary: Redis down or slow, anything unexpected
-        _log_fault("sms", form, err)
-        return _xml(twiml.EMPTY)
+            return _xml(await handle(state, form))
+    except Exception as err:
+        _log_fault(what, form, err)
+        return _xml(fallback)
 
 
 async def _text(state: RelayState, form: Form) -> str:
@@ -190,16 +198,7 @@ async def _relay_text(
 
 @routes.post("/twilio/voice")
 async def voice_webhook(request: web.Request) -> web.Response:
-    form = await _read_signed(request)
-    if form is None:
-        return _forbidden(request)
-    state = request.app[RELAY]
-    try:
-        async with asyncio.timeout(state.settings.webhook_deadline_s):
-            return _xml(await _call(state, form))
-    except Exception as err:
-        _log_fault("voice", form, err)
-        return _xml(twiml.say(CALL_APOLOGY))
+    return await _answer(request, "voice", _call, twiml.say(CALL_APOLOGY))
 
 
 async def _call(state: RelayState, form: Form) -> str:
