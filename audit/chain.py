@@ -74,7 +74,7 @@ WHERE h.chain = u.chain AND h.period = u.period
 
 
 class Event(NamedTuple):
-    """An event as emitted (audit/events.py), before personal data is protected. A named tuple:
+    """An event as emitted (core/events.py), before personal data is protected. A named tuple:
     the writer builds one per stream entry, and a tuple is the cheapest immutable record."""
 
     id: str

@@ -14,8 +14,8 @@ from typing import Final
 import asyncpg
 
 from audit.chain import Event, append_events
-from audit.events import new_event_id
-from pool.errors import InvalidParameter
+from core.errors import InvalidParameter
+from core.ids import new_event_id
 
 __all__ = ["erase_number"]
 

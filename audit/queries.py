@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -20,7 +20,7 @@ import orjson
 
 from audit import privacy
 from audit.chain import ts_from_ms, ts_to_ms
-from pool.errors import InvalidParameter
+from core.errors import InvalidParameter
 
 __all__ = ["AuditEvent", "query_events", "export_events", "interactions_from_audit", "EXPORT_FORMATS"]
 
@@ -206,7 +206,7 @@ async def export_events(
     until: datetime | None = None,
     types: Iterable[str] | None = None,
     fmt: Literal["csv", "jsonl"] = "csv",
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The whole result as CSV or JSON Lines, in chunks, through a server-side cursor: memory stays
     flat whatever the size of the result."""
     if fmt not in EXPORT_FORMATS:

@@ -14,7 +14,7 @@ from typing import Final
 import asyncpg
 
 from audit.chain import Event, append_events
-from audit.events import new_event_id
+from core.ids import new_event_id
 
 __all__ = ["prune", "partition_bounds"]
 

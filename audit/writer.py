@@ -9,7 +9,7 @@ stored, under the chain lock). So:
 - killed after commit, before XACK: the re-delivered entries are recognised and only acknowledged.
 Acknowledged entries are deleted (XDEL) so the streams do not grow without bound.
 
-Hot path: stream entries are read and acknowledged over a lean hiredis connection (pool/resp.py,
+Hot path: stream entries are read and acknowledged over a lean hiredis connection (core/resp.py,
 raw RESP2 replies, no per-entry objects but one Event tuple), and parsed with as few conversions
 as possible; see docs/audit.md ("Throughput")."""
 
@@ -32,8 +32,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from audit.chain import Event, append_events
 from audit.privacy import SubjectCache
-from pool import keys
-from pool.resp import RespClient
+from core import keys
+from core.resp import RespClient
 
 __all__ = ["GROUP", "DEAD_LETTERS", "Batch", "Entry", "AuditWriter", "parse_entry"]
 
@@ -407,7 +407,7 @@ class AuditWriter:
             pipe = self.redis.pipeline(transaction=False)
             for stream, entry_id, raw in entries.dead:
                 log.error("audit writer: malformed entry %s %s moved to %s", stream, entry_id, DEAD_LETTERS)
-                pipe.xadd(DEAD_LETTERS, {**raw, "_stream": stream, "_entry_id": entry_id})
+                pipe.xadd(DEAD_LETTERS, {**raw, "_stream": stream, "_entry_id": entry_id})  # type: ignore[dict-item]
             await pipe.execute()
         if entries.events:
             async with asyncio.timeout(self.store_timeout_s), self.pg_pool.acquire() as conn:

@@ -83,9 +83,9 @@ async def _prepare(
     import asyncpg
     import redis.asyncio as aioredis
 
+    from maskline.devservers import with_database
+    from maskline.migrate import apply_migrations
     from pool.registry import NumberRegistry
-    from relay.embedded import with_database
-    from relay.migrate import apply_migrations
     from sessions.models import ParticipantRequest
     from sessions.services import ServiceStore
     from sessions.store import SessionStore
@@ -303,7 +303,7 @@ def _summarise_profile(path: Path, top: int = 14) -> list[str]:
 
 
 async def main(settings: Any, args: argparse.Namespace) -> int:
-    from relay.embedded import with_database
+    from maskline.devservers import with_database
 
     n_sessions = int(_arg(args, "sessions", 2000))
     duration_s = int(_arg(args, "duration", 8))
@@ -395,8 +395,8 @@ def _run_worker(port: int) -> None:
 
     from aiohttp import web
 
-    from relay.app import create_app
-    from relay.settings import Settings
+    from core.settings import Settings
+    from maskline.server import create_app
 
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper())

@@ -18,12 +18,13 @@ import time
 import phonenumbers
 import redis.asyncio as aioredis
 
-from pool import keys
+from core import keys
+from core.scripts import Scripts
+from core.settings import Settings
+from maskline.devservers import with_database
 from pool.numbers import parse_proxy_number
-from pool.scripts import Scripts
-from relay.embedded import with_database
-from relay.settings import Settings
 from sessions.models import ParticipantRequest
+from sessions.scripts import SESSION_LUA
 from sessions.store import SessionStore
 
 __all__ = ["main"]
@@ -80,7 +81,7 @@ async def _create_many(
 async def main(settings: Settings, args: argparse.Namespace) -> int:
     redis = aioredis.from_url(with_database(settings.redis_url, str(args.redis_db)), decode_responses=True)
     try:
-        scripts = Scripts(redis)
+        scripts = Scripts(redis, SESSION_LUA)
         await redis.script_load(scripts._scripts["number_upsert"].script)
         store = SessionStore(redis, scripts=scripts)
         n = args.sessions

@@ -56,7 +56,7 @@ from typing import Final
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberType
 
-from pool.errors import InvalidParameter, PoolError
+from core.errors import InvalidParameter, PoolError
 
 __all__ = ["Number", "parse_participant", "parse_proxy_number", "mask"]
 

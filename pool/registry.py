@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Final
 
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from audit.events import emit_event
-from pool import keys
-from pool.errors import Conflict, NotFound, PoolError
+from core import keys
+from core.errors import Conflict, NotFound, PoolError
+from core.events import emit_event
+from core.ids import new_sid
+from core.scripts import Scripts
 from pool.numbers import parse_proxy_number
-from pool.scripts import Scripts
+from pool.scripts import POOL_LUA
 
 __all__ = ["NumberRegistry"]
 
@@ -52,7 +53,7 @@ class NumberRegistry:
     def __init__(self, pg: asyncpg.Pool, redis: aioredis.Redis, *, scripts: Scripts | None = None) -> None:
         self.pg = pg
         self.redis = redis
-        self.scripts = scripts or Scripts(redis)
+        self.scripts = scripts or Scripts(redis, POOL_LUA)
 
     async def add(
         self,
@@ -65,7 +66,7 @@ class NumberRegistry:
         number = parse_proxy_number(phone_number)
         if await self.pg.fetchval(SERVICE_EXISTS, service_sid) is None:
             raise NotFound(f"Service {service_sid} was not found")
-        sid = "PN" + uuid.uuid4().hex
+        sid = new_sid("PN")
         try:
             record = await self.pg.fetchrow(
                 INSERT,

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from pool.errors import MasklineError
+from core.errors import MasklineError
 from pool.numbers import mask
 
 __all__ = ["TwilioMessages", "TwilioSendError", "RETRY_STATUSES"]

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import cast
 
-from pool import keys
+from core import keys
 from sessions.store import SessionStore
 
 __all__ = ["sweep_once", "run_sweeper"]

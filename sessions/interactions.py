@@ -2,25 +2,26 @@
 
 Keys (docs/design.md): `ml:{KS}:ix:{KI}` (hash) and `ml:{KS}:sess:{KC}:ix` (zset by creation ms).
 route_inbound.lua creates the interactions of inbound texts and calls; this module records the
-proactive ones (the API's MessageInteractions) and applies Twilio's status callbacks.
+proactive ones (the API's MessageInteractions, record_proactive.lua), audits out-of-session
+attempts and applies Twilio's status callbacks. The record's fields: sessions/models.py.
 
 Reads return None when Redis no longer has the interaction or session: that is the seam where
 the audit log (Postgres) will answer for sessions gone from Redis."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Final
 
 import orjson
 import redis.asyncio as aioredis
 
-import pool.scripts
-from audit.events import emit_event
-from pool import keys
-from pool.scripts import event_id, raise_for
-from sessions.clock import SYSTEM, Clock
-from sessions.store import new_sid
+from core import keys
+from core.clock import SYSTEM, Clock
+from core.events import emit_event
+from core.ids import new_event_id, new_sid
+from core.scripts import Scripts
+from sessions.models import interaction_record
+from sessions.scripts import SESSION_LUA
 
 __all__ = ["InteractionStore", "STATUS_RANK", "TERMINAL_STATUSES"]
 
@@ -51,74 +52,14 @@ STATUS_RANK: Final[dict[str, int]] = {
 }
 TERMINAL_STATUSES: Final = frozenset(s for s, r in STATUS_RANK.items() if r >= 6)
 
-_LIB: Final = (Path(pool.scripts.__file__).parent / "lua" / "_lib.lua").read_text()
-
-# Record a proactive message (the API's MessageInteractions) atomically with its checks.
-# KEYS[1]  Service prefix "ml:{KS}:"
-# ARGV[1]  now_ms or ''          ARGV[2] event id for interaction.created
-# ARGV[3]  session sid (KC)      ARGV[4] participant sid (KP)
-# ARGV[5]  interaction sid (KI)  ARGV[6] data (JSON text: {"body": ..., "media": [...]})
-# Returns JSON {interaction = the hash, participant = its hash} or {e, m}:
-#   20404 no such session / participant in it; 80607 the session is closed;
-#   21610 the participant opted out of texts from their proxy number.
-# Like an inbound interaction it moves the session to in-progress and restarts its TTL.
-PROACTIVE_LUA: Final = r"""
-local now = now_ms(ARGV[1])
-local sid, kp, ki = ARGV[3], ARGV[4], ARGV[5]
-local sk = P .. 'sess:' .. sid
-local sess = hgetall(sk)
-if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
-local part = hgetall(P .. 'part:' .. kp)
-if not part or part.session_sid ~= sid or
-   not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
-  return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
-end
-if sess.status == 'closed' then
-  return fail(80607, 'Session ' .. sid .. ' is closed; a message cannot be sent in a closed Session')
-end
-if redis.call('EXISTS', P .. 'optout:' .. part.identifier .. ':' .. part.proxy_identifier) == 1 then
-  return fail(21610, 'Attempt to send to unsubscribed recipient: the participant replied STOP to this proxy number')
-end
-if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
-redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
-sess.last_activity_ms = now
-schedule_expiry(sid, sess)
-redis.call('HSET', P .. 'ix:' .. ki, 'sid', ki, 'session_sid', sid, 'type', 'message', 'data', ARGV[6],
-  'outcome', 'proactive', 'origin', 'api', 'inbound_participant_sid', '', 'inbound_resource_sid', '',
-  'inbound_resource_status', '', 'inbound_resource_type', '',
-  'outbound_participant_sid', kp, 'outbound_resource_sid', '', 'outbound_resource_status', 'initiated',
-  'outbound_resource_type', 'Message', 'created_ms', now, 'updated_ms', now)
-redis.call('ZADD', sk .. ':ix', now, ki)
-local view = hgetall(P .. 'ix:' .. ki)
-view.numbers = { part.identifier, part.proxy_identifier }
-view.outbound_identifier = part.identifier
-view.outbound_proxy_identifier = part.proxy_identifier
-emit(ARGV[2], 'interaction.created', now, view)
-return cjson.encode({ interaction = hgetall(P .. 'ix:' .. ki), participant = part })
-"""
-
-# Free a (identifier, proxy) pair that is cooling off after its session closed, so an
-# out-of-session auto-create can give the caller the number they dialled. Only a pair that still
-# points at a closed session is released (a live one is never touched).
-# KEYS[1] Service prefix; ARGV[1] identifier; ARGV[2] proxy number. Returns 1 if released.
-RELEASE_COOLING_PAIR_LUA: Final = r"""
-local pk = pair_key(ARGV[1], ARGV[2])
-local holder = redis.call('GET', pk)
-if not holder then return 0 end
-local sid = string.match(holder, '^([^:]+):')
-local status = redis.call('HGET', P .. 'sess:' .. sid, 'status')
-if status and status ~= 'closed' then return 0 end
-redis.call('DEL', pk)
-return 1
-"""
-
 
 class InteractionStore:
-    def __init__(self, redis: aioredis.Redis, *, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, clock: Clock = SYSTEM, scripts: Scripts | None = None
+    ) -> None:
         self.redis = redis
         self.clock = clock
-        self._proactive = redis.register_script(_LIB + "\n" + PROACTIVE_LUA)
-        self._release = redis.register_script(_LIB + "\n" + RELEASE_COOLING_PAIR_LUA)
+        self.scripts = scripts or Scripts(redis, SESSION_LUA)
 
     # -- reads (None: not in Redis; the audit log may still know it) -------------------------
     async def get(self, service_sid: str, session_sid: str, interaction_sid: str) -> dict[str, Any] | None:
@@ -168,18 +109,16 @@ class InteractionStore:
         self, service_sid: str, session_sid: str, participant_sid: str, data: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(interaction, participant). Raises NotFound / PoolError (80607, 21610)."""
-        raw = await self._proactive(
-            keys=[keys.service_prefix(service_sid)],
-            args=[
-                self.clock.script_now(),
-                event_id(),
-                session_sid,
-                participant_sid,
-                new_sid("KI"),
-                orjson.dumps(data).decode(),
-            ],
+        result = await self.scripts.call_json(
+            "record_proactive",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            new_event_id(),
+            session_sid,
+            participant_sid,
+            new_sid("KI"),
+            orjson.dumps(data).decode(),
         )
-        result = raise_for(orjson.loads(raw))
         return result["interaction"], result["participant"]
 
     async def record_out_of_session(
@@ -197,24 +136,34 @@ class InteractionStore:
         the session the pair last belonged to (if any). Returns the interaction sid."""
         ki = new_sid("KI")
         now = self.clock.now_ms()
+        message = kind == "message"
+        record = interaction_record(
+            sid=ki,
+            session_sid=previous_session_sid,
+            type=kind,
+            data=orjson.dumps(data).decode(),
+            outcome="out_of_session",
+            origin="inbound",
+            inbound_resource_sid=resource_sid,
+            inbound_resource_status="received" if message else "in-progress",
+            inbound_resource_type="Message" if message else "Call",
+            outbound_resource_status="failed",
+            created_ms=now,
+            updated_ms=now,
+        )
         await emit_event(
             self.redis,
             service_sid=service_sid,
             type="interaction.created",
             ts_ms=now,
-            data={
-                "sid": ki, "session_sid": previous_session_sid, "type": kind, "outcome": "out_of_session",
-                "data": orjson.dumps(data).decode(), "inbound_resource_sid": resource_sid,
-                "inbound_resource_status": "received" if kind == "message" else "in-progress",
-                "inbound_resource_type": "Message" if kind == "message" else "Call",
-                "outbound_resource_status": "failed", "created_ms": now, "updated_ms": now,
-                "inbound_identifier": from_, "numbers": [from_, to],
-            },
-        )  # fmt: skip
+            data={**record, "inbound_identifier": from_, "numbers": [from_, to]},
+        )
         return ki
 
     async def release_cooling_pair(self, service_sid: str, identifier: str, proxy: str) -> bool:
-        released = await self._release(keys=[keys.service_prefix(service_sid)], args=[identifier, proxy])
+        released = await self.scripts.call(
+            "release_cooling_pair", keys.service_prefix(service_sid), identifier, proxy
+        )
         return bool(released)
 
     async def update(

@@ -1,11 +1,35 @@
-"""Session vocabulary: statuses, modes and the participant a caller asks for."""
+"""Session vocabulary: statuses, modes, the participant a caller asks for, the interaction record,
+a Service's relay options, and the routing decision the webhooks render.
+
+INTERACTION_FIELDS and RELAY_SETTING_FIELDS are the one definition of those records: the session
+Lua scripts receive them as constants (sessions/scripts.py) and write and read them by name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Final
 
-__all__ = ["Status", "Mode", "GeoMatchLevel", "NumberSelection", "ParticipantRequest", "LIVE_STATUSES"]
+import orjson
+
+__all__ = [
+    "Status",
+    "Mode",
+    "GeoMatchLevel",
+    "NumberSelection",
+    "ParticipantRequest",
+    "LIVE_STATUSES",
+    "Outcome",
+    "Keyword",
+    "INTERACTION_FIELDS",
+    "interaction_record",
+    "RELAY_SETTING_FIELDS",
+    "RelayOptions",
+    "Route",
+    "DEFAULT_OUT_OF_SESSION_MESSAGE",
+    "DEFAULT_HELP_MESSAGE",
+    "DEFAULT_RECORDING_CONSENT",
+]
 
 
 class Status(StrEnum):
@@ -45,3 +69,138 @@ class ParticipantRequest:
     friendly_name: str = ""
     proxy_identifier: str = ""
     proxy_identifier_sid: str = ""
+
+
+# -------------------------------------------------------------------------------- routing
+
+
+class Outcome(StrEnum):
+    """What routing an inbound text or call decided (route_inbound.lua's `outcome`)."""
+
+    RELAY = "relay"  # relay it to the other participant
+    DUPLICATE = "duplicate"  # Twilio's retry: give the first answer again
+    NO_SESSION = "no_session"  # no live session for (From, To): out-of-session handling
+    MODE = "mode"  # the session's mode refuses this kind (a call to a message-only session)
+    KEYWORD = "keyword"  # STOP / START / HELP: never relayed
+    BLOCKED = "blocked"  # the recipient opted out of texts from that proxy number
+    UNKNOWN_NUMBER = "unknown_number"  # To is no Service's number
+
+
+class Keyword(StrEnum):
+    NONE = ""
+    OPT_OUT = "optout"
+    OPT_IN = "optin"
+    HELP = "help"
+
+
+# The interaction record (`ml:{KS}:ix:{KI}` and the `interaction.created` event's data). `origin`:
+# inbound (a webhook), api (a proactive MessageInteraction); `outcome` is an Outcome, "proactive"
+# or "out_of_session". Every field is a string in Redis.
+INTERACTION_FIELDS: Final = (
+    "sid",
+    "session_sid",
+    "type",
+    "data",
+    "outcome",
+    "origin",
+    "inbound_participant_sid",
+    "inbound_resource_sid",
+    "inbound_resource_status",
+    "inbound_resource_type",
+    "outbound_participant_sid",
+    "outbound_resource_sid",
+    "outbound_resource_status",
+    "outbound_resource_type",
+    "created_ms",
+    "updated_ms",
+)
+
+
+def interaction_record(**values: Any) -> dict[str, str]:
+    """An interaction record built in Python: every field, "" where not given."""
+    unknown = set(values) - set(INTERACTION_FIELDS)
+    if unknown:
+        raise ValueError(f"not interaction fields: {sorted(unknown)}")
+    return {f: str(values.get(f, "")) for f in INTERACTION_FIELDS}
+
+
+# -------------------------------------------------------------------------------- relay options
+
+DEFAULT_OUT_OF_SESSION_MESSAGE: Final = "This conversation has ended. Please contact us through the app."
+DEFAULT_HELP_MESSAGE: Final = (
+    "This is a masked number for your conversation. Reply STOP to stop texts from it."
+)
+DEFAULT_RECORDING_CONSENT: Final = "This call may be recorded."
+
+# The Service's settings the relay needs, as published in its `svc` hash (sessions/services.py)
+# and returned by route_inbound.lua; `options` is JSON (the Maskline extensions).
+RELAY_SETTING_FIELDS: Final = (
+    "callback_url",
+    "intercept_callback_url",
+    "out_of_session_callback_url",
+    "options",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """A Service's relay settings, parsed from its `svc` hash fields (RELAY_SETTING_FIELDS)."""
+
+    callback_url: str = ""
+    intercept_url: str = ""
+    out_of_session_url: str = ""
+    call_time_limit_s: int | None = None
+    whisper: str = ""
+    record_calls: bool = False
+    recording_consent: str = ""
+    out_of_session_message: str = DEFAULT_OUT_OF_SESSION_MESSAGE
+    help_message: str = DEFAULT_HELP_MESSAGE
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> RelayOptions:
+        values = settings or {}
+        raw = values.get("options")
+        try:
+            options = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            options = {}
+        if not isinstance(options, dict):
+            options = {}
+        limit = options.get("call_time_limit_s")
+        return cls(
+            callback_url=values.get("callback_url") or "",
+            intercept_url=values.get("intercept_callback_url") or "",
+            out_of_session_url=values.get("out_of_session_callback_url") or "",
+            call_time_limit_s=int(limit) if isinstance(limit, int) and limit > 0 else None,
+            whisper=str(options.get("whisper") or ""),
+            record_calls=bool(options.get("record_calls")),
+            recording_consent=str(options.get("recording_consent") or ""),
+            out_of_session_message=str(
+                options.get("out_of_session_message") or DEFAULT_OUT_OF_SESSION_MESSAGE
+            ),
+            help_message=str(options.get("help_message") or DEFAULT_HELP_MESSAGE),
+        )
+
+    @property
+    def consent(self) -> str:
+        return (self.recording_consent or DEFAULT_RECORDING_CONSENT) if self.record_calls else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The routing decision for one inbound text or call; the webhook renders it as TwiML."""
+
+    outcome: Outcome
+    service_sid: str | None = None
+    options: RelayOptions = field(default_factory=RelayOptions)
+    session: dict[str, Any] = field(default_factory=dict)
+    inbound: dict[str, Any] = field(default_factory=dict)  # the sender's participant
+    outbound: dict[str, Any] = field(default_factory=dict)  # the other participant
+    interaction: dict[str, str] = field(default_factory=dict)  # the record, as stored
+    previous: dict[str, Any] | None = None  # NO_SESSION: the closed session the pair last had
+    keyword: Keyword = Keyword.NONE
+    answer: str = ""  # DUPLICATE: the answer given the first time
+
+    @property
+    def interaction_sid(self) -> str:
+        return self.interaction.get("sid", "")

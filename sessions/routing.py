@@ -2,64 +2,65 @@
 
 The webhook knows only From and To. To -> Service comes from a per-worker cache (numbers rarely
 change Service); the pair lookup itself lives in the Service's slot, so a stale cache entry can
-only ever find "no session", and a miss re-reads the owner once."""
+only ever find "no session", and a miss re-reads the owner once.
+
+`route_text` / `route_call` return a typed `Route` (sessions/models.py) that the webhook renders
+as TwiML. Everything decided about the text or call is decided here: carrier keywords, the
+session, its mode, opt-outs, the audit record of an out-of-session attempt, and (on the
+out-of-session endpoint's request) opening a session for the caller."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Final, cast
 
 import orjson
 import redis.asyncio as aioredis
 
-from pool import keys
-from pool.resp import RespClient
-from pool.scripts import Scripts, event_id, script_source
-from sessions.clock import SYSTEM, Clock
-from sessions.store import new_sid
+from core import keys
+from core.clock import SYSTEM, Clock
+from core.ids import new_event_id, new_sid
+from core.resp import RespClient
+from core.scripts import Scripts
+from core.settings import Settings
+from sessions.interactions import InteractionStore
+from sessions.models import (
+    RELAY_SETTING_FIELDS,
+    Keyword,
+    Mode,
+    Outcome,
+    ParticipantRequest,
+    RelayOptions,
+    Route,
+)
+from sessions.scripts import SESSION_LUA
+from sessions.store import SessionStore
 
-__all__ = ["Router", "Route", "classify_keyword", "OPT_OUT_WORDS", "OPT_IN_WORDS", "HELP_WORDS"]
+__all__ = ["Router", "classify_keyword", "OPT_OUT_WORDS", "OPT_IN_WORDS", "HELP_WORDS"]
 
 # Carrier rules: these are never forwarded (see docs: Twilio Proxy's opt-out keywords).
 OPT_OUT_WORDS: Final = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
 OPT_IN_WORDS: Final = frozenset({"START", "UNSTOP", "YES"})
 HELP_WORDS: Final = frozenset({"HELP"})
-# Twilio remembers a MessageSid / CallSid retry window of minutes; a day is ample.
-SEEN_TTL_S: Final = 86_400
+# A keyword is one short word; longer bodies skip the check (most texts, on the hot path).
+_KEYWORD_MAX_CHARS: Final = 16
+# Twilio sends at most 10 media per MMS.
+MAX_MEDIA: Final = 10
+_OWNER_CACHE_MAX: Final = 200_000
+_OPTIONS_CACHE_MAX: Final = 10_000
 
 
-def classify_keyword(body: str | None) -> str:
-    word = (body or "").strip().upper()
+def classify_keyword(body: str | None) -> Keyword:
+    if not body or len(body) > _KEYWORD_MAX_CHARS:
+        return Keyword.NONE
+    word = body.strip().upper()
     if word in OPT_OUT_WORDS:
-        return "optout"
+        return Keyword.OPT_OUT
     if word in OPT_IN_WORDS:
-        return "optin"
+        return Keyword.OPT_IN
     if word in HELP_WORDS:
-        return "help"
-    return ""
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    outcome: str  # duplicate | no_session | mode | keyword | blocked | relay | unknown_number
-    service_sid: str | None
-    data: dict[str, Any]
-
-    @property
-    def session(self) -> dict[str, Any]:
-        return self.data.get("session") or {}
-
-    @property
-    def inbound(self) -> dict[str, Any]:
-        return self.data.get("inbound") or {}
-
-    @property
-    def outbound(self) -> dict[str, Any]:
-        return self.data.get("outbound") or {}
-
-    @property
-    def interaction_sid(self) -> str:
-        return str(self.data.get("interaction") or "")
+        return Keyword.HELP
+    return Keyword.NONE
 
 
 class Router:
@@ -70,42 +71,73 @@ class Router:
         scripts: Scripts | None = None,
         clock: Clock = SYSTEM,
         fast: RespClient | None = None,
+        sessions: SessionStore | None = None,
+        interactions: InteractionStore | None = None,
+        dedupe_ttl_s: int = Settings.dedupe_ttl_s,
     ) -> None:
         self.redis = redis
-        self.scripts = scripts or Scripts(redis)
+        self.scripts = scripts or Scripts(redis, SESSION_LUA)
         self.clock = clock
         # The hot path's one round trip goes through the lean pipelined client when there is one.
         self.fast = fast
-        self._route_source = script_source("route_inbound")
+        self.sessions = sessions or SessionStore(redis, scripts=self.scripts, clock=clock)
+        self.interactions = interactions or InteractionStore(redis, clock=clock, scripts=self.scripts)
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self._route_source = self.scripts.library.source("route_inbound")
         self._owner: dict[str, str] = {}
+        self._options: dict[tuple[Any, ...], RelayOptions] = {}
 
     async def service_for(self, proxy: str, *, fresh: bool = False) -> str | None:
         if not fresh and (owner := self._owner.get(proxy)):
             return owner
         found = cast(str | None, await self.redis.get(keys.proxy_owner(proxy)))
         if found:
-            if len(self._owner) > 200_000:
+            if len(self._owner) > _OWNER_CACHE_MAX:
                 self._owner.clear()
             self._owner[proxy] = found
         else:
             self._owner.pop(proxy, None)
         return found
 
-    async def route_inbound(
-        self, *, from_: str, to: str, kind: str, resource_sid: str, data: dict[str, Any], keyword: str = ""
+    async def route_text(
+        self, *, from_: str, to: str, message_sid: str, body: str, media: Sequence[str] = ()
+    ) -> Route:
+        data: dict[str, Any] = {"body": body}
+        if media:
+            data["media"] = list(media[:MAX_MEDIA])
+        return await self._route_inbound(from_, to, "message", message_sid, data, classify_keyword(body))
+
+    async def route_call(self, *, from_: str, to: str, call_sid: str) -> Route:
+        return await self._route_inbound(from_, to, "voice", call_sid, {}, Keyword.NONE)
+
+    async def _route_inbound(
+        self, from_: str, to: str, kind: str, resource_sid: str, data: dict[str, Any], keyword: Keyword
     ) -> Route:
         service_sid = await self.service_for(to)
         if service_sid is None:
-            return Route("unknown_number", None, {})
-        route = await self._route(service_sid, from_, to, kind, resource_sid, data, keyword)
-        if route.outcome == "no_session" and not route.data.get("previous"):
+            return Route(Outcome.UNKNOWN_NUMBER)
+        result = await self._run(service_sid, from_, to, kind, resource_sid, data, keyword)
+        if result["outcome"] == Outcome.NO_SESSION and not result.get("previous"):
             # The cached owner may be stale (number moved Service): look once more.
             fresh = await self.service_for(to, fresh=True)
             if fresh and fresh != service_sid:
-                route = await self._route(fresh, from_, to, kind, resource_sid, data, keyword)
+                service_sid = fresh
+                result = await self._run(service_sid, from_, to, kind, resource_sid, data, keyword)
+        route = self._decision(service_sid, result)
+        if route.outcome is Outcome.NO_SESSION:
+            # Never relayed, but audited, with the session the pair last belonged to (if any).
+            await self.interactions.record_out_of_session(
+                service_sid,
+                kind=kind,
+                from_=from_,
+                to=to,
+                resource_sid=resource_sid,
+                previous_session_sid=str((route.previous or {}).get("sid", "")),
+                data={"body": data["body"]} if kind == "message" else {},
+            )
         return route
 
-    async def _route(
+    async def _run(
         self,
         service_sid: str,
         from_: str,
@@ -113,19 +145,19 @@ class Router:
         kind: str,
         resource_sid: str,
         data: dict[str, Any],
-        keyword: str,
-    ) -> Route:
+        keyword: Keyword,
+    ) -> dict[str, Any]:
         args: list[str | int] = [
             self.clock.script_now(),
-            event_id(),
+            new_event_id(),
             from_,
             to,
             kind,
             resource_sid,
             new_sid("KI"),
-            keyword,
+            keyword.value,
             orjson.dumps(data).decode(),
-            SEEN_TTL_S,
+            self.dedupe_ttl_s,
         ]
         prefix = keys.service_prefix(service_sid)
         if self.fast is not None:
@@ -133,8 +165,69 @@ class Router:
         else:
             raw = await self.scripts.call("route_inbound", prefix, *args)
         result: dict[str, Any] = orjson.loads(raw)
-        return Route(str(result["outcome"]), service_sid, result)
+        return result
+
+    def _decision(self, service_sid: str, result: dict[str, Any]) -> Route:
+        outcome = Outcome(result["outcome"])
+        if outcome is Outcome.DUPLICATE:
+            return Route(outcome, service_sid, answer=str(result.get("answer") or ""))
+        previous = result.get("previous")
+        return Route(
+            outcome,
+            service_sid,
+            options=self.options(result.get("svc")),
+            session=result.get("session") or {},
+            inbound=result.get("inbound") or {},
+            outbound=result.get("outbound") or {},
+            interaction=result.get("interaction") or {},
+            previous=previous if isinstance(previous, dict) else None,
+            keyword=Keyword(result.get("keyword") or ""),
+        )
+
+    def options(self, settings: dict[str, Any] | None) -> RelayOptions:
+        """A Service's relay options, parsed once per distinct settings, then a dict lookup."""
+        key = tuple(sorted((settings or {}).items()))
+        found = self._options.get(key)
+        if found is None:
+            if len(self._options) > _OPTIONS_CACHE_MAX:
+                self._options.clear()
+            found = self._options[key] = RelayOptions.from_settings(settings)
+        return found
+
+    async def relay_options(self, service_sid: str) -> RelayOptions:
+        """The Service's relay options read from Redis (off the hot path: whisper, status)."""
+        values = await self.redis.hmget(keys.service_settings(service_sid), list(RELAY_SETTING_FIELDS))
+        return self.options(dict(zip(RELAY_SETTING_FIELDS, values, strict=True)))
 
     async def remember_answer(self, service_sid: str, resource_sid: str, answer: str) -> None:
         """Store the answer given to a MessageSid / CallSid so Twilio's retry gets the same one."""
-        await self.redis.set(keys.seen(service_sid, resource_sid), answer, ex=SEEN_TTL_S)
+        await self.redis.set(keys.seen(service_sid, resource_sid), answer, ex=self.dedupe_ttl_s)
+
+    async def open_for_caller(
+        self,
+        service_sid: str,
+        *,
+        from_: str,
+        to: str,
+        resource_sid: str,
+        other: ParticipantRequest,
+        mode: Mode = Mode.VOICE_AND_MESSAGE,
+        unique_name: str = "",
+        ttl_s: int | None = None,
+        date_expiry_ms: int | None = None,
+    ) -> None:
+        """Create the session the out-of-session endpoint asked for, keeping the proxy number the
+        caller dialled (unlike Twilio Proxy), so that routing the text or call again finds it.
+        Raises the store's errors when the session cannot be created."""
+        # The caller's pair may still be cooling off after a closed session: free it (only then).
+        await self.interactions.release_cooling_pair(service_sid, from_, to)
+        await self.sessions.create_session(
+            service_sid,
+            unique_name=unique_name,
+            mode=mode,
+            ttl_s=ttl_s,
+            date_expiry_ms=date_expiry_ms,
+            participants=[ParticipantRequest(identifier=from_, proxy_identifier=to), other],
+        )
+        # The first routing marked this MessageSid / CallSid as seen; let it be routed afresh.
+        await self.redis.delete(keys.seen(service_sid, resource_sid))

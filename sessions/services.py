@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Final
 
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-from audit.events import emit_event
-from pool import keys
-from pool.errors import Conflict, InvalidParameter, NotFound
-from sessions.models import GeoMatchLevel, NumberSelection
+from core import keys
+from core.errors import Conflict, InvalidParameter, NotFound
+from core.events import emit_event
+from core.ids import new_sid
+from core.settings import Settings
+from sessions.models import RELAY_SETTING_FIELDS, GeoMatchLevel, NumberSelection
 
 __all__ = ["ServiceStore", "DEFAULT_COOL_OFF_S", "EDITABLE"]
 
@@ -75,6 +76,27 @@ def _check(fields: dict[str, Any]) -> None:
         )
 
 
+def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | bytes, str | int]:
+    """The Service's `svc` hash: what the scripts and the hot path read (RELAY_SETTING_FIELDS by
+    name, the allocation settings, the retention of closed sessions)."""
+    countries = row.get("allowed_countries")
+    # The relay settings are columns of the same names; `options` (a dict) is stored as JSON.
+    relay: dict[str | bytes, str | int] = {
+        name: orjson.dumps(row.get(name) or {}).decode() if name == "options" else row.get(name) or ""
+        for name in RELAY_SETTING_FIELDS
+    }
+    return {
+        "sid": row["sid"],
+        "default_ttl_s": row["default_ttl_s"],
+        "geo_match_level": row["geo_match_level"],
+        "number_selection_behavior": row["number_selection_behavior"],
+        "cool_off_s": row["cool_off_s"],
+        "closed_retention_s": closed_retention_s,
+        "allowed_countries": "," + ",".join(c.upper() for c in countries) + "," if countries else "",
+        **relay,
+    }
+
+
 def _row(record: asyncpg.Record) -> dict[str, Any]:
     row = dict(record)
     if isinstance(row.get("options"), str):
@@ -83,17 +105,25 @@ def _row(record: asyncpg.Record) -> dict[str, Any]:
 
 
 class ServiceStore:
-    def __init__(self, pg: asyncpg.Pool, redis: aioredis.Redis, *, account_sid: str) -> None:
+    def __init__(
+        self,
+        pg: asyncpg.Pool,
+        redis: aioredis.Redis,
+        *,
+        account_sid: str,
+        closed_retention_s: int = Settings.closed_retention_s,
+    ) -> None:
         self.pg = pg
         self.redis = redis
         self.account_sid = account_sid
+        self.closed_retention_s = closed_retention_s
 
     async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
         if not fields.get("unique_name"):
             raise InvalidParameter("UniqueName is required", code=21602)
         _check(fields)
         values = {**EDITABLE, **fields}
-        sid = "KS" + uuid.uuid4().hex
+        sid = new_sid("KS")
         try:
             record = await self.pg.fetchrow(
                 INSERT,
@@ -178,19 +208,7 @@ class ServiceStore:
 
     async def publish(self, row: dict[str, Any]) -> None:
         """Copy what the hot path needs into Redis (idempotent; run for every Service at start-up)."""
-        countries = row.get("allowed_countries")
-        mapping: dict[str | bytes, str | int] = {
-            "sid": row["sid"],
-            "default_ttl_s": row["default_ttl_s"],
-            "geo_match_level": row["geo_match_level"],
-            "number_selection_behavior": row["number_selection_behavior"],
-            "cool_off_s": row["cool_off_s"],
-            "allowed_countries": "," + ",".join(c.upper() for c in countries) + "," if countries else "",
-            "callback_url": row.get("callback_url") or "",
-            "intercept_callback_url": row.get("intercept_callback_url") or "",
-            "out_of_session_callback_url": row.get("out_of_session_callback_url") or "",
-            "options": orjson.dumps(row.get("options") or {}).decode(),
-        }
+        mapping = service_hash(row, closed_retention_s=self.closed_retention_s)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.service_settings(row["sid"]), mapping=mapping)  # type: ignore[arg-type]
             pipe.sadd(keys.SERVICES, row["sid"])

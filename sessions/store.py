@@ -1,25 +1,22 @@
-"""Sessions and participants: every write is one Lua script (pool/lua), so the pair invariant
+"""Sessions and participants: every write is one Lua script (sessions/lua), so the pair invariant
 holds under any concurrency. Reads are plain hash reads."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from pool import keys
-from pool.errors import InvalidParameter, NotFound
+from core import keys
+from core.clock import SYSTEM, Clock
+from core.errors import InvalidParameter, NotFound
+from core.ids import new_event_id, new_event_id_base, new_sid
+from core.scripts import Scripts
 from pool.numbers import parse_participant, parse_proxy_number
-from pool.scripts import Scripts, event_id, event_id_base
-from sessions.clock import SYSTEM, Clock
 from sessions.models import Mode, ParticipantRequest, Status
+from sessions.scripts import SESSION_LUA
 
-__all__ = ["SessionStore", "new_sid"]
-
-
-def new_sid(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex
+__all__ = ["SessionStore"]
 
 
 class SessionStore:
@@ -27,7 +24,7 @@ class SessionStore:
         self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM
     ) -> None:
         self.redis = redis
-        self.scripts = scripts or Scripts(redis)
+        self.scripts = scripts or Scripts(redis, SESSION_LUA)
         self.clock = clock
 
     # -- participants' arguments -------------------------------------------------------------
@@ -42,7 +39,7 @@ class SessionStore:
         return [new_sid("KP"), number.e164, number.region, number.area, proxy, req.friendly_name]
 
     async def _number_for_sid(self, service_sid: str, pn_sid: str) -> str:
-        e164 = await self.redis.hget(keys.service_prefix(service_sid) + "numsid", pn_sid)
+        e164 = await self.redis.hget(keys.number_sids(service_sid), pn_sid)
         if not e164:
             raise InvalidParameter(
                 f"ProxyIdentifierSid {pn_sid} is not a phone number of this Service", code=80205
@@ -70,7 +67,7 @@ class SessionStore:
             )
         args: list[str | int] = [
             self.clock.script_now(),
-            event_id(),
+            new_event_id(),
             session_sid or new_sid("KC"),
             unique_name,
             mode.value,
@@ -133,7 +130,7 @@ class SessionStore:
             "update_session",
             keys.service_prefix(service_sid),
             self.clock.script_now(),
-            event_id(),
+            new_event_id(),
             session_sid,
             "" if ttl_s is None else ttl_s,
             "" if date_expiry_ms is None else date_expiry_ms,
@@ -148,7 +145,7 @@ class SessionStore:
             "delete_session",
             keys.service_prefix(service_sid),
             self.clock.script_now(),
-            event_id_base(),
+            new_event_id_base(),
             session_sid,
         )
         if not deleted:
@@ -156,7 +153,11 @@ class SessionStore:
 
     async def close_expired(self, service_sid: str, *, limit: int = 500) -> int:
         closed = await self.scripts.call(
-            "close_expired", keys.service_prefix(service_sid), self.clock.script_now(), event_id_base(), limit
+            "close_expired",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            new_event_id_base(),
+            limit,
         )
         return int(closed)
 
@@ -169,7 +170,7 @@ class SessionStore:
             "add_participant",
             keys.service_prefix(service_sid),
             self.clock.script_now(),
-            event_id(),
+            new_event_id(),
             session_sid,
             *args,
         )
@@ -181,7 +182,7 @@ class SessionStore:
             "remove_participant",
             keys.service_prefix(service_sid),
             self.clock.script_now(),
-            event_id(),
+            new_event_id(),
             session_sid,
             participant_sid,
         )

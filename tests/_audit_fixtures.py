@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
-from audit.events import emit_event
+from core.events import emit_event
 
 __all__ = ["TcpProxy", "emit_many", "add_service", "count_rows", "new_sid"]
 

@@ -13,10 +13,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from relay.apikeys import create_key
-from relay.app import create_app
-from relay.settings import Settings
-from sessions.clock import ManualClock
+from core.clock import ManualClock
+from core.settings import Settings
+from maskline.server import create_app
+from relay.credentials import create_key
 
 
 @dataclass

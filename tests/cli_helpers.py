@@ -1,4 +1,4 @@
-"""Run `maskline` (as `python -m relay`) against the test servers, off the event loop."""
+"""Run `maskline` (as `python -m maskline`) against the test servers, off the event loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ async def maskline(*args: str, database_url: str, redis_url: str) -> subprocess.
     env = {**os.environ, "MASKLINE_DATABASE_URL": database_url, "MASKLINE_REDIS_URL": redis_url}
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "relay", *args],
+        [sys.executable, "-m", "maskline", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -3,7 +3,7 @@
 Servers, in order of preference:
 - MASKLINE_TEST_REDIS_URL / MASKLINE_TEST_DATABASE_URL when set;
 - Redis DB 13 on 127.0.0.1:6379 and database `maskline_test` on 127.0.0.1:5432 (user postgres);
-- embedded servers from the wheels (relay/embedded.py), also forced with MASKLINE_TEST_FORCE_EMBEDDED=1.
+- embedded servers from the wheels (maskline/devservers.py), also forced with MASKLINE_TEST_FORCE_EMBEDDED=1.
 The test database is dropped and re-created once per session, then migrated. Before each test the
 test Redis DB is flushed (that DB only) and every table but schema_migrations is truncated.
 """
@@ -25,9 +25,9 @@ import pytest
 import redis.asyncio as aioredis
 from fake_twilio import FakeTwilio
 
-from relay.embedded import EmbeddedServers, database_name, ensure_servers, with_database
-from relay.migrate import apply_migrations
-from relay.settings import Settings
+from core.settings import Settings
+from maskline.devservers import EmbeddedServers, database_name, ensure_servers, with_database
+from maskline.migrate import apply_migrations
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 DEFAULT_TEST_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/maskline_test"

@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 
+from core.clock import ManualClock
 from pool.registry import NumberRegistry
-from sessions.clock import ManualClock
 from sessions.models import ParticipantRequest
 from sessions.services import ServiceStore
 from sessions.store import SessionStore

@@ -17,9 +17,9 @@ from aiohttp import web
 from fake_twilio import FakeTwilio
 from signing import post_webhook
 
-from relay.apikeys import create_key
-from relay.app import create_app
-from relay.settings import Settings
+from core.settings import Settings
+from maskline.server import create_app
+from relay.credentials import create_key
 
 __all__ = ["Relay", "sms_params", "call_params", "parse"]
 

@@ -182,7 +182,7 @@ async def test_health_and_readiness(api: RunningApp) -> None:
 
 
 async def test_key_scoped_to_one_service_cannot_see_another(api: RunningApp, pg) -> None:
-    from relay.apikeys import create_key
+    from relay.credentials import create_key
 
     _, a = await api.call("POST", "/v1/Services", {"UniqueName": "tenant-a"})
     _, b = await api.call("POST", "/v1/Services", {"UniqueName": "tenant-b"})

@@ -14,7 +14,7 @@ from api_helpers import RunningApp, running_app
 
 from audit.queries import query_events
 from audit.writer import AuditWriter
-from relay.apikeys import create_key
+from relay.credentials import create_key
 
 AUDIT = frozenset({"audit"})
 PROXY_NUMBER = "+15550000999"

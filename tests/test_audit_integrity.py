@@ -14,7 +14,7 @@ from audit.queries import query_events
 from audit.retention import prune
 from audit.verify import verify
 from audit.writer import AuditWriter
-from pool.errors import InvalidParameter
+from core.errors import InvalidParameter
 
 
 async def stored_log(redis, pg, count=20, ts_ms=None):

@@ -8,9 +8,9 @@ import orjson
 from _audit_fixtures import add_service, new_sid
 
 from audit.erase import erase_number
-from audit.events import emit_event
 from audit.queries import interactions_from_audit
 from audit.writer import AuditWriter
+from core.events import emit_event
 
 CUSTOMER, COURIER, PROXY = "+15550001001", "+15550001002", "+15550009000"
 T0 = 1_900_000_000_000

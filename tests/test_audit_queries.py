@@ -11,7 +11,7 @@ from _audit_fixtures import add_service, emit_many
 
 from audit.queries import export_events, query_events
 from audit.writer import AuditWriter
-from pool.errors import InvalidParameter
+from core.errors import InvalidParameter
 
 
 async def test_query_by_number_pages_through_every_event_in_time_order(redis, pg):

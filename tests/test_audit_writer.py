@@ -12,11 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 from _audit_fixtures import TcpProxy, add_service, count_rows, emit_many, new_sid
 
-from audit.events import emit_event
 from audit.queries import query_events
 from audit.verify import verify
 from audit.writer import DEAD_LETTERS, GROUP, AuditWriter
-from pool import keys
+from core import keys
+from core.events import emit_event
 
 
 async def pending(redis: aioredis.Redis) -> int:

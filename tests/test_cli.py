@@ -9,7 +9,7 @@ import sys
 import asyncpg
 from cli_helpers import maskline
 
-from relay.apikeys import KeyVerifier
+from relay.credentials import KeyVerifier
 
 
 async def test_keys_create_prints_the_secret_once_and_stores_only_a_hash(
@@ -36,12 +36,12 @@ async def test_keys_create_prints_the_secret_once_and_stores_only_a_hash(
 
 def test_help_explains_each_command() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "relay", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "maskline", "--help"], capture_output=True, text=True, check=True
     )
     for command in ("serve", "migrate", "keys", "bench"):
         assert command in done.stdout
     done = subprocess.run(
-        [sys.executable, "-m", "relay", "keys", "create", "--help"],
+        [sys.executable, "-m", "maskline", "keys", "create", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -51,7 +51,9 @@ def test_help_explains_each_command() -> None:
 
 def test_bad_configuration_gets_a_clear_message() -> None:
     env = {**os.environ, "MASKLINE_PORT": "eighty"}
-    done = subprocess.run([sys.executable, "-m", "relay", "migrate"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "maskline", "migrate"], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert "MASKLINE_PORT" in done.stderr and "Traceback" not in done.stderr
 

@@ -17,9 +17,9 @@ from fake_twilio import FakeTwilio
 from signing import post_webhook, sign
 from twilio.request_validator import RequestValidator
 
-from relay.embedded import ServerUnreachable, ensure_database, ensure_servers, with_database
-from relay.migrate import apply_migrations, find_migrations
-from relay.settings import Settings
+from core.settings import Settings
+from maskline.devservers import ServerUnreachable, ensure_database, ensure_servers, with_database
+from maskline.migrate import apply_migrations, find_migrations
 
 # --------------------------------------------------------------------------- settings
 

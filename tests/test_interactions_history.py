@@ -8,7 +8,7 @@ import pytest
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay
 
 from audit.writer import AuditWriter
-from pool import keys
+from core import keys
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
-from pool import keys
-from pool.errors import PoolError
+from core import keys
+from core.errors import PoolError
 from sessions.expiry import sweep_once
 from sessions.models import Status
 from sessions.routing import Router
@@ -23,8 +23,8 @@ async def world(pg, redis) -> World:
 
 
 async def _text(world: World, frm: str, to: str, sid: str) -> str:
-    route = await Router(world.redis, clock=world.clock).route_inbound(
-        from_=frm, to=to, kind="message", resource_sid=sid, data={"body": "hello"}
+    route = await Router(world.redis, clock=world.clock).route_text(
+        from_=frm, to=to, message_sid=sid, body="hello"
     )
     return route.outcome
 

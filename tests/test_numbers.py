@@ -6,7 +6,7 @@ from __future__ import annotations
 import phonenumbers
 import pytest
 
-from pool.errors import InvalidParameter, PoolError
+from core.errors import InvalidParameter, PoolError
 from pool.numbers import Number, mask, parse_participant, parse_proxy_number
 
 INVALID = 80601

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from relay.app import create_app
+from maskline.server import create_app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "openapi"
 # Callbacks Maskline hands to Twilio itself (status, dial outcome, whisper): not part of the API.

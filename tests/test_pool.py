@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, UK_GUEST, World, proxies
 
-from pool import keys
-from pool.connections import redis_client
-from pool.errors import PoolError
+from core import keys
+from core.connections import redis_client
+from core.errors import PoolError
 from sessions.models import ParticipantRequest
 from sessions.store import SessionStore
 

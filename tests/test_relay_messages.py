@@ -12,7 +12,7 @@ from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
-from pool import keys
+from core import keys
 from relay import twiml
 
 

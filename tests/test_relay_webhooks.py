@@ -28,7 +28,7 @@ from relay_harness import (
     sms_params,
 )
 
-from pool import keys
+from core import keys
 
 
 @pytest.fixture

@@ -19,9 +19,7 @@ async def test_text_from_customer_routes_to_courier_via_couriers_proxy(world: Wo
     view = await world.session(ks, CUSTOMER, COURIER)
     given = proxies(view)
     router = Router(world.redis, clock=world.clock)
-    route = await router.route_inbound(
-        from_=CUSTOMER, to=given[CUSTOMER], kind="message", resource_sid="SM1", data={"body": "hi"}
-    )
+    route = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SM1", body="hi")
     assert route.outcome == "relay"
     assert route.outbound["identifier"] == COURIER
     assert route.outbound["proxy_identifier"] == given[COURIER]
@@ -34,10 +32,8 @@ async def test_two_sessions_sharing_a_proxy_number_route_by_sender(world: World)
     await world.session(ks, CUSTOMER, COURIER)
     await world.session(ks, HOST, GUEST)
     router = Router(world.redis, clock=world.clock)
-    a = await router.route_inbound(
-        from_=CUSTOMER, to="+14155550201", kind="voice", resource_sid="CA1", data={}
-    )
-    b = await router.route_inbound(from_=HOST, to="+14155550201", kind="voice", resource_sid="CA2", data={})
+    a = await router.route_call(from_=CUSTOMER, to="+14155550201", call_sid="CA1")
+    b = await router.route_call(from_=HOST, to="+14155550201", call_sid="CA2")
     assert (a.outbound["identifier"], b.outbound["identifier"]) == (COURIER, GUEST)
 
 
@@ -46,25 +42,17 @@ async def test_stranger_and_retry_and_closed_session(world: World) -> None:
     await world.pool(ks, "+14155550201")
     view = await world.session(ks, CUSTOMER, COURIER)
     router = Router(world.redis, clock=world.clock)
-    stranger = await router.route_inbound(
-        from_=HOST, to="+14155550201", kind="message", resource_sid="SM9", data={}
-    )
+    stranger = await router.route_text(from_=HOST, to="+14155550201", message_sid="SM9", body="")
     assert stranger.outcome == "no_session"
-    first = await router.route_inbound(
-        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={}
-    )
+    first = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM2", body="")
     assert first.outcome == "relay"
     await router.remember_answer(ks, "SM2", "<Response/>")
-    again = await router.route_inbound(
-        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM2", data={}
-    )
-    assert again.outcome == "duplicate" and again.data["answer"] == "<Response/>"
+    again = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM2", body="")
+    assert again.outcome == "duplicate" and again.answer == "<Response/>"
     await world.sessions.close_session(ks, view["sid"])
-    late = await router.route_inbound(
-        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM3", data={}
-    )
+    late = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM3", body="")
     assert late.outcome == "no_session"
-    assert late.data["previous"]["sid"] == view["sid"]
+    assert late.previous["sid"] == view["sid"]
 
 
 async def test_expired_but_unswept_session_is_not_relayed(world: World) -> None:
@@ -73,11 +61,9 @@ async def test_expired_but_unswept_session_is_not_relayed(world: World) -> None:
     await world.session(ks, CUSTOMER, COURIER, ttl_s=60)
     router = Router(world.redis, clock=world.clock)
     world.clock.advance(61)
-    route = await router.route_inbound(
-        from_=CUSTOMER, to="+14155550201", kind="message", resource_sid="SM4", data={}
-    )
+    route = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM4", body="")
     assert route.outcome == "no_session"
-    assert route.data["previous"]["closed_reason"] == "ttl"
+    assert route.previous["closed_reason"] == "ttl"
 
 
 def test_opt_out_words_ignore_case_and_space() -> None:

@@ -24,12 +24,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from audit.chain import ts_from_ms
-from audit.events import emit_event
 from audit.queries import EXPORT_FORMATS, decode_cursor, export_events, query_events
-from pool.errors import Forbidden, InvalidParameter, NotFound
+from core.errors import Forbidden, InvalidParameter, NotFound
+from core.events import emit_event
 from relay.api.common import base_url, json, require
 from relay.api.params import Params
-from relay.appkeys import PG, REDIS, ApiKey
+from relay.state import PG, REDIS, ApiKey
 
 __all__ = ["routes"]
 

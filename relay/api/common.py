@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pool.errors import Forbidden, NotFound
-from relay.appkeys import API_KEY, SETTINGS, ApiKey
+from core.errors import Forbidden, NotFound
+from relay.state import API_KEY, SETTINGS, ApiKey
 
 __all__ = ["api_key", "service_sid", "base_url", "account_sid", "json", "require"]
 

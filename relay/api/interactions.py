@@ -10,13 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from audit.queries import interactions_from_audit
-from pool.errors import MissingParameter, NotFound
+from core.errors import MissingParameter, NotFound
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.params import iso, page_args, read_params
-from relay.appkeys import PG
 from relay.outbound import TwilioSendError
-from relay.relay_state import RELAY
+from relay.state import PG, RELAY
 
 __all__ = ["routes", "interaction_view", "message_interaction_view"]
 

@@ -3,27 +3,29 @@ JSON. Every parse error names the parameter and what to send instead."""
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiDict, MultiMapping
 
-from pool.errors import InvalidParameter, MissingParameter
+from core.errors import InvalidParameter, MissingParameter
 
 __all__ = ["Params", "read_params", "iso", "page_args"]
 
 
 class Params:
-    def __init__(self, data: MultiDict[str] | MultiDictProxy[str]) -> None:
+    def __init__(self, data: MultiMapping[Any]) -> None:
         # Twilio parameter names are PascalCase; accept any case from hand-written clients.
-        self._data: MultiDict[str] = MultiDict((k.lower(), v) for k, v in data.items())
+        # Only text values are parameters (a multipart file part is not one).
+        self._data: MultiDict[str] = MultiDict((k.lower(), v) for k, v in data.items() if isinstance(v, str))
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: builtins.str) -> bool:
         return name.lower() in self._data
 
-    def str(self, name: str, *, required: bool = False, max_len: int = 1024) -> str | None:
+    def str(self, name: builtins.str, *, required: bool = False, max_len: int = 1024) -> builtins.str | None:
         value = self._data.get(name.lower())
         if value is None or value == "":
             if required:
@@ -33,7 +35,9 @@ class Params:
             raise InvalidParameter(f"{name} is longer than {max_len} characters")
         return value
 
-    def int(self, name: str, *, minimum: int = 0, maximum: int = 2**31 - 1) -> int | None:
+    def int(
+        self, name: builtins.str, *, minimum: builtins.int = 0, maximum: builtins.int = 2**31 - 1
+    ) -> builtins.int | None:
         value = self._data.get(name.lower())
         if value is None or value == "":
             return None
@@ -45,7 +49,7 @@ class Params:
             raise InvalidParameter(f"{name} must be between {minimum} and {maximum}, got {number}")
         return number
 
-    def bool(self, name: str) -> bool | None:
+    def bool(self, name: builtins.str) -> bool | None:
         value = self._data.get(name.lower())
         if value is None or value == "":
             return None
@@ -56,7 +60,7 @@ class Params:
             return False
         raise InvalidParameter(f"{name} must be true or false, got {value[:40]!r}")
 
-    def enum(self, name: str, allowed: Any) -> str | None:
+    def enum(self, name: builtins.str, allowed: Any) -> builtins.str | None:
         value = self.str(name)
         if value is None or value == "":
             return None
@@ -65,7 +69,7 @@ class Params:
             raise InvalidParameter(f"{name} must be one of {', '.join(choices)}; got {value[:40]!r}")
         return value
 
-    def datetime_ms(self, name: str) -> int | None:
+    def datetime_ms(self, name: builtins.str) -> builtins.int | None:
         value = self.str(name)
         if not value:
             return None
@@ -79,7 +83,7 @@ class Params:
             parsed = parsed.replace(tzinfo=dt.UTC)
         return int(parsed.timestamp() * 1000)
 
-    def list(self, name: str) -> list[str]:
+    def list(self, name: builtins.str) -> builtins.list[builtins.str]:
         return self._data.getall(name.lower(), [])
 
 

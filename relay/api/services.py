@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from pool.errors import Forbidden, InvalidParameter, MissingParameter
+from core.errors import Forbidden, InvalidParameter, MissingParameter
 from relay.api import render
 from relay.api.common import api_key, base_url, json, require, service_sid
 from relay.api.params import Params, page_args, read_params
-from relay.appkeys import NUMBERS, SERVICES
+from relay.state import NUMBERS, SERVICES
 from sessions.models import GeoMatchLevel, NumberSelection
 
 __all__ = ["routes"]

@@ -7,11 +7,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pool.errors import InvalidParameter, MissingParameter
+from core.errors import InvalidParameter, MissingParameter
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.params import Params, page_args, read_params
-from relay.appkeys import SESSIONS
+from relay.state import SESSIONS
 from sessions.models import Mode, ParticipantRequest, Status
 
 __all__ = ["routes"]

@@ -18,16 +18,15 @@
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
 --   relay       {session, inbound, outbound, interaction}
--- Every outcome but duplicate also carries `svc`: the Service's [callback_url,
--- intercept_callback_url, out_of_session_callback_url, options] (false when unset), so the
--- webhook needs no second round trip for the Service's relay options.
+--   (keyword, blocked and relay also carry `interaction`: the record as stored)
+-- Every outcome but duplicate also carries `svc`: the Service's relay settings by name
+-- (RELAY_SETTING_FIELDS, false when unset), so the webhook needs no second round trip.
 
 local now = now_ms(ARGV[1])
 local from, to, kind, resource, ki, keyword = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
 local function done(t)
-  t.svc = redis.call('HMGET', P .. 'svc', 'callback_url', 'intercept_callback_url',
-    'out_of_session_callback_url', 'options')
+  t.svc = relay_settings()
   return cjson.encode(t)
 end
 
@@ -89,19 +88,17 @@ redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'upd
 sess.last_activity_ms = now
 schedule_expiry(sid, sess)
 
-local inbound_status = kind == 'message' and 'received' or 'in-progress'
-local outbound_status = outcome == 'relay' and 'initiated' or 'failed'
-local ix = {
-  'sid', ki, 'session_sid', sid, 'type', kind, 'data', ARGV[9], 'outcome', outcome,
-  'inbound_participant_sid', kp, 'inbound_resource_sid', resource, 'inbound_resource_status', inbound_status,
-  'inbound_resource_type', kind == 'message' and 'Message' or 'Call',
-  'outbound_participant_sid', outbound.sid, 'outbound_resource_sid', '',
-  'outbound_resource_status', outbound_status,
-  'outbound_resource_type', kind == 'message' and 'Message' or 'Call',
-  'created_ms', now, 'updated_ms', now,
-}
-redis.call('HSET', P .. 'ix:' .. ki, unpack(ix))
-redis.call('ZADD', sk .. ':ix', now, ki)
+local message = kind == 'message'
+local ix = record_interaction(ki, {
+  sid = ki, session_sid = sid, type = kind, data = ARGV[9], outcome = outcome, origin = 'inbound',
+  inbound_participant_sid = kp, inbound_resource_sid = resource,
+  inbound_resource_status = message and 'received' or 'in-progress',
+  inbound_resource_type = message and 'Message' or 'Call',
+  outbound_participant_sid = outbound.sid,
+  outbound_resource_status = outcome == 'relay' and 'initiated' or 'failed',
+  outbound_resource_type = message and 'Message' or 'Call',
+  created_ms = now, updated_ms = now,
+}, now)
 local ix_view = hgetall(P .. 'ix:' .. ki)
 ix_view.numbers = { from, to, outbound.identifier, outbound.proxy_identifier }
 ix_view.inbound_identifier = from
@@ -109,5 +106,5 @@ ix_view.outbound_identifier = outbound.identifier
 emit(ARGV[2], 'interaction.created', now, ix_view)
 return done({
   outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
-  interaction = ki,
+  interaction = ix,
 })

@@ -1,4 +1,4 @@
-"""`maskline audit ...`: the audit subcommands. relay/cli.py calls `add_audit_commands` to build
+"""`maskline audit ...`: the audit subcommands. maskline/cli.py calls `add_audit_commands` to build
 the argparse group and `run(args, settings)` to execute one; `run` returns the exit code."""
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from audit.erase import erase_number
-from audit.events import emit_event
 from audit.queries import EXPORT_FORMATS, export_events
 from audit.retention import prune
 from audit.verify import verify
 from audit.writer import AuditWriter
+from core.events import emit_event
+from core.settings import Settings
 
 __all__ = ["add_audit_commands", "run", "parse_duration"]
 
@@ -75,10 +76,11 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
     export.add_argument("--type", action="append", dest="types", help="event type (repeatable)")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="csv")
     export.add_argument("-o", "--output", required=True, help="file to write ('-' for stdout)")
-    return audit
+    parser: argparse.ArgumentParser = audit
+    return parser
 
 
-async def run(args: argparse.Namespace, settings: Any) -> int:
+async def run(args: argparse.Namespace, settings: Settings) -> int:
     pg = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:

@@ -7,21 +7,15 @@ see docs/design.md ("Events"). The audit writer (audit/writer.py) drains every s
 from __future__ import annotations
 
 import time
-import uuid
-from typing import Any, Final
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from pool import keys
+from core import keys
+from core.ids import new_event_id
 
-__all__ = ["EVENT_ID_PREFIX", "new_event_id", "emit_event", "stream_key"]
-
-EVENT_ID_PREFIX: Final = "EV"
-
-
-def new_event_id() -> str:
-    return EVENT_ID_PREFIX + uuid.uuid4().hex
+__all__ = ["emit_event", "stream_key"]
 
 
 def stream_key(service_sid: str | None) -> str:

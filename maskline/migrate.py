@@ -1,8 +1,12 @@
-"""Forward-only schema migrations: migrations/NNNN_*.sql, each applied once in its own transaction."""
+"""Forward-only schema migrations: migrations/NNNN_*.sql, each applied once in its own transaction.
+
+The SQL files ship as package data of the `migrations` package, so an installed (non-editable)
+Maskline finds them where a checkout does."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -15,7 +19,7 @@ __all__ = ["MIGRATIONS_DIR", "Migration", "find_migrations", "apply_migrations",
 
 log = logging.getLogger("maskline.migrate")
 
-MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR: Final = Path(str(importlib.resources.files("migrations")))
 _FILE_NAME: Final = re.compile(r"^(\d{4})_[A-Za-z0-9_\-]+\.sql$")
 
 # Held for the whole run: two workers starting together would otherwise both see a migration

@@ -1,21 +1,27 @@
-"""`maskline`: serve, migrate, keys, bench (and audit, from audit/cli.py)."""
+"""`maskline`: serve, migrate, keys, bench (and audit, from maskline/audit_cli.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import asyncpg
 
-from relay.settings import Settings
+from core.settings import Settings
+from maskline.audit_cli import add_audit_commands
+from maskline.audit_cli import run as run_audit
 
 __all__ = ["main", "build_parser"]
+
+# In a source checkout (editable install), the folder that holds maskline/ and bench/.
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 DESCRIPTION = """Maskline: self-hosted masked phone numbers, wire-compatible with Twilio Proxy v1.
 
@@ -87,12 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=int, default=1_000_000, help="events stored for the query benchmark"
     )
 
-    try:
-        from audit.cli import add_audit_commands
-    except ImportError:  # pragma: no cover - audit package incomplete
-        pass
-    else:
-        add_audit_commands(sub)
+    add_audit_commands(sub)
     return parser
 
 
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.embedded import ServerUnreachable, ensure_servers
+    from maskline.devservers import ServerUnreachable, ensure_servers
 
     try:
         settings, servers = await ensure_servers(settings)
@@ -138,8 +139,6 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "keys":
             return await _keys(args, settings)
         if args.command == "audit":
-            from audit.cli import run as run_audit
-
             return int(await run_audit(args, settings) or 0)
         return 2
     finally:
@@ -147,7 +146,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from relay.migrate import apply_migrations
+    from maskline.migrate import apply_migrations
 
     applied = await apply_migrations(settings.database_url)
     print(
@@ -157,10 +156,10 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace, settings: Settings) -> int:
-    from audit.events import emit_event
-    from pool.connections import redis_client
-    from relay.apikeys import create_key, revoke_key
-    from relay.migrate import apply_migrations
+    from core.connections import redis_client
+    from core.events import emit_event
+    from maskline.migrate import apply_migrations
+    from relay.credentials import create_key, revoke_key
 
     await apply_migrations(settings.database_url)
     conn = await asyncpg.connect(settings.database_url)
@@ -203,11 +202,11 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from aiohttp import web
 
-    from relay.app import create_app
-    from relay.migrate import apply_migrations
+    from maskline.migrate import apply_migrations
+    from maskline.server import create_app
 
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
-    if "MASKLINE_PUBLIC_URL" not in os.environ:  # default: where we listen
+    if not settings.public_url_explicit:  # default: where we listen
         settings = dataclasses.replace(settings, public_url=f"http://{settings.host}:{settings.port}")
     await apply_migrations(settings.database_url)
     app = create_app(settings, audit_writer=not args.no_audit_writer)
@@ -234,18 +233,19 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    """`settings` point at reachable servers (embedded ones started by _dispatch if need be)."""
-    if args.bench_command == "sessions":
-        from bench import sessions as sessions_bench
+    """`settings` point at reachable servers (embedded ones started by _dispatch if need be).
 
-        return await sessions_bench.main(settings, args)
-    if args.bench_command == "audit":
-        from bench.bench_audit import main as audit_bench
-
-        await audit_bench(settings.redis_url, settings.database_url, events=args.events)
-        return 0
-    if args.bench_command == "relay":
-        from bench.relay import main as relay_bench
-
-        return await relay_bench(settings, args)
-    return 2
+    The benchmarks live in the source checkout's bench/ (not in the wheel): bench imports Maskline,
+    never the other way round, so they are found by name at run time."""
+    if (CHECKOUT / "bench" / "__init__.py").is_file() and str(CHECKOUT) not in sys.path:  # noqa: ASYNC240
+        sys.path.insert(0, str(CHECKOUT))
+    try:
+        module = importlib.import_module(f"bench.{args.bench_command}")
+    except ModuleNotFoundError:
+        print(
+            "maskline: the benchmarks ship with the source checkout, not the installed package; "
+            "run `make bench` (or `maskline bench ...`) from a checkout with an editable install",
+            file=sys.stderr,
+        )
+        return 2
+    return int(await module.main(settings, args))

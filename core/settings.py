@@ -1,4 +1,7 @@
-"""Process settings: one frozen dataclass, read from MASKLINE_* environment variables."""
+"""Every setting of Maskline: one frozen dataclass, read from MASKLINE_* environment variables.
+
+Only the process (maskline/) reads the environment (`Settings.from_env`); the packages below take
+the values they need as arguments, with this dataclass's defaults as theirs."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ ENV_PREFIX = "MASKLINE_"
 EMBEDDED_MODES = ("auto", "always", "never")
 
 # Fields derived by from_env, never read from the environment themselves.
-_DERIVED = frozenset({"redis_url_explicit", "database_url_explicit"})
+_DERIVED = frozenset({"redis_url_explicit", "database_url_explicit", "public_url_explicit"})
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,16 @@ class Settings:
     intercept_timeout_s: float = 1.5
     callback_timeout_s: float = 5.0
     log_level: str = "INFO"
+    # Twilio retries a webhook within minutes; the answer given to a MessageSid / CallSid is
+    # remembered this long, so a retry gets the same answer (never a second relay).
+    dedupe_ttl_s: int = 86_400
+    # A closed session stays readable in Redis this long (then the audit log answers for it).
+    closed_retention_s: int = 7 * 86_400
     # Whether the URL came from the environment: an explicit URL that does not answer is an
     # error, a default one that does not answer is replaced by an embedded server.
     redis_url_explicit: bool = False
     database_url_explicit: bool = False
+    public_url_explicit: bool = False  # else `serve` derives it from where it listens
 
     def __post_init__(self) -> None:
         # Signed webhook URLs are public_url + path; a trailing slash would double it and break
@@ -66,6 +75,7 @@ class Settings:
             values[field.name] = _parse(var, raw, field.type)
         values["redis_url_explicit"] = "redis_url" in values
         values["database_url_explicit"] = "database_url" in values
+        values["public_url_explicit"] = "public_url" in values
         return cls(**values)
 
 

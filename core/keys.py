@@ -1,6 +1,9 @@
-"""Every Redis key shape Maskline uses. See docs/design.md for what each holds.
+"""Every Redis key shape Maskline uses, built here for Python. See docs/design.md for what each holds.
 
-Keys of one Service share the hash tag `{KS...}`, so each Lua script touches a single hash slot."""
+Keys of one Service share the hash tag `{KS...}`, so each Lua script touches a single hash slot.
+The Lua scripts build the same shapes from the prefix they get as KEYS[1] (`service_prefix`):
+`P .. 'pair:' .. identifier .. ':' .. proxy` is `pair(...)` here; each function below names
+the script helper that builds it too."""
 
 from __future__ import annotations
 
@@ -24,6 +27,12 @@ __all__ = [
     "session_interactions",
     "optout",
     "seen",
+    "unique_name",
+    "expiry",
+    "regions",
+    "pool_zset",
+    "number_sids",
+    "last_proxy",
 ]
 
 PREFIX: Final = "ml:"
@@ -88,3 +97,34 @@ def optout(service_sid: str, identifier: str, proxy: str) -> str:
 
 def seen(service_sid: str, resource_sid: str) -> str:
     return f"ml:{{{service_sid}}}:seen:{resource_sid}"
+
+
+def unique_name(service_sid: str, name: str) -> str:
+    """Session UniqueName -> KC (create_session.lua, close_session)."""
+    return f"ml:{{{service_sid}}}:uname:{name}"
+
+
+def expiry(service_sid: str) -> str:
+    """zset of live session sids by expires_at_ms: the sweeper's work list (schedule_expiry)."""
+    return f"ml:{{{service_sid}}}:expiry"
+
+
+def regions(service_sid: str) -> str:
+    """hash `{REGION}` / `{REGION}:{AREA}` -> numbers, `...:r` -> reserved ones (number_upsert.lua)."""
+    return f"ml:{{{service_sid}}}:regions"
+
+
+def pool_zset(service_sid: str, region: str, area: str = "") -> str:
+    """zset of a region's (or area code's) unreserved numbers, score = live sessions (choose_proxy)."""
+    scope = f"{region}:{area}" if area else region
+    return f"ml:{{{service_sid}}}:pool:{scope}"
+
+
+def number_sids(service_sid: str) -> str:
+    """hash PN sid -> E.164 (ProxyIdentifierSid look-ups; number_upsert.lua)."""
+    return f"ml:{{{service_sid}}}:numsid"
+
+
+def last_proxy(service_sid: str, identifier: str) -> str:
+    """The last proxy number given to a participant (prefer-sticky / avoid-sticky; hold_pair)."""
+    return f"ml:{{{service_sid}}}:last:{identifier}"

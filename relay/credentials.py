@@ -11,17 +11,30 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Final
 
 import asyncpg
 
-from relay.appkeys import ApiKey
-
-__all__ = ["create_key", "revoke_key", "KeyVerifier", "hash_secret", "PERMISSIONS"]
+__all__ = ["ApiKey", "create_key", "revoke_key", "KeyVerifier", "hash_secret", "PERMISSIONS"]
 
 PERMISSIONS: Final = frozenset({"proxy", "audit"})
 _SCRYPT: Final = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _CACHE_S: Final = 60.0
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """The key a request authenticated with (set by the auth middleware as request[API_KEY])."""
+
+    sid: str
+    friendly_name: str
+    permissions: frozenset[str]  # "proxy" (the Proxy API), "audit" (compliance read API)
+    service_sids: frozenset[str] | None  # None: every Service
+
+    def may_see(self, service_sid: str) -> bool:
+        return self.service_sids is None or service_sid in self.service_sids
+
 
 INSERT: Final = """
 INSERT INTO api_keys (sid, friendly_name, secret_hash, permissions, service_sids) VALUES ($1, $2, $3, $4, $5)

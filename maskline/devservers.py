@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio as aioredis
 
-from relay.settings import Settings
+from core.settings import Settings
 
 __all__ = [
     "ServerUnreachable",

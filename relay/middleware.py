@@ -1,5 +1,6 @@
-"""The one boundary where errors become responses: Twilio-shaped JSON for the API.
-(Webhooks have their own boundary in relay/webhooks.py: they always answer TwiML.)"""
+"""The REST API's middlewares: authentication (HTTP Basic with an API key) and the one boundary
+where errors become responses, Twilio-shaped JSON. (The webhooks have their own boundary in
+relay/webhooks/boundary.py: they always answer TwiML, and carry neither middleware.)"""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Awaitable, Callable
 import redis.exceptions
 from aiohttp import web
 
-from pool.errors import MasklineError
+from core.errors import MasklineError
+from relay.state import API_KEY, VERIFIER
 
-__all__ = ["error_body", "error_response", "api_error_middleware"]
+__all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware"]
 
 log = logging.getLogger("maskline.api")
 
@@ -50,3 +52,18 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
         # Never a stack trace to the caller; the log has it.
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(20500, "internal error; it has been logged", 500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTP Basic with an API key on the REST API (/v1/...); webhooks check signatures instead."""
+    if request.path.startswith("/v1/"):
+        key = await request.app[VERIFIER].verify_header(request.headers.get("Authorization"))
+        if key is None:
+            response = error_response(
+                20003, "Authenticate with HTTP Basic: API key SID as user, its secret as password", 401
+            )
+            response.headers["WWW-Authenticate"] = 'Basic realm="Maskline"'
+            return response
+        request[API_KEY] = key
+    return await handler(request)

@@ -1,4 +1,4 @@
-"""Audit benchmark (`maskline bench audit`, or `python bench/bench_audit.py`).
+"""Audit benchmark (`maskline bench audit`).
 
 1. Writer throughput: `write_events` events waiting in Redis streams (spread over Services) are
    drained by one AuditWriter (one process; batches of `batch_size`, two stored at once) into
@@ -12,27 +12,22 @@ Uses its own database (maskline_bench, dropped and re-created) and Redis DB 12 (
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import random
 import statistics
-import sys
 import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import redis.asyncio as aioredis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from audit.queries import query_events  # noqa: E402
-from audit.writer import AuditWriter  # noqa: E402
-from pool import keys  # noqa: E402
-from relay.embedded import with_database  # noqa: E402
-from relay.migrate import apply_migrations  # noqa: E402
+from audit.queries import query_events
+from audit.writer import AuditWriter
+from core import keys
+from core.ids import new_event_id, new_sid
+from core.settings import Settings
+from maskline.devservers import with_database
+from maskline.migrate import apply_migrations
 
 __all__ = ["main"]
 
@@ -81,7 +76,7 @@ async def _fresh_database(database_url: str) -> str:
 
 
 async def _prefill_streams(redis: aioredis.Redis, count: int) -> None:
-    services = ["KS" + uuid.uuid4().hex for _ in range(SERVICES)]
+    services = [new_sid("KS") for _ in range(SERVICES)]
     await redis.sadd(keys.EVENT_STREAMS, *[keys.events(s) for s in services])
     now_ms = time.time_ns() // 1_000_000
     pipe = redis.pipeline(transaction=False)
@@ -90,7 +85,7 @@ async def _prefill_streams(redis: aioredis.Redis, count: int) -> None:
         participant = f"+1777{i % 5000:07d}"
         proxy = f"+1888{i % 200:07d}"
         data: dict[str, Any] = {
-            "sid": "KI" + uuid.uuid4().hex,
+            "sid": new_sid("KI"),
             "session_sid": f"KC{i // 4:032x}",
             "type": "message",
             "from": participant,
@@ -99,7 +94,7 @@ async def _prefill_streams(redis: aioredis.Redis, count: int) -> None:
             "numbers": [participant, proxy],
         }
         fields = {
-            "id": "EV" + uuid.uuid4().hex,
+            "id": new_event_id(),
             "type": "interaction.created",
             "service_sid": sid,
             "ts_ms": str(now_ms + i // 100),
@@ -155,7 +150,12 @@ def _p95(values: list[float]) -> float:
     return sorted(values)[max(0, int(len(values) * 0.95) - 1)]
 
 
-async def main(
+async def main(settings: Settings, args: argparse.Namespace) -> int:
+    await bench(settings.redis_url, settings.database_url, events=args.events)
+    return 0
+
+
+async def bench(
     redis_url: str,
     database_url: str,
     events: int = 1_000_000,
@@ -189,29 +189,3 @@ async def main(
         await redis.flushdb()
         await redis.aclose()
         await pg.close()
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("MASKLINE_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("MASKLINE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/maskline"),
-    )
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--write-events", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=2000)
-    args = parser.parse_args()
-    asyncio.run(
-        main(
-            args.redis_url,
-            args.database_url,
-            args.events,
-            write_events=args.write_events,
-            batch_size=args.batch_size,
-        )
-    )

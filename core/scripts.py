@@ -1,0 +1,102 @@
+"""The one Lua loader: every script is a documented `.lua` file, loaded with its layer's helpers and
+run by SHA.
+
+A `LuaLibrary` is a stack of script folders, lowest layer first (core/lua, then pool/lua, then
+sessions/lua). A script's source is: the Lua constants the library was given (field lists shared
+with Python, so both read them by name), every helper file (`_*.lua`) of every layer in order, then
+the script itself, found in the highest layer that has it. Redis 6.2 has no FUNCTION LOAD, hence
+the prepending.
+
+Each state-changing script returns JSON: the resource, or `{"e": code, "m": message}`, which
+`raise_for` turns into the matching domain error."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from core.errors import MasklineError, NotFound, PoolError
+
+__all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for"]
+
+CORE_LUA: Final = Path(__file__).parent / "lua"
+
+
+class LuaLibrary:
+    def __init__(
+        self, layers: Sequence[Path], *, constants: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
+        self.layers = tuple(layers)
+        self.constants = dict(constants or {})
+
+    def extend(self, layer: Path, *, constants: Mapping[str, Sequence[str]] | None = None) -> LuaLibrary:
+        """This library with one more layer on top (and more constants)."""
+        return LuaLibrary((*self.layers, layer), constants={**self.constants, **(constants or {})})
+
+    @cached_property
+    def prelude(self) -> str:
+        lines = [
+            f"local {name} = {{{', '.join(_lua_string(v) for v in values)}}}"
+            for name, values in self.constants.items()
+        ]
+        for layer in self.layers:
+            lines.extend(p.read_text() for p in sorted(layer.glob("_*.lua")))
+        return "\n".join(lines) + "\n"
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """Every script (not helper) of the library."""
+        found = {p.stem for layer in self.layers for p in layer.glob("*.lua") if not p.stem.startswith("_")}
+        return tuple(sorted(found))
+
+    def source(self, name: str) -> str:
+        for layer in reversed(self.layers):
+            path = layer / f"{name}.lua"
+            if path.exists():
+                return self.prelude + path.read_text()
+        raise KeyError(f"no Lua script {name!r} in {', '.join(str(p) for p in self.layers)}")
+
+
+def _lua_string(value: str) -> str:
+    if not value.isidentifier():
+        raise ValueError(f"Lua constant values must be plain identifiers, got {value!r}")
+    return f"'{value}'"
+
+
+def raise_for(result: dict[str, Any]) -> dict[str, Any]:
+    """Turn a script's `{"e": code, "m": message}` into the matching domain error."""
+    code = result.get("e")
+    if code is None:
+        return result
+    message = str(result.get("m", ""))
+    err: MasklineError
+    if code == 20404:
+        err = NotFound(message)
+    elif code == 80609:
+        err = PoolError(message, code=80609, status=409)
+    else:
+        err = PoolError(message, code=int(code))
+    raise err
+
+
+class Scripts:
+    """A library's scripts registered on one Redis client (redis-py loads each once, by SHA)."""
+
+    def __init__(self, redis: aioredis.Redis, library: LuaLibrary) -> None:
+        self.library = library
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(library.source(name)) for name in library.names
+        }
+
+    async def call(self, name: str, prefix: str, *args: str | int) -> Any:
+        return await self._scripts[name](keys=[prefix], args=list(args))
+
+    async def call_json(self, name: str, prefix: str, *args: str | int) -> dict[str, Any]:
+        raw = await self.call(name, prefix, *args)
+        return raise_for(orjson.loads(raw))

@@ -1,0 +1,1 @@
+"""The schema: forward-only SQL files (NNNN_name.sql), package data applied by maskline/migrate.py."""

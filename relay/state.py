@@ -1,0 +1,120 @@
+"""Typed application state (aiohttp AppKey), the per-request authenticated key, and what the
+webhooks and the interactions API share (RelayState). maskline/server.py fills them in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+
+from core import keys
+from core.resp import RespClient
+from core.settings import Settings
+from pool.registry import NumberRegistry
+from relay.callbacks import CallbackDispatcher, interaction_fields
+from relay.credentials import ApiKey, KeyVerifier
+from relay.outbound import TwilioMessages
+from sessions.interactions import InteractionStore
+from sessions.routing import Router
+from sessions.services import ServiceStore
+from sessions.store import SessionStore
+
+__all__ = [
+    "SETTINGS",
+    "REDIS",
+    "PG",
+    "SESSIONS",
+    "SERVICES",
+    "NUMBERS",
+    "RELAY",
+    "VERIFIER",
+    "ApiKey",
+    "API_KEY",
+    "RelayState",
+    "AnswerWriter",
+]
+
+log = logging.getLogger("maskline.webhooks")
+
+
+class AnswerWriter:
+    """Remembers the TwiML given to each MessageSid / CallSid (what Router.remember_answer does),
+    batched: answers queued during one loop iteration go to Redis in one pipeline, so the hot
+    path pays one Redis round trip per webhook instead of two. Twilio retries after seconds; the
+    write lands within a millisecond or so, and until then a retry finds the in-flight marker
+    and gets an empty answer, never a second relay."""
+
+    def __init__(self, redis: RespClient, *, ttl_s: int) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+        self._pending: list[tuple[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def remember(self, service_sid: str, resource_sid: str, answer: str) -> None:
+        if not resource_sid:
+            return
+        self._pending.append((keys.seen(service_sid, resource_sid), answer))
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    # Written back to back on one pipelined connection: one flush, replies in order.
+                    await asyncio.gather(
+                        *(self.redis.execute("SET", key, answer, "EX", self.ttl_s) for key, answer in batch)
+                    )
+                except Exception as err:  # Redis down: the retry then finds the marker (or nothing)
+                    log.warning("could not remember %d webhook answer(s): %s", len(batch), type(err).__name__)
+        finally:
+            self._task = None
+
+    async def drain(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+
+@dataclass
+class RelayState:
+    settings: Settings
+    router: Router
+    sessions: SessionStore
+    interactions: InteractionStore
+    http: aiohttp.ClientSession
+    callbacks: CallbackDispatcher
+    messages: TwilioMessages
+    validator: RequestValidator
+    answers: AnswerWriter
+
+    def url(self, path: str) -> str:
+        return self.settings.public_url + path
+
+    def callback_fields(self, service_sid: str, interaction: Mapping[str, Any]) -> dict[str, str]:
+        """Twilio Proxy's callback parameters for an interaction of this Service."""
+        return interaction_fields(
+            interaction,
+            service_sid=service_sid,
+            account_sid=self.settings.twilio_account_sid,
+            twilio_api_url=self.settings.twilio_api_url,
+        )
+
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+REDIS: web.AppKey[aioredis.Redis] = web.AppKey("redis", aioredis.Redis)
+PG: web.AppKey[asyncpg.Pool] = web.AppKey("pg", asyncpg.Pool)
+SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
+SERVICES: web.AppKey[ServiceStore] = web.AppKey("services", ServiceStore)
+NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
+RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
+VERIFIER: web.AppKey[KeyVerifier] = web.AppKey("verifier", KeyVerifier)
+API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)

@@ -1,0 +1,108 @@
+"""The webhooks' one boundary: whatever happens they answer TwiML (never a 5xx, never a stack
+trace), within settings.webhook_deadline_s; only a request whose X-Twilio-Signature does not check
+out gets 403, and nothing of it is acted on."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import orjson
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+from twilio.request_validator import HMAC_SHA1, SIGNATURE_SETTINGS_HEADER, get_signature_algorithm
+
+from pool.numbers import mask
+from relay.state import RELAY, RelayState
+
+__all__ = ["Form", "scrub", "xml", "read_signed", "forbidden", "answer", "log_fault"]
+
+log = logging.getLogger("maskline.webhooks")
+
+_LONG_NUMBER: Final = re.compile(r"\+?\d[\d ().-]{5,}\d")
+_FORBIDDEN: Final = "Forbidden: invalid or missing X-Twilio-Signature\n"
+
+Form = MultiDictProxy[str] | MultiDict[str]
+Handle = Callable[[RelayState, Form], Awaitable[str]]
+
+
+def scrub(text: object) -> str:
+    """`text` for a log line, with anything that looks like a phone number masked."""
+    return _LONG_NUMBER.sub(lambda m: mask(m.group(0)), str(text))[:300]
+
+
+def xml(body: str) -> web.Response:
+    return web.Response(text=body, content_type="text/xml")
+
+
+async def read_signed(request: web.Request) -> Form | None:
+    """The request's parameters if its signature checks out over the public URL, else None."""
+    signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        return None
+    state = request.app[RELAY]
+    url = state.settings.public_url + request.path_qs
+    algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
+    if request.content_type == "application/json":
+        # JSON bodies are covered by bodySHA256 in the query; without it the body is unsigned.
+        if "bodySHA256" not in request.query:
+            return None
+        text = await request.text()
+        if not state.validator.validate(url, text, signature, algorithm):
+            return None
+        try:
+            obj = orjson.loads(text or "{}")
+        except orjson.JSONDecodeError:
+            return None
+        form: MultiDict[str] = MultiDict()
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                form.add(str(k), v if isinstance(v, str) else orjson.dumps(v).decode())
+        return form
+    params = await request.post()
+    # Fast path: the URL exactly as configured (one HMAC, constant-time compare); otherwise the
+    # validator's full check (with and without the default port, SHA-256 settings header).
+    if algorithm == HMAC_SHA1 and hmac.compare_digest(
+        state.validator.compute_signature(url, params), signature
+    ):
+        return params  # type: ignore[return-value]
+    if not state.validator.validate(url, params, signature, algorithm):
+        return None
+    return params  # type: ignore[return-value]
+
+
+def forbidden(request: web.Request) -> web.Response:
+    log.warning("refused %s %s: bad or missing X-Twilio-Signature", request.method, request.path)
+    return web.Response(status=403, text=_FORBIDDEN)
+
+
+async def answer(request: web.Request, what: str, handle: Handle, fallback: str) -> web.Response:
+    """Unsigned or tampered gets 403 and nothing is done; otherwise TwiML within the deadline, and
+    `fallback` when Redis is down or slow or anything unexpected happens."""
+    form = await read_signed(request)
+    if form is None:
+        return forbidden(request)
+    state = request.app[RELAY]
+    try:
+        async with asyncio.timeout(state.settings.webhook_deadline_s):
+            return xml(await handle(state, form))
+    except Exception as err:
+        log_fault(what, form, err)
+        return xml(fallback)
+
+
+def log_fault(what: str, form: Form, err: BaseException) -> None:
+    sid = form.get("MessageSid") or form.get("CallSid") or ""
+    log.error(
+        "webhook %s %s from %s to %s failed (%s: %s); answered safe TwiML",
+        what,
+        sid,
+        mask(form.get("From", "")),
+        mask(form.get("To", "")),
+        type(err).__name__,
+        scrub(err),
+    )

@@ -1,0 +1,47 @@
+"""What a webhook's form says about an inbound text or call, parsed once at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay.webhooks.boundary import Form
+from sessions.models import Route
+from sessions.routing import MAX_MEDIA, Router
+
+__all__ = ["Inbound"]
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What the webhook's form says about the text or call."""
+
+    kind: str  # message | voice
+    from_: str
+    to: str
+    sid: str  # MessageSid / CallSid
+    body: str
+    media: tuple[str, ...]
+    form: Form
+
+    @classmethod
+    def text(cls, form: Form) -> Inbound:
+        sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or ""
+        try:
+            count = min(int(form.get("NumMedia") or 0), MAX_MEDIA)
+        except ValueError:
+            count = 0
+        media = tuple(url for i in range(count) if (url := form.get(f"MediaUrl{i}")))
+        return cls(
+            "message", form.get("From", ""), form.get("To", ""), sid, form.get("Body", ""), media, form
+        )
+
+    @classmethod
+    def call(cls, form: Form) -> Inbound:
+        return cls("voice", form.get("From", ""), form.get("To", ""), form.get("CallSid", ""), "", (), form)
+
+    async def route(self, router: Router) -> Route:
+        if self.kind == "voice":
+            return await router.route_call(from_=self.from_, to=self.to, call_sid=self.sid)
+        return await router.route_text(
+            from_=self.from_, to=self.to, message_sid=self.sid, body=self.body, media=self.media
+        )

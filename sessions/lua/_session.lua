@@ -1,0 +1,98 @@
+-- The session state machine's helpers: expiry, views, closing, the interaction record.
+-- Prepended after core/lua/_lib.lua and pool/lua/_pool.lua to every session script.
+-- INTERACTION_FIELDS and RELAY_SETTING_FIELDS are defined by the loader from Python's
+-- sessions/models.py, so Lua and Python read and write one field list, by name.
+-- Keys (core/keys.py): `sess:{KC}` hash, `part:{KP}` hash, `expiry` zset, `sessions` zset,
+-- `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix` zset.
+
+-- expires_at = min(date_expiry, last activity + ttl); 0 means "never".
+local function expires_at(sess)
+  local at = 0
+  local ttl = tonumber(sess.ttl or '0') or 0
+  if ttl > 0 then at = tonumber(sess.last_activity_ms) + ttl * 1000 end
+  local de = tonumber(sess.date_expiry_ms or '') or 0
+  if de > 0 and (at == 0 or de < at) then at = de end
+  return at
+end
+
+local function schedule_expiry(sid, sess)
+  local at = expires_at(sess)
+  redis.call('HSET', P .. 'sess:' .. sid, 'expires_at_ms', at)
+  if at > 0 then redis.call('ZADD', P .. 'expiry', at, sid) else redis.call('ZREM', P .. 'expiry', sid) end
+  return at
+end
+
+local function participant_view(kp)
+  return hgetall(P .. 'part:' .. kp)
+end
+
+local function session_view(sid)
+  local s = hgetall(P .. 'sess:' .. sid)
+  if not s then return nil end
+  local parts, numbers = {}, {}
+  for kp in string.gmatch(s.parts or '', '[^,]+') do
+    local p = participant_view(kp)
+    if p then
+      parts[#parts + 1] = p
+      numbers[#numbers + 1] = p.identifier
+      numbers[#numbers + 1] = p.proxy_identifier
+    end
+  end
+  s.participants = parts
+  s.numbers = numbers
+  return s
+end
+
+local function retain(keys, ms)
+  for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
+end
+
+-- Close a live session: release its pairs into cool-off, leave the expiry list, keep the records
+-- readable for the retention period. Idempotent: a closed session is left alone (returns false).
+local function close_session(sid, reason, now, event_id)
+  local sk = P .. 'sess:' .. sid
+  local status = redis.call('HGET', sk, 'status')
+  if not status or status == 'closed' then return false end
+  local cool_off_ms = (tonumber(svc_field('cool_off_s', '0')) or 0) * 1000
+  local keep_ms = math.max(cool_off_ms, (tonumber(svc_field('closed_retention_s', '604800')) or 604800) * 1000)
+  local parts = redis.call('HGET', sk, 'parts') or ''
+  local keys = { sk }
+  for kp in string.gmatch(parts, '[^,]+') do
+    release_pair(sid, kp, cool_off_ms)
+    keys[#keys + 1] = P .. 'part:' .. kp
+  end
+  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now,
+    'expires_at_ms', 0)
+  redis.call('ZREM', P .. 'expiry', sid)
+  local uname = redis.call('HGET', sk, 'unique_name')
+  if uname and uname ~= '' then keys[#keys + 1] = P .. 'uname:' .. uname end
+  keys[#keys + 1] = sk .. ':ix'
+  for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do keys[#keys + 1] = P .. 'ix:' .. ki end
+  retain(keys, keep_ms)
+  if event_id then emit(event_id, 'session.closed', now, session_view(sid)) end
+  return true
+end
+
+
+-- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
+-- session's interaction list. Returns the record as stored.
+local function record_interaction(ki, t, now)
+  local flat = {}
+  for _, f in ipairs(INTERACTION_FIELDS) do
+    local v = t[f]
+    if v == nil then v = '' end
+    flat[#flat + 1] = f
+    flat[#flat + 1] = v
+  end
+  redis.call('HSET', P .. 'ix:' .. ki, unpack(flat))
+  redis.call('ZADD', P .. 'sess:' .. t.session_sid .. ':ix', now, ki)
+  return hgetall(P .. 'ix:' .. ki)
+end
+
+-- The Service's relay settings, by name (sessions.models.RelayOptions reads the same names).
+local function relay_settings()
+  local values = redis.call('HMGET', P .. 'svc', unpack(RELAY_SETTING_FIELDS))
+  local t = {}
+  for i, f in ipairs(RELAY_SETTING_FIELDS) do t[f] = values[i] end
+  return t
+end

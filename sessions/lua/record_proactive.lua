@@ -1,0 +1,44 @@
+-- Record a proactive message (the API's MessageInteractions) atomically with its checks. Like an
+-- inbound interaction it moves the session to in-progress and restarts its TTL.
+-- KEYS[1]  Service prefix "ml:{KS}:"
+-- ARGV[1]  now_ms or ''
+-- ARGV[2]  event id for interaction.created
+-- ARGV[3]  session sid (KC)
+-- ARGV[4]  participant sid (KP)
+-- ARGV[5]  interaction sid (KI)
+-- ARGV[6]  data (JSON text: {"body": ..., "media": [...]})
+-- Returns JSON {interaction = the record, participant = its hash} or {e, m}:
+--   20404 no such session / participant in it; 80607 the session is closed;
+--   21610 the participant opted out of texts from their proxy number.
+
+local now = now_ms(ARGV[1])
+local sid, kp, ki = ARGV[3], ARGV[4], ARGV[5]
+local sk = P .. 'sess:' .. sid
+local sess = hgetall(sk)
+if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
+local part = hgetall(P .. 'part:' .. kp)
+if not part or part.session_sid ~= sid or
+   not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
+  return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
+end
+if sess.status == 'closed' then
+  return fail(80607, 'Session ' .. sid .. ' is closed; a message cannot be sent in a closed Session')
+end
+if redis.call('EXISTS', P .. 'optout:' .. part.identifier .. ':' .. part.proxy_identifier) == 1 then
+  return fail(21610, 'Attempt to send to unsubscribed recipient: the participant replied STOP to this proxy number')
+end
+if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
+redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
+sess.last_activity_ms = now
+schedule_expiry(sid, sess)
+local ix = record_interaction(ki, {
+  sid = ki, session_sid = sid, type = 'message', data = ARGV[6], outcome = 'proactive', origin = 'api',
+  outbound_participant_sid = kp, outbound_resource_status = 'initiated', outbound_resource_type = 'Message',
+  created_ms = now, updated_ms = now,
+}, now)
+local view = hgetall(P .. 'ix:' .. ki)
+view.numbers = { part.identifier, part.proxy_identifier }
+view.outbound_identifier = part.identifier
+view.outbound_proxy_identifier = part.proxy_identifier
+emit(ARGV[2], 'interaction.created', now, view)
+return cjson.encode({ interaction = ix, participant = part })
