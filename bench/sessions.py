@@ -55,7 +55,7 @@ async def _setup_pool(redis: aioredis.Redis, scripts: Scripts, service_sid: str,
         async with redis.pipeline(transaction=False) as pipe:
             for i, e164 in enumerate(pool[start : start + 5000], start=start):
                 n = parse_proxy_number(e164)
-                pipe.evalsha(sha, 1, prefix, n.e164, f"PN{i:032x}", n.region, n.area, "0")
+                pipe.evalsha(sha, 1, prefix, n.e164, f"PN{i:032x}", n.region, n.area, "0", "")
             await pipe.execute()
 
 

@@ -30,12 +30,14 @@ async def emit_event(
     type: str,
     data: dict[str, Any],
     ts_ms: int | None = None,
+    event_id: str | None = None,
 ) -> str:
-    """Append an event to its stream and return its id ("EV" + 32 hex).
+    """Append an event to its stream and return its id ("EV" + 32 hex; a fresh one unless given:
+    the audit log stores each id once, so a given id makes a repeated emit harmless).
 
     Real phone numbers the event concerns should also be listed in `data["numbers"]`, so the
     writer can index and erase them (design.md, "Events")."""
-    event_id = new_event_id()
+    event_id = event_id or new_event_id()
     key = stream_key(service_sid)
     fields = {
         "id": event_id,

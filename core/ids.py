@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Final
 
-__all__ = ["EVENT_ID_PREFIX", "new_sid", "new_event_id", "new_event_id_base"]
+__all__ = ["EVENT_ID_PREFIX", "new_sid", "new_event_id", "new_event_id_base", "creation_event_id"]
 
 EVENT_ID_PREFIX: Final = "EV"
 
@@ -24,3 +24,10 @@ def new_event_id() -> str:
 def new_event_id_base() -> str:
     """ "EV" + 28 hex: a script that emits several events appends 4 hex digits per event."""
     return new_event_id()[:30]
+
+
+def creation_event_id(sid: str) -> str:
+    """The id of the event that creates resource `sid` ("EV" + its 32 hex digits). Deterministic,
+    so that two attempts to record one interaction (the route script, then the record of a webhook
+    that fell back) store it once: the audit log keeps the first event of an id."""
+    return EVENT_ID_PREFIX + sid[2:]

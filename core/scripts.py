@@ -7,23 +7,27 @@ with Python, so both read them by name), every helper file (`_*.lua`) of every l
 the script itself, found in the highest layer that has it. Redis 6.2 has no FUNCTION LOAD, hence
 the prepending.
 
-Each state-changing script returns JSON: the resource, or `{"e": code, "m": message}`, which
-`raise_for` turns into the matching domain error."""
+Every script gets the caller's deadline as its last ARGV (core/deadline.py); one that starts too
+late answers the error DEADLINE, raised here as DeadlineExceeded. Each state-changing script
+returns JSON: the resource, or `{"e": code, "m": message}`, which `raise_for` turns into the
+matching domain error."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
+from core.deadline import DEADLINE_REPLY, DeadlineExceeded, script_arg
 from core.errors import MasklineError, NotFound, PoolError
 
-__all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for"]
+__all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for", "raise_deadline"]
 
 CORE_LUA: Final = Path(__file__).parent / "lua"
 
@@ -85,6 +89,13 @@ def raise_for(result: dict[str, Any]) -> dict[str, Any]:
     raise err
 
 
+def raise_deadline(err: ResponseError) -> NoReturn:
+    """Re-raise a script's DEADLINE error reply as DeadlineExceeded (other errors unchanged)."""
+    if str(err).startswith(DEADLINE_REPLY):
+        raise DeadlineExceeded() from None
+    raise err
+
+
 class Scripts:
     """A library's scripts registered on one Redis client (redis-py loads each once, by SHA)."""
 
@@ -95,7 +106,10 @@ class Scripts:
         }
 
     async def call(self, name: str, prefix: str, *args: str | int) -> Any:
-        return await self._scripts[name](keys=[prefix], args=list(args))
+        try:
+            return await self._scripts[name](keys=[prefix], args=[*args, script_arg()])
+        except ResponseError as err:
+            raise_deadline(err)
 
     async def call_json(self, name: str, prefix: str, *args: str | int) -> dict[str, Any]:
         raw = await self.call(name, prefix, *args)

@@ -35,7 +35,8 @@ class Settings:
     data_dir: str = ".maskline"  # embedded servers keep their data here
     embedded: str = "auto"
     sweep_interval_s: float = 1.0
-    webhook_deadline_s: float = 2.0
+    webhook_deadline_s: float = 2.0  # a webhook answers within this, fallback TwiML at worst
+    api_deadline_s: float = 4.0  # an API request answers within this, 503 (nothing changed) at worst
     intercept_timeout_s: float = 1.5
     callback_timeout_s: float = 5.0
     log_level: str = "INFO"

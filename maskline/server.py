@@ -32,6 +32,7 @@ from relay.api import services as services_api
 from relay.api import sessions as sessions_api
 from relay.callbacks import CallbackDispatcher
 from relay.credentials import KeyVerifier
+from relay.fallbacks import FallbackRecorder
 from relay.middleware import api_error_middleware, auth_middleware
 from relay.outbound import TwilioMessages
 from relay.state import (
@@ -109,17 +110,20 @@ def create_app(
         )
         callbacks.start()
         interactions = InteractionStore(app[REDIS], clock=clock, scripts=sessions.scripts)
+        router = Router(
+            app[REDIS],
+            scripts=sessions.scripts,
+            clock=clock,
+            fast=fast,
+            sessions=sessions,
+            interactions=interactions,
+            dedupe_ttl_s=settings.dedupe_ttl_s,
+        )
+        fallbacks = FallbackRecorder(router)
+        fallbacks.start()
         app[RELAY] = RelayState(
             settings=settings,
-            router=Router(
-                app[REDIS],
-                scripts=sessions.scripts,
-                clock=clock,
-                fast=fast,
-                sessions=sessions,
-                interactions=interactions,
-                dedupe_ttl_s=settings.dedupe_ttl_s,
-            ),
+            router=router,
             sessions=sessions,
             interactions=interactions,
             http=http,
@@ -132,6 +136,7 @@ def create_app(
             ),
             validator=RequestValidator(settings.twilio_auth_token),
             answers=AnswerWriter(fast, ttl_s=settings.dedupe_ttl_s),
+            fallbacks=fallbacks,
         )
         # Everything alive now lives as long as the process: keep it out of the collector's scans,
         # so a full collection under load does not stall webhooks (p99).
@@ -141,6 +146,7 @@ def create_app(
             yield
         finally:
             await app[RELAY].answers.drain()
+            await fallbacks.stop()
             await callbacks.stop()
             await http.close()
             await fast.aclose()

@@ -4,14 +4,16 @@ relay/webhooks/boundary.py: they always answer TwiML, and carry neither middlewa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import redis.exceptions
 from aiohttp import web
 
+from core.deadline import deadline
 from core.errors import MasklineError
-from relay.state import API_KEY, VERIFIER
+from relay.state import API_KEY, SETTINGS, VERIFIER
 
 __all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware"]
 
@@ -33,10 +35,20 @@ def error_response(code: int, message: str, status: int) -> web.Response:
     return web.json_response(error_body(code, message, status), status=status)
 
 
+# The audit read API streams exports for as long as they take: no deadline there (it only reads).
+_NO_DEADLINE_PREFIX = "/v1/Audit/"
+
+
 @web.middleware
 async def api_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        if not request.path.startswith("/v1/") or request.path.startswith(_NO_DEADLINE_PREFIX):
+            return await handler(request)
+        # Every script this request runs carries the deadline: answered 503, nothing changed.
+        give_up_s = request.app[SETTINGS].api_deadline_s
+        with deadline(give_up_s):
+            async with asyncio.timeout(give_up_s):
+                return await handler(request)
     except MasklineError as err:
         return error_response(err.code, err.message, err.status)
     except web.HTTPNotFound:
@@ -45,7 +57,7 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
         return error_response(20004, f"Method {request.method} not allowed on {request.path}", 405)
     except web.HTTPException:
         raise
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as err:
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError) as err:
         log.error("store unavailable on %s %s: %s", request.method, request.path, err)
         return error_response(20500, "Maskline's data store is unavailable; retry shortly", 503)
     except Exception:

@@ -21,8 +21,10 @@ from core.settings import Settings
 from pool.registry import NumberRegistry
 from relay.callbacks import CallbackDispatcher, interaction_fields
 from relay.credentials import ApiKey, KeyVerifier
+from relay.fallbacks import FallbackRecorder
 from relay.outbound import TwilioMessages
 from sessions.interactions import InteractionStore
+from sessions.models import Replay
 from sessions.routing import Router
 from sessions.services import ServiceStore
 from sessions.store import SessionStore
@@ -46,7 +48,7 @@ log = logging.getLogger("maskline.webhooks")
 
 
 class AnswerWriter:
-    """Remembers the TwiML given to each MessageSid / CallSid (what Router.remember_answer does),
+    """Remembers how each MessageSid / CallSid was answered (what Router.remember_answer does),
     batched: answers queued during one loop iteration go to Redis in one pipeline, so the hot
     path pays one Redis round trip per webhook instead of two. Twilio retries after seconds; the
     write lands within a millisecond or so, and until then a retry finds the in-flight marker
@@ -58,10 +60,11 @@ class AnswerWriter:
         self._pending: list[tuple[str, str]] = []
         self._task: asyncio.Task[None] | None = None
 
-    def remember(self, service_sid: str, resource_sid: str, answer: str) -> None:
+    def remember(self, service_sid: str, resource_sid: str, replay: Replay, interaction_sid: str) -> None:
+        """How to answer a retry of `resource_sid` (never the TwiML: route_inbound.lua)."""
         if not resource_sid:
-            return
-        self._pending.append((keys.seen(service_sid, resource_sid), answer))
+            return  # no MessageSid / CallSid: never de-duplicated
+        self._pending.append((keys.seen(service_sid, resource_sid), f"{replay.value}:{interaction_sid}"))
         if self._task is None:
             self._task = asyncio.create_task(self._flush())
 
@@ -95,6 +98,7 @@ class RelayState:
     messages: TwilioMessages
     validator: RequestValidator
     answers: AnswerWriter
+    fallbacks: FallbackRecorder
 
     def url(self, path: str) -> str:
         return self.settings.public_url + path

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from core import keys
 from core.clock import SYSTEM, Clock
 from core.events import emit_event
-from core.ids import new_event_id, new_sid
+from core.ids import creation_event_id, new_event_id, new_sid
 from core.scripts import Scripts
 from sessions.models import interaction_record
 from sessions.scripts import SESSION_LUA
@@ -129,20 +129,79 @@ class InteractionStore:
         from_: str,
         to: str,
         resource_sid: str,
+        interaction_sid: str,
         previous_session_sid: str,
         data: dict[str, Any],
-    ) -> str:
+    ) -> None:
         """An inbound text or call that reached no live session: never relayed, but audited, with
-        the session the pair last belonged to (if any). Returns the interaction sid."""
-        ki = new_sid("KI")
+        the session the pair last belonged to (if any)."""
+        await self._record_unrelayed(
+            service_sid,
+            outcome="out_of_session",
+            kind=kind,
+            from_=from_,
+            to=to,
+            resource_sid=resource_sid,
+            interaction_sid=interaction_sid,
+            session_sid=previous_session_sid,
+            data=data,
+        )
+
+    async def record_not_relayed(
+        self,
+        service_sid: str,
+        *,
+        kind: str,
+        from_: str,
+        to: str,
+        resource_sid: str,
+        interaction_sid: str,
+        data: dict[str, Any],
+        reason: str,
+    ) -> None:
+        """A text or call answered with fallback TwiML: never relayed. If the route script had
+        recorded it (it ran before the deadline, its answer came too late), its record is marked
+        failed; otherwise it is recorded now, under the same sid and event id, so it is stored
+        once whatever reached the log first."""
+        key = keys.interaction(service_sid, interaction_sid)
+        if await self.redis.exists(key):
+            await self._mark_not_relayed(service_sid, interaction_sid, reason)
+            return
+        await self._record_unrelayed(
+            service_sid,
+            outcome="not_relayed",
+            kind=kind,
+            from_=from_,
+            to=to,
+            resource_sid=resource_sid,
+            interaction_sid=interaction_sid,
+            session_sid="",
+            data=data,
+            reason=reason,
+        )
+
+    async def _record_unrelayed(
+        self,
+        service_sid: str,
+        *,
+        outcome: str,
+        kind: str,
+        from_: str,
+        to: str,
+        resource_sid: str,
+        interaction_sid: str,
+        session_sid: str,
+        data: dict[str, Any],
+        reason: str = "",
+    ) -> None:
         now = self.clock.now_ms()
         message = kind == "message"
         record = interaction_record(
-            sid=ki,
-            session_sid=previous_session_sid,
+            sid=interaction_sid,
+            session_sid=session_sid,
             type=kind,
             data=orjson.dumps(data).decode(),
-            outcome="out_of_session",
+            outcome=outcome,
             origin="inbound",
             inbound_resource_sid=resource_sid,
             inbound_resource_status="received" if message else "in-progress",
@@ -151,14 +210,34 @@ class InteractionStore:
             created_ms=now,
             updated_ms=now,
         )
+        extra: dict[str, Any] = {"inbound_identifier": from_, "numbers": [from_, to]}
+        if reason:
+            extra["reason"] = reason
         await emit_event(
             self.redis,
             service_sid=service_sid,
             type="interaction.created",
             ts_ms=now,
-            data={**record, "inbound_identifier": from_, "numbers": [from_, to]},
+            data={**record, **extra},
+            event_id=creation_event_id(interaction_sid),
         )
-        return ki
+
+    async def _mark_not_relayed(self, service_sid: str, interaction_sid: str, reason: str) -> None:
+        key = keys.interaction(service_sid, interaction_sid)
+        now_ms = self.clock.now_ms()
+        changes: Any = {
+            "outcome": "not_relayed",
+            "outbound_resource_status": "failed",
+            "updated_ms": str(now_ms),
+        }
+        await self.redis.hset(key, mapping=changes)
+        raw: Any = await self.redis.hgetall(key)
+        row: dict[str, Any] = dict(raw)
+        view = await self._event_view(service_sid, row)
+        view["reason"] = reason
+        await emit_event(
+            self.redis, service_sid=service_sid, type="interaction.updated", data=view, ts_ms=now_ms
+        )
 
     async def release_cooling_pair(self, service_sid: str, identifier: str, proxy: str) -> bool:
         released = await self.scripts.call(

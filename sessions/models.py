@@ -21,6 +21,7 @@ __all__ = [
     "LIVE_STATUSES",
     "Outcome",
     "Keyword",
+    "Replay",
     "INTERACTION_FIELDS",
     "interaction_record",
     "RELAY_SETTING_FIELDS",
@@ -86,6 +87,21 @@ class Outcome(StrEnum):
     UNKNOWN_NUMBER = "unknown_number"  # To is no Service's number
 
 
+class Replay(StrEnum):
+    """What the answer to a MessageSid / CallSid was, remembered for Twilio's retry (the `seen:`
+    key holds "<replay>:<KI>", never the TwiML: no number or body outlives the interaction there).
+    A retry is answered by rendering the same answer again from the interaction's records."""
+
+    IN_FLIGHT = ""  # routed, not answered yet: a retry gets nothing (never a second relay)
+    RELAY = "relay"
+    EMPTY = "empty"
+    REJECT = "reject"
+    HELP = "help"
+    OUT_OF_SESSION = "oos"  # the Service's out-of-session message
+    MODE = "mode"  # "this number only accepts texts / calls"
+    CUSTOM = "custom"  # TwiML from the Service's endpoint: not kept, a retry gets nothing
+
+
 class Keyword(StrEnum):
     NONE = ""
     OPT_OUT = "optout"
@@ -94,8 +110,9 @@ class Keyword(StrEnum):
 
 
 # The interaction record (`ml:{KS}:ix:{KI}` and the `interaction.created` event's data). `origin`:
-# inbound (a webhook), api (a proactive MessageInteraction); `outcome` is an Outcome, "proactive"
-# or "out_of_session". Every field is a string in Redis.
+# inbound (a webhook), api (a proactive MessageInteraction); `outcome` is an Outcome, "proactive",
+# "out_of_session" or "not_relayed" (answered with fallback TwiML: the store failed or stalled).
+# Every field is a string in Redis.
 INTERACTION_FIELDS: Final = (
     "sid",
     "session_sid",
@@ -199,7 +216,7 @@ class Route:
     interaction: dict[str, str] = field(default_factory=dict)  # the record, as stored
     previous: dict[str, Any] | None = None  # NO_SESSION: the closed session the pair last had
     keyword: Keyword = Keyword.NONE
-    answer: str = ""  # DUPLICATE: the answer given the first time
+    replay: Replay = Replay.IN_FLIGHT  # DUPLICATE: the answer given the first time
 
     @property
     def interaction_sid(self) -> str:

@@ -16,12 +16,14 @@ from typing import Any, Final, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from core import keys
 from core.clock import SYSTEM, Clock
-from core.ids import new_event_id, new_sid
+from core.deadline import script_arg
+from core.ids import creation_event_id, new_sid
 from core.resp import RespClient
-from core.scripts import Scripts
+from core.scripts import Scripts, raise_deadline
 from core.settings import Settings
 from sessions.interactions import InteractionStore
 from sessions.models import (
@@ -31,6 +33,7 @@ from sessions.models import (
     Outcome,
     ParticipantRequest,
     RelayOptions,
+    Replay,
     Route,
 )
 from sessions.scripts import SESSION_LUA
@@ -100,29 +103,62 @@ class Router:
         return found
 
     async def route_text(
-        self, *, from_: str, to: str, message_sid: str, body: str, media: Sequence[str] = ()
+        self,
+        *,
+        from_: str,
+        to: str,
+        message_sid: str,
+        body: str,
+        media: Sequence[str] = (),
+        interaction_sid: str | None = None,
     ) -> Route:
+        """`interaction_sid`: the sid to record the text under (the webhook mints it, so that a
+        text it answers with fallback TwiML is recorded under the same sid: record_not_relayed)."""
         data: dict[str, Any] = {"body": body}
         if media:
             data["media"] = list(media[:MAX_MEDIA])
-        return await self._route_inbound(from_, to, "message", message_sid, data, classify_keyword(body))
+        keyword = classify_keyword(body)
+        ki = interaction_sid or new_sid("KI")
+        return await self._route_inbound(from_, to, "message", message_sid, ki, data, keyword)
 
-    async def route_call(self, *, from_: str, to: str, call_sid: str) -> Route:
-        return await self._route_inbound(from_, to, "voice", call_sid, {}, Keyword.NONE)
+    async def route_call(
+        self, *, from_: str, to: str, call_sid: str, interaction_sid: str | None = None
+    ) -> Route:
+        ki = interaction_sid or new_sid("KI")
+        return await self._route_inbound(from_, to, "voice", call_sid, ki, {}, Keyword.NONE)
 
     async def _route_inbound(
-        self, from_: str, to: str, kind: str, resource_sid: str, data: dict[str, Any], keyword: Keyword
+        self,
+        from_: str,
+        to: str,
+        kind: str,
+        resource_sid: str,
+        ki: str,
+        data: dict[str, Any],
+        keyword: Keyword,
     ) -> Route:
         service_sid = await self.service_for(to)
         if service_sid is None:
             return Route(Outcome.UNKNOWN_NUMBER)
-        result = await self._run(service_sid, from_, to, kind, resource_sid, data, keyword)
+        args: list[str | int] = [
+            self.clock.script_now(),
+            creation_event_id(ki),
+            from_,
+            to,
+            kind,
+            resource_sid,
+            ki,
+            keyword.value,
+            orjson.dumps(data).decode(),
+            self.dedupe_ttl_s,
+        ]
+        result = await self._run(service_sid, args)
         if result["outcome"] == Outcome.NO_SESSION and not result.get("previous"):
             # The cached owner may be stale (number moved Service): look once more.
             fresh = await self.service_for(to, fresh=True)
             if fresh and fresh != service_sid:
                 service_sid = fresh
-                result = await self._run(service_sid, from_, to, kind, resource_sid, data, keyword)
+                result = await self._run(service_sid, args)
         route = self._decision(service_sid, result)
         if route.outcome is Outcome.NO_SESSION:
             # Never relayed, but audited, with the session the pair last belonged to (if any).
@@ -132,36 +168,19 @@ class Router:
                 from_=from_,
                 to=to,
                 resource_sid=resource_sid,
+                interaction_sid=ki,
                 previous_session_sid=str((route.previous or {}).get("sid", "")),
                 data={"body": data["body"]} if kind == "message" else {},
             )
         return route
 
-    async def _run(
-        self,
-        service_sid: str,
-        from_: str,
-        to: str,
-        kind: str,
-        resource_sid: str,
-        data: dict[str, Any],
-        keyword: Keyword,
-    ) -> dict[str, Any]:
-        args: list[str | int] = [
-            self.clock.script_now(),
-            new_event_id(),
-            from_,
-            to,
-            kind,
-            resource_sid,
-            new_sid("KI"),
-            keyword.value,
-            orjson.dumps(data).decode(),
-            self.dedupe_ttl_s,
-        ]
+    async def _run(self, service_sid: str, args: list[str | int]) -> dict[str, Any]:
         prefix = keys.service_prefix(service_sid)
         if self.fast is not None:
-            raw = await self.fast.run_script(self._route_source, [prefix], args)
+            try:
+                raw = await self.fast.run_script(self._route_source, [prefix], [*args, script_arg()])
+            except ResponseError as err:
+                raise_deadline(err)
         else:
             raw = await self.scripts.call("route_inbound", prefix, *args)
         result: dict[str, Any] = orjson.loads(raw)
@@ -169,8 +188,6 @@ class Router:
 
     def _decision(self, service_sid: str, result: dict[str, Any]) -> Route:
         outcome = Outcome(result["outcome"])
-        if outcome is Outcome.DUPLICATE:
-            return Route(outcome, service_sid, answer=str(result.get("answer") or ""))
         previous = result.get("previous")
         return Route(
             outcome,
@@ -182,7 +199,37 @@ class Router:
             interaction=result.get("interaction") or {},
             previous=previous if isinstance(previous, dict) else None,
             keyword=Keyword(result.get("keyword") or ""),
+            replay=Replay(result.get("replay") or ""),
         )
+
+    async def record_not_relayed(
+        self,
+        *,
+        from_: str,
+        to: str,
+        kind: str,
+        resource_sid: str,
+        interaction_sid: str,
+        body: str,
+        reason: str,
+    ) -> bool:
+        """Record a text or call that was answered with fallback TwiML (the store failed or
+        stalled): never relayed. Call it once the caller's deadline has passed, so the route
+        script either ran before it or never will. False when To is no Service's number."""
+        service_sid = await self.service_for(to)
+        if service_sid is None:
+            return False
+        await self.interactions.record_not_relayed(
+            service_sid,
+            kind=kind,
+            from_=from_,
+            to=to,
+            resource_sid=resource_sid,
+            interaction_sid=interaction_sid,
+            data={"body": body} if kind == "message" else {},
+            reason=reason,
+        )
+        return True
 
     def options(self, settings: dict[str, Any] | None) -> RelayOptions:
         """A Service's relay options, parsed once per distinct settings, then a dict lookup."""
@@ -199,9 +246,13 @@ class Router:
         values = await self.redis.hmget(keys.service_settings(service_sid), list(RELAY_SETTING_FIELDS))
         return self.options(dict(zip(RELAY_SETTING_FIELDS, values, strict=True)))
 
-    async def remember_answer(self, service_sid: str, resource_sid: str, answer: str) -> None:
-        """Store the answer given to a MessageSid / CallSid so Twilio's retry gets the same one."""
-        await self.redis.set(keys.seen(service_sid, resource_sid), answer, ex=self.dedupe_ttl_s)
+    async def remember_answer(
+        self, service_sid: str, resource_sid: str, replay: Replay, interaction_sid: str
+    ) -> None:
+        """Remember how a MessageSid / CallSid was answered, so Twilio's retry gets the same answer
+        (rendered again from the records: the key holds no number and no body)."""
+        value = f"{replay.value}:{interaction_sid}"
+        await self.redis.set(keys.seen(service_sid, resource_sid), value, ex=self.dedupe_ttl_s)
 
     async def open_for_caller(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
+from sessions.models import Replay
 from sessions.routing import Router, classify_keyword
 
 
@@ -46,9 +47,10 @@ async def test_stranger_and_retry_and_closed_session(world: World) -> None:
     assert stranger.outcome == "no_session"
     first = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM2", body="")
     assert first.outcome == "relay"
-    await router.remember_answer(ks, "SM2", "<Response/>")
+    await router.remember_answer(ks, "SM2", Replay.HELP, first.interaction_sid)
     again = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM2", body="")
-    assert again.outcome == "duplicate" and again.answer == "<Response/>"
+    assert again.outcome == "duplicate" and again.replay == Replay.HELP
+    assert again.interaction["sid"] == first.interaction_sid
     await world.sessions.close_session(ks, view["sid"])
     late = await router.route_text(from_=CUSTOMER, to="+14155550201", message_sid="SM3", body="")
     assert late.outcome == "no_session"

@@ -5,10 +5,24 @@
 -- KEYS[1]  the Service prefix "ml:{KS...}:"; every key a script builds starts with it, so every
 --          key shares the Service's hash slot (Redis Cluster: one slot per Service). The key
 --          shapes are listed, and built for Python, in core/keys.py.
+-- ARGV[#ARGV]  the caller's deadline, epoch ms, or '' (every script gets it last: core/scripts.py).
 -- Times are epoch milliseconds. now_ms() takes ARGV[1] when the caller passes an explicit clock
 -- (tests) and the server's TIME otherwise, so every worker agrees on one clock.
 
 local P = KEYS[1]
+
+-- A script that starts after its caller's deadline does nothing: the caller has already answered
+-- "failed" (a stalled Redis runs the commands queued for it when it wakes up). Checked against
+-- the server's real clock, before any write (core/deadline.py).
+do
+  local deadline = tonumber(ARGV[#ARGV])
+  if deadline then
+    local t = redis.call('TIME')
+    if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > deadline then
+      return redis.error_reply('DEADLINE the caller gave up before this script started')
+    end
+  end
+end
 
 local function now_ms(arg)
   if arg and arg ~= '' then return tonumber(arg) end

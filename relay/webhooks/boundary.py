@@ -9,17 +9,20 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
+from redis.exceptions import RedisError
 from twilio.request_validator import HMAC_SHA1, SIGNATURE_SETTINGS_HEADER, get_signature_algorithm
 
+from core.deadline import deadline
+from core.errors import Unavailable
 from pool.numbers import mask
 from relay.state import RELAY, RelayState
 
-__all__ = ["Form", "scrub", "xml", "read_signed", "forbidden", "answer", "log_fault"]
+__all__ = ["Form", "STORE_FAULTS", "scrub", "xml", "read_signed", "forbidden", "answer", "log_fault"]
 
 log = logging.getLogger("maskline.webhooks")
 
@@ -27,7 +30,9 @@ _LONG_NUMBER: Final = re.compile(r"\+?\d[\d ().-]{5,}\d")
 _FORBIDDEN: Final = "Forbidden: invalid or missing X-Twilio-Signature\n"
 
 Form = MultiDictProxy[str] | MultiDict[str]
-Handle = Callable[[RelayState, Form], Awaitable[str]]
+# What Redis down, slow or stalled raises (DeadlineExceeded is an Unavailable).
+STORE_FAULTS: Final = (RedisError, OSError, TimeoutError, Unavailable)
+T = TypeVar("T")
 
 
 def scrub(text: object) -> str:
@@ -80,19 +85,37 @@ def forbidden(request: web.Request) -> web.Response:
     return web.Response(status=403, text=_FORBIDDEN)
 
 
-async def answer(request: web.Request, what: str, handle: Handle, fallback: str) -> web.Response:
+async def answer(
+    request: web.Request,
+    what: str,
+    parse: Callable[[Form], T],
+    handle: Callable[[RelayState, T], Awaitable[str]],
+    fallback: str,
+    on_fault: Callable[[RelayState, T, BaseException, int], None] | None = None,
+) -> web.Response:
     """Unsigned or tampered gets 403 and nothing is done; otherwise TwiML within the deadline, and
-    `fallback` when Redis is down or slow or anything unexpected happens."""
+    `fallback` when Redis is down or slow or anything unexpected happens. Every script run while
+    handling it carries the deadline (core/deadline.py): after a fallback answer, none of them
+    starts any more. `on_fault(state, parsed, error, scripts_deadline_ms)` hears of each fallback."""
     form = await read_signed(request)
     if form is None:
         return forbidden(request)
     state = request.app[RELAY]
-    try:
-        async with asyncio.timeout(state.settings.webhook_deadline_s):
-            return xml(await handle(state, form))
-    except Exception as err:
-        log_fault(what, form, err)
-        return xml(fallback)
+    give_up_s = state.settings.webhook_deadline_s
+    with deadline(give_up_s) as scripts_deadline_ms:
+        try:
+            parsed = parse(form)
+        except Exception as err:
+            log_fault(what, form, err)
+            return xml(fallback)
+        try:
+            async with asyncio.timeout(give_up_s):
+                return xml(await handle(state, parsed))
+        except Exception as err:
+            log_fault(what, form, err)
+            if on_fault is not None:
+                on_fault(state, parsed, err, scripts_deadline_ms)
+            return xml(fallback)
 
 
 def log_fault(what: str, form: Form, err: BaseException) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from core.ids import new_sid
 from relay.webhooks.boundary import Form
 from sessions.models import Route
 from sessions.routing import MAX_MEDIA, Router
@@ -22,6 +23,9 @@ class Inbound:
     body: str
     media: tuple[str, ...]
     form: Form
+    # Minted here, so a text answered with fallback TwiML is recorded under the sid its route
+    # script would have used (relay/fallbacks.py).
+    interaction_sid: str = field(default_factory=lambda: new_sid("KI"))
 
     @classmethod
     def text(cls, form: Form) -> Inbound:
@@ -41,7 +45,14 @@ class Inbound:
 
     async def route(self, router: Router) -> Route:
         if self.kind == "voice":
-            return await router.route_call(from_=self.from_, to=self.to, call_sid=self.sid)
+            return await router.route_call(
+                from_=self.from_, to=self.to, call_sid=self.sid, interaction_sid=self.interaction_sid
+            )
         return await router.route_text(
-            from_=self.from_, to=self.to, message_sid=self.sid, body=self.body, media=self.media
+            from_=self.from_,
+            to=self.to,
+            message_sid=self.sid,
+            body=self.body,
+            media=self.media,
+            interaction_sid=self.interaction_sid,
         )

@@ -16,11 +16,12 @@ from aiohttp import web
 from pool.numbers import mask
 from relay import twiml
 from relay.callbacks import intercept
+from relay.fallbacks import NotRelayed
 from relay.state import RelayState
 from relay.webhooks import out_of_session
-from relay.webhooks.boundary import Form, answer
+from relay.webhooks.boundary import STORE_FAULTS, answer
 from relay.webhooks.forms import Inbound
-from sessions.models import Keyword, Outcome, Route
+from sessions.models import Keyword, Outcome, Replay, Route
 
 __all__ = ["routes"]
 
@@ -35,83 +36,121 @@ CALL_APOLOGY: Final = "Sorry, we cannot connect your call right now. Please try 
 
 @routes.post("/twilio/sms")
 async def sms_webhook(request: web.Request) -> web.Response:
-    return await answer(request, "sms", _text, twiml.EMPTY)
+    return await answer(request, "sms", Inbound.text, _handle, twiml.EMPTY, _record_fallback)
 
 
 @routes.post("/twilio/voice")
 async def voice_webhook(request: web.Request) -> web.Response:
-    return await answer(request, "voice", _call, twiml.say(CALL_APOLOGY))
+    return await answer(request, "voice", Inbound.call, _handle, twiml.say(CALL_APOLOGY), _record_fallback)
 
 
-async def _text(state: RelayState, form: Form) -> str:
-    return await _handle(state, Inbound.text(form))
-
-
-async def _call(state: RelayState, form: Form) -> str:
-    return await _handle(state, Inbound.call(form))
+def _record_fallback(state: RelayState, inbound: Inbound, err: BaseException, deadline_ms: int) -> None:
+    """Answered with fallback TwiML: on record as not relayed once the store is back."""
+    reason = "store_unavailable" if isinstance(err, STORE_FAULTS) else "error"
+    state.fallbacks.submit(
+        NotRelayed(
+            kind=inbound.kind,
+            from_=inbound.from_,
+            to=inbound.to,
+            resource_sid=inbound.sid,
+            interaction_sid=inbound.interaction_sid,
+            body=inbound.body,
+            reason=reason,
+            not_before_ms=deadline_ms,
+        )
+    )
 
 
 async def _handle(state: RelayState, inbound: Inbound) -> str:
     route = await inbound.route(state.router)
-    if route.outcome is Outcome.DUPLICATE:
-        # A retry: the first answer again; while the first is still in flight, nothing (no double relay).
-        return route.answer or twiml.EMPTY
     ks = route.service_sid
     if route.outcome is Outcome.UNKNOWN_NUMBER or ks is None:
         log.warning("%s %s to %s: not a number of any Service", inbound.kind, inbound.sid, mask(inbound.to))
         return twiml.EMPTY if inbound.kind == "message" else twiml.reject()
+    if route.outcome is Outcome.DUPLICATE:
+        # A retry: the first answer again; while the first is still in flight, nothing (no double relay).
+        return _replay(state, route, inbound)
     if route.outcome is Outcome.NO_SESSION:
         detour = await out_of_session.handle(state, route, inbound)
         if isinstance(detour, Route):
             route = detour  # a session was opened for the caller: render its route
         else:
-            state.answers.remember(ks, inbound.sid, detour)
-            return detour
+            replay, reply = detour
+            state.answers.remember(ks, inbound.sid, replay, inbound.interaction_sid)
+            return reply
     if inbound.kind == "message":
-        reply = await _render_text(state, route, inbound)
+        replay, reply = await _render_text(state, route, inbound)
     else:
-        reply = await _render_call(state, route)
-    state.answers.remember(ks, inbound.sid, reply)
+        replay, reply = await _render_call(state, route)
+    state.answers.remember(ks, inbound.sid, replay, route.interaction_sid or inbound.interaction_sid)
     return reply
 
 
-async def _render_text(state: RelayState, route: Route, inbound: Inbound) -> str:
+async def _render_text(state: RelayState, route: Route, inbound: Inbound) -> tuple[Replay, str]:
     opts = route.options
     if route.outcome is Outcome.RELAY:
         if opts.intercept_url and not await _intercepted(state, route):
-            return twiml.EMPTY
-        out = route.outbound
-        reply = twiml.message(
-            to=out["identifier"],
-            from_=out["proxy_identifier"],
-            body=inbound.body,
-            media=inbound.media,
-            status_callback=_status_url(state, route, "/twilio/status/message"),
-        )
+            return Replay.EMPTY, twiml.EMPTY
+        answer = Replay.RELAY, _relay_text(state, route, inbound)
     elif route.outcome is Outcome.MODE:
-        return twiml.reply(CALLS_ONLY_MESSAGE)
-    elif route.outcome is Outcome.KEYWORD:
-        reply = twiml.reply(opts.help_message) if route.keyword is Keyword.HELP else twiml.EMPTY
-    elif route.outcome is Outcome.BLOCKED:  # the recipient opted out of texts from that number
-        reply = twiml.EMPTY
+        return Replay.MODE, twiml.reply(CALLS_ONLY_MESSAGE)
+    elif route.outcome is Outcome.KEYWORD and route.keyword is Keyword.HELP:
+        answer = Replay.HELP, twiml.reply(opts.help_message)
+    elif route.outcome in (Outcome.KEYWORD, Outcome.BLOCKED):  # BLOCKED: the recipient opted out
+        answer = Replay.EMPTY, twiml.EMPTY
     else:  # still no session after the out-of-session endpoint's answer
-        return twiml.reply(opts.out_of_session_message)
+        return Replay.OUT_OF_SESSION, out_of_session.default_answer(opts, "message")
     _notify(state, route)
-    return reply
+    return answer
 
 
-async def _render_call(state: RelayState, route: Route) -> str:
+async def _render_call(state: RelayState, route: Route) -> tuple[Replay, str]:
     opts = route.options
     if route.outcome is Outcome.MODE:  # a message-only session
-        return twiml.say(TEXTS_ONLY_MESSAGE)
+        return Replay.MODE, twiml.say(TEXTS_ONLY_MESSAGE)
     if route.outcome is not Outcome.RELAY:
-        return twiml.say(opts.out_of_session_message)
+        return Replay.OUT_OF_SESSION, out_of_session.default_answer(opts, "voice")
     if opts.intercept_url and not await _intercepted(state, route):
-        return twiml.reject()
+        return Replay.REJECT, twiml.reject()
+    reply = _relay_call(state, route)
+    _notify(state, route)
+    return Replay.RELAY, reply
+
+
+def _replay(state: RelayState, route: Route, inbound: Inbound) -> str:
+    """The first answer rendered again from the records (no intercept, no callback: done once)."""
+    opts, voice = route.options, inbound.kind == "voice"
+    match route.replay:
+        case Replay.RELAY if route.outbound and route.interaction:
+            return _relay_call(state, route) if voice else _relay_text(state, route, inbound)
+        case Replay.REJECT:
+            return twiml.reject()
+        case Replay.HELP:
+            return twiml.reply(opts.help_message)
+        case Replay.MODE:
+            return twiml.say(TEXTS_ONLY_MESSAGE) if voice else twiml.reply(CALLS_ONLY_MESSAGE)
+        case Replay.OUT_OF_SESSION:
+            return out_of_session.default_answer(opts, inbound.kind)
+        case _:  # in flight, empty, the endpoint's own TwiML (not kept), or records gone
+            return twiml.EMPTY
+
+
+def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
     out = route.outbound
+    return twiml.message(
+        to=out["identifier"],
+        from_=out["proxy_identifier"],
+        body=inbound.body,
+        media=inbound.media,
+        status_callback=_status_url(state, route, "/twilio/status/message"),
+    )
+
+
+def _relay_call(state: RelayState, route: Route) -> str:
+    opts, out = route.options, route.outbound
     base = state.settings.public_url
     query = _status_query(route)
-    reply = twiml.dial(
+    return twiml.dial(
         number=out["identifier"],
         caller_id=out["proxy_identifier"],
         action=f"{base}/twilio/voice/dial-status?{query}",
@@ -121,8 +160,6 @@ async def _render_call(state: RelayState, route: Route) -> str:
         whisper_url=f"{base}/twilio/voice/whisper?{query}" if (opts.whisper or opts.consent) else None,
         status_callback=f"{base}/twilio/status/call?{query}",
     )
-    _notify(state, route)
-    return reply
 
 
 def _status_query(route: Route) -> str:

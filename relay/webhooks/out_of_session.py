@@ -7,18 +7,20 @@ gets the Service's polite out-of-session message."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from multidict import MultiDict
 
 from core.errors import MasklineError
+from core.ids import new_sid
 from relay import twiml
 from relay.api.params import Params
 from relay.callbacks import ask_out_of_session
 from relay.state import RelayState
 from relay.webhooks.boundary import scrub
 from relay.webhooks.forms import Inbound
-from sessions.models import Mode, ParticipantRequest, RelayOptions, Route
+from sessions.models import Mode, ParticipantRequest, RelayOptions, Replay, Route
 
 __all__ = ["handle", "default_answer"]
 
@@ -31,11 +33,13 @@ def default_answer(opts: RelayOptions, kind: str) -> str:
     return twiml.reply(opts.out_of_session_message)
 
 
-async def handle(state: RelayState, route: Route, inbound: Inbound) -> str | Route:
-    """TwiML to answer with, or the new Route once a session was opened for the caller."""
+async def handle(state: RelayState, route: Route, inbound: Inbound) -> tuple[Replay, str] | Route:
+    """The answer (and how a retry replays it), or the new Route once a session was opened for
+    the caller."""
     opts = route.options
+    default = Replay.OUT_OF_SESSION, default_answer(opts, inbound.kind)
     if not opts.out_of_session_url or route.service_sid is None:
-        return default_answer(opts, inbound.kind)
+        return default
     timeout_s = min(state.settings.callback_timeout_s, state.settings.webhook_deadline_s * 0.5)
     reply = await ask_out_of_session(
         state.http,
@@ -45,11 +49,12 @@ async def handle(state: RelayState, route: Route, inbound: Inbound) -> str | Rou
         timeout_s=timeout_s,
     )
     if reply is not None and reply.twiml:
-        return reply.twiml
+        return Replay.CUSTOM, reply.twiml
     if reply is not None and reply.create is not None:
         if await _open_session(state, route.service_sid, inbound, reply.create):
-            return await inbound.route(state.router)
-    return default_answer(opts, inbound.kind)
+            # A fresh interaction sid: the out-of-session record already holds this one.
+            return await replace(inbound, interaction_sid=new_sid("KI")).route(state.router)
+    return default
 
 
 def _callback_params(state: RelayState, route: Route, inbound: Inbound) -> dict[str, str]:

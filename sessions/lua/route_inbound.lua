@@ -3,24 +3,27 @@
 -- the TTL, record the interaction and emit its event.
 -- KEYS[1]  Service prefix "ml:{KS}:"
 -- ARGV[1]  now_ms or ''
--- ARGV[2]  event id for interaction.created
+-- ARGV[2]  event id for interaction.created (derived from the interaction sid: core/ids.py)
 -- ARGV[3]  From (E.164)       ARGV[4] To (the proxy number, E.164)
 -- ARGV[5]  kind: message | voice
--- ARGV[6]  Twilio's MessageSid / CallSid (de-duplication key)
+-- ARGV[6]  Twilio's MessageSid / CallSid (de-duplication key; '' is never de-duplicated)
 -- ARGV[7]  interaction sid to create (KI...)
 -- ARGV[8]  keyword: '' | optout | optin | help   (decided by the caller from the body)
 -- ARGV[9]  interaction data (JSON text: body, media, ... as Twilio Proxy shows `data`)
 -- ARGV[10] seconds to remember a MessageSid / CallSid (Twilio retries within minutes)
+-- ARGV[11] the caller's deadline (core/lua/_lib.lua)
 -- Returns JSON with `outcome`:
---   duplicate   {answer}                       a retry: give the stored answer again
+--   duplicate   {replay, interaction, outbound}  a retry: render the first answer again. The
+--               `seen:` key holds the interaction sid while the first is in flight, then
+--               "<replay>:<KI>" (sessions.models.Replay): never a number or a body.
 --   no_session  {previous}                     no live session for the pair (previous: the closed one, if any)
 --   mode        {session}                      the session's mode refuses this kind
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
 --   relay       {session, inbound, outbound, interaction}
 --   (keyword, blocked and relay also carry `interaction`: the record as stored)
--- Every outcome but duplicate also carries `svc`: the Service's relay settings by name
--- (RELAY_SETTING_FIELDS, false when unset), so the webhook needs no second round trip.
+-- Every outcome carries `svc`: the Service's relay settings by name (RELAY_SETTING_FIELDS, false
+-- when unset), so the webhook needs no second round trip.
 
 local now = now_ms(ARGV[1])
 local from, to, kind, resource, ki, keyword = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
@@ -30,10 +33,25 @@ local function done(t)
   return cjson.encode(t)
 end
 
-local seen = P .. 'seen:' .. resource
-local answer = redis.call('GET', seen)
-if answer then return cjson.encode({ outcome = 'duplicate', answer = answer }) end
-redis.call('SET', seen, '', 'EX', tonumber(ARGV[10]))
+local function duplicate(value)
+  local replay, first = string.match(value, '^([a-z]*):(KI%x+)$')
+  local t = { outcome = 'duplicate', replay = replay or '' }
+  local ix = first and hgetall(P .. 'ix:' .. first)
+  if ix then
+    t.interaction = ix
+    if ix.outbound_participant_sid and ix.outbound_participant_sid ~= '' then
+      t.outbound = participant_view(ix.outbound_participant_sid)
+    end
+  end
+  return done(t)
+end
+
+if resource ~= '' then
+  local seen = P .. 'seen:' .. resource
+  local value = redis.call('GET', seen)
+  if value then return duplicate(value) end
+  redis.call('SET', seen, ':' .. ki, 'EX', tonumber(ARGV[10]))
+end
 
 local holder = redis.call('GET', pair_key(from, to))
 if not holder then return done({ outcome = 'no_session' }) end
