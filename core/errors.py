@@ -1,5 +1,5 @@
 """The domain's errors. Each carries the Twilio-style code and HTTP status it maps to; the HTTP edge
-(relay/errors.py) turns them into Twilio-shaped JSON. See docs/errors.md for the table."""
+(relay/middleware.py) turns them into Twilio-shaped JSON. See docs/errors.md for the table."""
 
 from __future__ import annotations
 

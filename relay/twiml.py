@@ -1,6 +1,6 @@
 """TwiML for the webhooks, built by hand: the relay answers thousands of webhooks a second and
 twilio.twiml's ElementTree round trip costs more than the rest of the answer. Every text goes
-through `escape` and every attribute through `quoteattr`; tests/test_relay_twiml.py checks that
+through `escape` and every attribute through `quoteattr`; tests/test_relay_messages.py checks that
 each builder parses and matches what twilio.twiml produces for the same input."""
 
 from __future__ import annotations
