@@ -33,6 +33,9 @@ __all__ = [
     "pool_zset",
     "number_sids",
     "last_proxy",
+    "inflight",
+    "PUBLISHED",
+    "REBUILD_LOCK",
 ]
 
 PREFIX: Final = "ml:"
@@ -42,6 +45,11 @@ SERVICES: Final = "ml:services"
 EVENT_STREAMS: Final = "ml:event-streams"
 # Prefix for events that belong to no Service (API keys, ...).
 GLOBAL_PREFIX: Final = "ml:{global}:"
+# Recovery (maskline/recovery.py), both keys in one slot: the marker (a random epoch) is set once
+# every Service, number and live session is in Redis, so its absence means Redis lost its data;
+# the lock (SET NX PX) lets one worker at a time rebuild.
+PUBLISHED: Final = "ml:{recovery}:published"
+REBUILD_LOCK: Final = "ml:{recovery}:lock"
 
 
 def service_prefix(service_sid: str) -> str:
@@ -128,3 +136,8 @@ def number_sids(service_sid: str) -> str:
 def last_proxy(service_sid: str, identifier: str) -> str:
     """The last proxy number given to a participant (prefer-sticky / avoid-sticky; hold_pair)."""
     return f"ml:{{{service_sid}}}:last:{identifier}"
+
+
+def inflight(service_sid: str) -> str:
+    """zset of interaction sids by their webhook's deadline, until answered (settle_unanswered.lua)."""
+    return f"ml:{{{service_sid}}}:inflight"

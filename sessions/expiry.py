@@ -1,4 +1,5 @@
-"""The sweeper: closes sessions whose TTL or DateExpiry has passed, in every worker at once.
+"""The sweeper: closes sessions whose TTL or DateExpiry has passed, and settles relays whose
+webhook never answered (settle_unanswered.lua), in every worker at once.
 
 close_expired.lua takes a session off the expiry zset in the same atomic step that closes it, so
 concurrent sweepers never close one session twice; running in every worker only makes closing
@@ -29,6 +30,10 @@ async def sweep_once(store: SessionStore, *, batch: int = 500) -> int:
             if n < batch:
                 break
         await store.prune_index(service_sid)
+        while True:
+            judged, _ = await store.settle_unanswered(service_sid, limit=batch)
+            if judged < batch:
+                break
     return closed
 
 

@@ -161,6 +161,16 @@ class SessionStore:
         )
         return int(closed)
 
+    async def settle_unanswered(
+        self, service_sid: str, *, grace_ms: int = 2_000, limit: int = 500
+    ) -> tuple[int, int]:
+        """Mark not relayed the relays whose webhook never answered (settle_unanswered.lua);
+        returns (judged, settled). Uses the server's clock: the index holds real deadlines."""
+        judged, settled = await self.scripts.call(
+            "settle_unanswered", keys.service_prefix(service_sid), "", new_event_id_base(), grace_ms, limit
+        )
+        return int(judged), int(settled)
+
     # -- participants ----------------------------------------------------------------------------
     async def add_participant(
         self, service_sid: str, session_sid: str, req: ParticipantRequest

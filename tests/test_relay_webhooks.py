@@ -1,19 +1,15 @@
 """The relay end to end: sessions made through the API, then signed webhooks exactly as Twilio sends
 them, against real Redis and Postgres; assertions on the TwiML, the fake Twilio's request log and
-the Interactions API."""
+the Interactions API. Texts, calls, opt-out (callbacks: test_relay_callbacks.py; retries,
+signatures and faults: test_relay_retries.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import re
-import time
 from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiohttp import web
 from relay_harness import (
     COURIER,
     CUSTOMER,
@@ -21,11 +17,9 @@ from relay_harness import (
     HOST,
     PROXY_A,
     PROXY_B,
-    PROXY_C,
     Relay,
     call_params,
     parse,
-    sms_params,
 )
 
 from core import keys
@@ -263,98 +257,6 @@ async def test_call_options_time_limit_whisper_and_recording_consent(relay: Rela
     assert "Hangup" not in xml
 
 
-# ------------------------------------------------------------------------------------------ intercept
-
-
-async def test_intercept_403_blocks_and_anything_else_lets_through(relay: Relay) -> None:
-    verdict = {"status": 403}
-    seen: list[dict[str, str]] = []
-
-    async def decide(request: web.Request) -> web.Response:
-        seen.append(dict(await request.post()))
-        return web.Response(status=verdict["status"])
-
-    url = relay.fake.route("POST", "/intercept", decide)
-    ks, sess = await _world(relay, InterceptCallbackUrl=url)
-    _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "blocked one")
-    assert _message(xml) is None
-    assert seen[0]["interactionServiceSid"] == ks
-    assert seen[0]["inboundParticipantSid"] == sess["participants"][CUSTOMER]
-    ix = (await relay.interactions(ks, sess["sid"]))[0]
-    assert ix["outbound_resource_status"] == "failed"
-
-    verdict["status"] = 500
-    _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "allowed one")
-    assert _message(xml).get("to") == COURIER
-
-    verdict["status"] = 403
-    _, xml = await relay.call(CUSTOMER, sess["proxy"][CUSTOMER])
-    assert parse(xml).find("Dial") is None
-
-
-async def test_intercept_timeout_lets_the_interaction_through(relay: Relay) -> None:
-    async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
-        return web.Response(status=403)
-
-    url = relay.fake.route("POST", "/slow-intercept", slow)
-    ks, sess = await _world(relay, InterceptCallbackUrl=url)
-    started = time.monotonic()
-    _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi")
-    elapsed = time.monotonic() - started
-    assert _message(xml).get("to") == COURIER
-    assert elapsed < relay.settings.webhook_deadline_s + 0.5
-
-
-# ------------------------------------------------------------------------------------------ out of session
-
-
-async def test_out_of_session_callback_twiml_is_obeyed_with_previous_session_fields(relay: Relay) -> None:
-    got: list[dict[str, str]] = []
-
-    async def oos(request: web.Request) -> web.Response:
-        got.append(dict(await request.post()))
-        return web.Response(
-            text="<Response><Message>Call support on the app</Message></Response>",
-            content_type="application/xml",
-        )
-
-    url = relay.fake.route("POST", "/oos", oos)
-    ks, sess = await _world(relay, OutOfSessionCallbackUrl=url)
-    await relay.api("POST", f"/v1/Services/{ks}/Sessions/{sess['sid']}", {"Status": "closed"})
-    _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "still there?")
-    assert _message(xml).text == "Call support on the app"
-    form = got[0]
-    assert form["Body"] == "still there?" and form["From"] == CUSTOMER and form["FromCity"] == "SAN FRANCISCO"
-    assert form["interactionSessionSid"] == sess["sid"]
-    assert form["inboundParticipantSid"] == sess["participants"][CUSTOMER]
-    assert form["outboundParticipantIdentifier"] == COURIER
-    assert "X-Twilio-Signature" in relay.fake.requests[-1].headers
-
-
-async def test_out_of_session_auto_create_keeps_the_dialled_proxy_number(relay: Relay) -> None:
-    async def oos(request: web.Request) -> web.Response:
-        return web.json_response({"uniqueName": "support-1", "ttl": 3600, "participantIdentifier": COURIER})
-
-    url = relay.fake.route("POST", "/oos", oos)
-    ks = await relay.service(OutOfSessionCallbackUrl=url)
-    await relay.numbers(ks, PROXY_A, PROXY_B, PROXY_C)
-    # A stranger texts PROXY_C, which is not the least-used choice the pool would make.
-    status, xml = await relay.sms(HOST, PROXY_C, "I need help with my order")
-    msg = _message(xml)
-    assert msg.get("to") == COURIER
-    status, page = await relay.api("GET", f"/v1/Services/{ks}/Sessions")
-    (session,) = page["sessions"]
-    assert session["unique_name"] == "support-1"
-    status, parts = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{session['sid']}/Participants")
-    proxies = {p["identifier"]: p["proxy_identifier"] for p in parts["participants"]}
-    assert proxies[HOST] == PROXY_C  # the number the sender actually texted
-    assert msg.get("from") == proxies[COURIER]
-    # And the courier's reply goes back to the customer through it.
-    _, xml = await relay.sms(COURIER, proxies[COURIER], "On it")
-    assert (_message(xml).get("to"), _message(xml).get("from")) == (HOST, PROXY_C)
-
-
 # ------------------------------------------------------------------------------------------ opt-out, help
 
 
@@ -375,184 +277,3 @@ async def test_stop_is_never_forwarded_and_is_honoured_until_start(relay: Relay)
     ixs = await relay.interactions(ks, sess["sid"])
     assert len(ixs) == 5  # STOP, the blocked text, HELP, START and the relayed text are all recorded
     assert sum(1 for ix in ixs if ix["outbound_resource_status"] == "failed") == 4
-
-
-# ------------------------------------------------------------------------------------------ retries, signatures
-
-
-async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Relay) -> None:
-    ks, sess = await _world(relay)
-    params = sms_params(
-        relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "once", sid="SM" + "1" * 32
-    )
-    _, first = await relay.post("/twilio/sms", params)
-    _, second = await relay.post("/twilio/sms", params)
-    assert first == second and _message(first).get("to") == COURIER
-    assert len(await relay.interactions(ks, sess["sid"])) == 1
-
-    # A retry while the first is still being handled (marker set, no answer yet): empty TwiML.
-    await relay.redis.set(keys.seen(ks, "SM" + "2" * 32), "")
-    _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "again", sid="SM" + "2" * 32)
-    assert list(parse(xml)) == []
-
-    call = call_params(
-        relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], sid="CA" + "3" * 32
-    )
-    _, a = await relay.post("/twilio/voice", call)
-    _, b = await relay.post("/twilio/voice", call)
-    assert a == b and parse(a).find("Dial") is not None
-    assert len(await relay.interactions(ks, sess["sid"])) == 2
-
-
-async def test_unsigned_and_tampered_webhooks_are_refused_and_not_acted_on(relay: Relay) -> None:
-    ks, sess = await _world(relay)
-    params = sms_params(relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi")
-    assert relay.http is not None
-    async with relay.http.post(relay.url + "/twilio/sms", data=params) as resp:
-        assert resp.status == 403
-    # Signed, then a parameter changed on the way.
-    from signing import sign
-
-    headers = {
-        "X-Twilio-Signature": sign(relay.url + "/twilio/sms", params, relay.settings.twilio_auth_token)
-    }
-    async with relay.http.post(
-        relay.url + "/twilio/sms", data={**params, "Body": "evil"}, headers=headers
-    ) as resp:
-        assert resp.status == 403
-    # Signed with another token, or over another URL.
-    assert (await relay.post("/twilio/sms", params, token="not-the-token"))[0] == 403
-    assert (await relay.post("/twilio/sms", params, signed_url="https://evil.example/twilio/sms"))[0] == 403
-    assert (
-        await relay.post(
-            "/twilio/voice", call_params(relay.settings.twilio_account_sid, CUSTOMER, PROXY_A), token="x"
-        )
-    )[0] == 403
-    assert (
-        await relay.post(
-            f"/twilio/status/message?Service={ks}&Interaction=KI1", {"MessageStatus": "failed"}, token="x"
-        )
-    )[0] == 403
-    assert await relay.interactions(ks, sess["sid"]) == []
-    assert await relay.redis.keys(keys.seen(ks, "*")) == []
-
-
-async def test_signature_over_public_url_without_default_port(settings, redis, pg, fake_twilio) -> None:
-    """Behind a TLS-terminating proxy: Twilio signs https://host/..., with or without :443."""
-    import dataclasses
-
-    public = dataclasses.replace(settings, public_url="https://relay.example.com")
-    relay = await Relay(public, redis, pg, fake_twilio).start()
-    try:
-        ks = await relay.service()
-        await relay.numbers(ks, PROXY_A, PROXY_B)
-        sess = await relay.session(ks, CUSTOMER, COURIER)
-        for n, signed in enumerate(
-            ("https://relay.example.com/twilio/sms", "https://relay.example.com:443/twilio/sms")
-        ):
-            params = sms_params(
-                settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi", sid=f"SM{n:032x}"
-            )
-            status, xml = await relay.post("/twilio/sms", params, signed_url=signed)
-            assert status == 200, signed
-            assert _message(xml).get("to") == COURIER
-        # Signed over the address the app listens on, not its public URL: refused.
-        local = sms_params(settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi")
-        assert (await relay.post("/twilio/sms", local, signed_url=relay.local + "/twilio/sms"))[0] == 403
-    finally:
-        await relay.stop()
-
-
-# ------------------------------------------------------------------------------------------ faults
-
-
-async def test_redis_down_still_answers_valid_twiml_fast(settings, redis, pg, fake_twilio, caplog) -> None:
-    caplog.set_level(logging.INFO)
-    dead = aioredis.Redis(host="127.0.0.1", port=1, decode_responses=True, socket_connect_timeout=0.5)
-    relay = Relay(settings, redis, pg, fake_twilio)
-    await relay.start(redis=dead)
-    try:
-        started = time.monotonic()
-        status, xml = await relay.sms(CUSTOMER, PROXY_A, "anyone?")
-        assert status == 200 and parse(xml).tag == "Response" and list(parse(xml)) == []
-        assert time.monotonic() - started < settings.webhook_deadline_s + 0.5
-        started = time.monotonic()
-        status, xml = await relay.call(CUSTOMER, PROXY_A)
-        assert status == 200 and "Sorry" in parse(xml).find("Say").text
-        assert time.monotonic() - started < settings.webhook_deadline_s + 0.5
-        status, _ = await relay.post(
-            "/twilio/status/message?Service=KS1&Interaction=KI1", {"MessageStatus": "sent"}
-        )
-        assert status == 204
-    finally:
-        await relay.stop()
-        await dead.aclose()
-    assert "failed" in caplog.text
-    assert CUSTOMER not in caplog.text and PROXY_A not in caplog.text
-
-
-async def test_slow_redis_is_cut_at_the_deadline(settings, redis, pg, fake_twilio) -> None:
-    """A Redis that accepts connections and never answers (a hung server, a black-holed network)."""
-    import dataclasses
-
-    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(-1)
-
-    server = await asyncio.start_server(black_hole, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    hung = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=30)
-    quick = dataclasses.replace(settings, webhook_deadline_s=0.3)
-    relay = Relay(quick, redis, pg, fake_twilio)
-    await relay.start(redis=hung)
-    try:
-        for send in (relay.call, relay.sms):
-            started = time.monotonic()
-            status, xml = await send(CUSTOMER, PROXY_A)
-            assert status == 200 and parse(xml).tag == "Response"
-            assert time.monotonic() - started < 1.0
-    finally:
-        await relay.stop()
-        await hung.aclose()
-        server.close()
-
-
-async def test_logs_never_contain_a_full_phone_number(relay: Relay, caplog) -> None:
-    caplog.set_level(logging.DEBUG)
-    ks, sess = await _world(relay, InterceptCallbackUrl=relay.fake.route("POST", "/i", None))
-    await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi")
-    await relay.sms(HOST, sess["proxy"][CUSTOMER], "stranger")
-    await relay.sms(CUSTOMER, "+14155550299", "unknown number")
-    await relay.call(COURIER, sess["proxy"][COURIER])
-    text = caplog.text
-    for number in (CUSTOMER, COURIER, HOST, PROXY_A, PROXY_B, "+14155550299"):
-        assert number not in text and number[1:] not in text
-    assert not re.search(r"\+?1\d{10}", text)
-
-
-# ------------------------------------------------------------------------------------------ callbacks
-
-
-async def test_callback_url_gets_each_interaction_without_delaying_the_relay(relay: Relay) -> None:
-    got: list[dict[str, str]] = []
-    arrived = asyncio.Event()
-
-    async def slow_callback(request: web.Request) -> web.Response:
-        got.append(dict(await request.post()))
-        arrived.set()
-        await asyncio.sleep(3)
-        return web.Response(status=500)
-
-    url = relay.fake.route("POST", "/callback", slow_callback)
-    ks, sess = await _world(relay, CallbackUrl=url)
-    started = time.monotonic()
-    _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi")
-    assert time.monotonic() - started < 1.0
-    assert _message(xml).get("to") == COURIER
-    await asyncio.wait_for(arrived.wait(), 5)
-    form = got[0]
-    assert form["interactionServiceSid"] == ks and form["interactionSessionSid"] == sess["sid"]
-    assert form["interactionType"] == "message" and orjson.loads(form["interactionData"]) == {"body": "hi"}
-    assert form["inboundParticipantSid"] == sess["participants"][CUSTOMER]
-    assert form["outboundParticipantSid"] == sess["participants"][COURIER]
-    assert form["inboundResourceType"] == "message" and form["inboundResourceSid"].startswith("SM")
-    assert form["outboundResourceStatus"] == "initiated"

@@ -122,6 +122,11 @@ ix_view.numbers = { from, to, outbound.identifier, outbound.proxy_identifier }
 ix_view.inbound_identifier = from
 ix_view.outbound_identifier = outbound.identifier
 emit(ARGV[2], 'interaction.created', now, ix_view)
+-- Until the webhook answers, the relay is in flight: settle_unanswered.lua judges it after its
+-- deadline (a worker killed before answering never relayed it).
+if resource ~= '' then
+  redis.call('ZADD', P .. 'inflight', tonumber(ARGV[#ARGV]) or (now + 5000), ki)
+end
 return done({
   outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
   interaction = ix,
