@@ -4,18 +4,29 @@ redis-py's asyncio client spends most of a relay's CPU on per-command bookkeepin
 locks, timeouts). The hot path needs one command per webhook (EVALSHA route_inbound), so this
 client keeps one connection, writes each command as soon as it is asked for, and matches replies
 to callers in order (Redis answers in order), parsing with hiredis. Errors surface as redis-py's
-own exceptions, so callers handle faults the same way for both clients."""
+own exceptions, so callers handle faults the same way for both clients.
+
+It connects exactly where a redis-py client connects (`like`): TCP, TLS (rediss://) or a unix
+socket (unix://), never anywhere else; a connection kind it cannot reproduce is refused with
+ValueError at start-up. Every command has a timeout (a reply that comes later is read and
+dropped in order, so the connection stays usable)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# A command's reply, beyond which the caller gets TimeoutError (its own deadline is usually sooner).
+DEFAULT_COMMAND_TIMEOUT_S: Final = 5.0
 
 __all__ = ["RespClient"]
 
@@ -61,31 +72,55 @@ class _Protocol(asyncio.Protocol):
 class RespClient:
     def __init__(
         self,
-        host: str,
-        port: int,
+        host: str = "127.0.0.1",
+        port: int = 6379,
         *,
         db: int = 0,
         password: str | None = None,
         username: str | None = None,
+        path: str | None = None,
+        tls: ssl.SSLContext | None = None,
         connect_timeout_s: float = 2.0,
+        command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
     ) -> None:
-        self.host, self.port, self.db = host, port, db
+        self.host, self.port, self.db, self.path, self.tls = host, port, db, path, tls
         self.password, self.username = password, username
         self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
         self._sha: dict[str, str] = {}
 
+    @property
+    def target(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/{self.db}"
+
     @classmethod
-    def like(cls, client: aioredis.Redis) -> RespClient:
-        """Connect where an existing redis-py client connects (same host, port, db, credentials)."""
-        kw = client.connection_pool.connection_kwargs
-        return cls(
-            kw.get("host", "127.0.0.1"),
-            int(kw.get("port", 6379)),
-            db=int(kw.get("db", 0) or 0),
-            password=kw.get("password"),
-            username=kw.get("username"),
+    def like(cls, client: aioredis.Redis, **options: Any) -> RespClient:
+        """Connect exactly where a redis-py client connects (host and port, or unix socket; TLS;
+        db; credentials). Raises ValueError for a connection kind this client cannot reproduce."""
+        pool = client.connection_pool
+        kw = pool.connection_kwargs
+        kind = pool.connection_class
+        common: dict[str, Any] = {
+            "db": int(kw.get("db", 0) or 0),
+            "password": kw.get("password"),
+            "username": kw.get("username"),
+            **options,
+        }
+        if issubclass(kind, UnixDomainSocketConnection):
+            return cls(path=str(kw["path"]), **common)
+        if issubclass(kind, SSLConnection):
+            return cls(
+                str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379)), tls=_tls_context(kw), **common
+            )
+        if kind is Connection:
+            return cls(str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379)), **common)
+        raise ValueError(
+            f"Redis connections of kind {kind.__name__} are not supported by the webhook client; "
+            "use a redis://, rediss:// or unix:// MASKLINE_REDIS_URL"
         )
 
     async def _connection(self) -> _Protocol:
@@ -100,9 +135,18 @@ class RespClient:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self.connect_timeout_s):
-                    _, proto = await loop.create_connection(_Protocol, self.host, self.port)
+                    if self.path:
+                        _, proto = await loop.create_unix_connection(_Protocol, self.path)
+                    else:
+                        _, proto = await loop.create_connection(
+                            _Protocol,
+                            self.host,
+                            self.port,
+                            ssl=self.tls,
+                            server_hostname=self.host if self.tls else None,
+                        )
             except (OSError, TimeoutError) as err:
-                raise ConnectionError(f"cannot reach Redis at {self.host}:{self.port}: {err}") from None
+                raise ConnectionError(f"cannot reach Redis at {self.target}: {err}") from None
             self._proto = proto
             if self.password:
                 auth = (self.username, self.password) if self.username else (self.password,)
@@ -111,14 +155,19 @@ class RespClient:
                 await self.execute("SELECT", self.db)
             return proto
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: Any, timeout_s: float | None = None) -> Any:
         proto = await self._connection()
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.waiters.append(waiter)
         assert proto.transport is not None
         # Written at once: coalescing writes per loop iteration measured slower (2,100 vs 2,950 relays/s).
         proto.transport.write(_encode(args))
-        return await waiter
+        try:
+            async with asyncio.timeout(timeout_s or self.command_timeout_s):
+                return await waiter
+        except TimeoutError:
+            # The waiter is done (cancelled): its reply, when it comes, is read and dropped in order.
+            raise RedisTimeoutError(f"Redis at {self.target} did not answer {args[0]!s} in time") from None
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script once if this Redis does not know it yet."""
@@ -142,3 +191,19 @@ class RespClient:
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._proto = None
+
+
+def _tls_context(kw: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS settings redis-py was given (rediss:// query parameters), as an SSLContext."""
+    context = ssl.create_default_context(cafile=kw.get("ssl_ca_certs"), cadata=kw.get("ssl_ca_data"))
+    if kw.get("ssl_certfile"):
+        context.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"))
+    reqs = kw.get("ssl_cert_reqs", "required")
+    if reqs in ("none", ssl.CERT_NONE):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif reqs in ("optional", ssl.CERT_OPTIONAL):
+        context.verify_mode = ssl.CERT_OPTIONAL
+    if kw.get("ssl_check_hostname") is False:
+        context.check_hostname = False
+    return context

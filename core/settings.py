@@ -17,6 +17,8 @@ ENV_PREFIX = "MASKLINE_"
 # auto: start an embedded server only for a default URL that does not answer;
 # always: use embedded servers whatever the URLs say; never: use the URLs as they are.
 EMBEDDED_MODES = ("auto", "always", "never")
+# What both Redis clients (redis-py and the webhooks' core/resp.py) can connect to, alike.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 # Fields derived by from_env, never read from the environment themselves.
 _DERIVED = frozenset({"redis_url_explicit", "database_url_explicit", "public_url_explicit"})
@@ -45,6 +47,21 @@ class Settings:
     dedupe_ttl_s: int = 86_400
     # A closed session stays readable in Redis this long (then the audit log answers for it).
     closed_retention_s: int = 7 * 86_400
+    # Recovery (maskline/recovery.py): how often each worker checks that Redis still holds its
+    # copy (one GET); how long the rebuild lock lasts unless its holder renews it; how long a
+    # rebuild gives the audit writer to commit the events it read before Redis lost its data.
+    recovery_interval_s: float = 1.0
+    recovery_lock_s: float = 15.0
+    recovery_settle_s: float = 0.5
+    # API key logins (relay/credentials.py). Failed logins allowed per client address and per key
+    # SID in each window, then 429 until the window ends (0: no limit); scrypt threads and hash
+    # jobs in flight (one more answers 429); how long a verified key is trusted before Postgres is
+    # asked again (revocations take effect after this; Postgres down: verified keys keep working).
+    auth_failure_limit: int = 20
+    auth_failure_window_s: int = 60
+    auth_hash_workers: int = 1
+    auth_hash_queue: int = 8
+    auth_key_fresh_s: float = 60.0
     # Whether the URL came from the environment: an explicit URL that does not answer is an
     # error, a default one that does not answer is replaced by an embedded server.
     redis_url_explicit: bool = False
@@ -56,6 +73,12 @@ class Settings:
         # every X-Twilio-Signature check.
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         object.__setattr__(self, "twilio_api_url", self.twilio_api_url.rstrip("/"))
+        scheme = self.redis_url.partition("://")[0]
+        if scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                f"{ENV_PREFIX}REDIS_URL must be a {', '.join(s + '://' for s in REDIS_SCHEMES)} URL, "
+                f"got {self.redis_url!r}"
+            )
         if self.embedded not in EMBEDDED_MODES:
             raise ValueError(
                 f"{ENV_PREFIX}EMBEDDED must be one of {', '.join(EMBEDDED_MODES)}, got {self.embedded!r}"

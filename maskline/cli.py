@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncpg
 
+from core.connections import redis_client
+from core.resp import RespClient
 from core.settings import Settings
 from maskline.audit_cli import add_audit_commands
 from maskline.audit_cli import run as run_audit
@@ -206,6 +208,11 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from maskline.server import create_app
 
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    try:  # the webhooks' own client must reach the very server redis-py does, or nothing
+        RespClient.like(redis_client(settings.redis_url))
+    except ValueError as err:
+        print(f"maskline: MASKLINE_REDIS_URL {settings.redis_url!r} cannot be used: {err}", file=sys.stderr)
+        return 2
     if not settings.public_url_explicit:  # default: where we listen
         settings = dataclasses.replace(settings, public_url=f"http://{settings.host}:{settings.port}")
     await apply_migrations(settings.database_url)

@@ -35,10 +35,11 @@ def _free_port() -> int:
 
 
 class PrivateRedis:
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(self, *, appendonly: bool = False, unixsocket: bool = False) -> None:
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="maskline-redis-")
         self.appendonly = appendonly
+        self.socket_path = os.path.join(self.dir, "redis.sock") if unixsocket else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,6 +49,8 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         args = [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", ""]
         args += ["--appendonly", "yes" if self.appendonly else "no"]
+        if self.socket_path:
+            args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
