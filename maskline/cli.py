@@ -99,6 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(record: logging.LogRecord) -> bool:
+    if record.exc_info and record.exc_info[1] is not None:
+        err = record.exc_info[1]
+        record.msg = f"{record.getMessage()} ({type(err).__name__}: {err})"
+        record.args = None
+        record.exc_info = None
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -111,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # asyncpg's pool logs a full traceback each time it fails to reconnect during a Postgres
+    # outage; one line with the error says as much.
+    logging.getLogger("asyncpg").addFilter(_one_line)
     try:
         import uvloop
 

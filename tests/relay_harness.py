@@ -113,8 +113,10 @@ class Relay:
     def local(self) -> str:
         return f"http://{self.settings.host}:{self.settings.port}"
 
-    async def start(self, *, redis: aioredis.Redis | None = None) -> Relay:
-        app = create_app(self.settings, redis=redis or self.redis, pg=self.pg, background=False)
+    async def start(self, *, redis: aioredis.Redis | None = None, audit_writer: bool = False) -> Relay:
+        app = create_app(
+            self.settings, redis=redis or self.redis, pg=self.pg, background=False, audit_writer=audit_writer
+        )
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.settings.host, self.settings.port).start()
