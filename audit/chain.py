@@ -17,7 +17,8 @@ from typing import Any, Final, NamedTuple
 import asyncpg
 import orjson
 
-from audit import privacy
+from audit import cipher
+from audit.subjects import EventKeys, SubjectCache, body_policies, event_numbers, resolve_subjects
 
 __all__ = [
     "Event",
@@ -195,19 +196,19 @@ async def append_events(
     events: Sequence[Event],
     *,
     known_periods: set[date] | None = None,
-    subject_cache: privacy.SubjectCache | None = None,
+    subject_cache: SubjectCache | None = None,
     redelivered: bool = True,
 ) -> int:
     """Store the events not stored yet, in the given order, extending their chains; returns how
     many were new. Runs in a transaction (a savepoint when the caller already has one).
 
     `subject_cache`: the writer's SubjectCache (subjects and event keys across batches; cached
-    subjects are re-checked and locked in every transaction, see privacy.SubjectCache).
+    subjects are re-checked and locked in every transaction, see audit/subjects.py).
     `redelivered=False`: the events were never delivered before (the writer's fresh reads), so the
     stored-id check before subjects are resolved is skipped; the one under the chain lock stays."""
     batch: dict[str, _Pending] = {}
     times: dict[int, tuple[datetime, date]] = {}  # events of a batch share their milliseconds
-    numbers_of = privacy.event_numbers
+    numbers_of = event_numbers
     for ev in events:
         if ev.id not in batch:
             ts_ms = ev.ts_ms
@@ -250,7 +251,7 @@ async def _stored_ids(conn: asyncpg.Connection, batch: Sequence[_Pending]) -> se
 
 
 async def _append(
-    conn: asyncpg.Connection, batch: list[_Pending], cache: privacy.SubjectCache | None, redelivered: bool
+    conn: asyncpg.Connection, batch: list[_Pending], cache: SubjectCache | None, redelivered: bool
 ) -> int:
     # 1. Events stored already (a re-delivery, a reclaimed batch) are dropped first, so they
     #    create no subjects. Not under the chain lock: step 4 checks again under it.
@@ -299,12 +300,12 @@ async def _append(
 
 
 async def _protect(
-    conn: asyncpg.Connection, fresh: list[_Pending], cache: privacy.SubjectCache | None
+    conn: asyncpg.Connection, fresh: list[_Pending], cache: SubjectCache | None
 ) -> list[_Protected]:
-    subjects = await privacy.resolve_subjects(conn, set().union(*(p.numbers for p in fresh)), cache)
-    policies = await privacy.body_policies(conn, {p.event.service_sid for p in fresh if p.event.service_sid})
-    event_keys: privacy.EventKeys = cache.event_keys if cache is not None else {}
-    dumps, sort_keys, protect = _dumps, _SORT_KEYS, privacy.protect
+    subjects = await resolve_subjects(conn, set().union(*(p.numbers for p in fresh)), cache)
+    policies = await body_policies(conn, {p.event.service_sid for p in fresh if p.event.service_sid})
+    event_keys: EventKeys = cache.event_keys if cache is not None else {}
+    dumps, sort_keys, protect = _dumps, _SORT_KEYS, cipher.protect
     out = []
     for p in fresh:
         ev = p.event

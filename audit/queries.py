@@ -18,8 +18,9 @@ from typing import Any, Final, Literal
 import asyncpg
 import orjson
 
-from audit import privacy
 from audit.chain import ts_from_ms, ts_to_ms
+from audit.cipher import reveal
+from audit.subjects import ERASED, lookup_subjects, tokens_in
 from core.errors import InvalidParameter
 
 __all__ = ["AuditEvent", "query_events", "export_events", "interactions_from_audit", "EXPORT_FORMATS"]
@@ -136,8 +137,8 @@ async def _reveal(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
     wanted: set[str] = set()
     for r, d in zip(rows, datas, strict=True):
         wanted.update(r["numbers"])
-        wanted |= privacy.tokens_in(d)
-    subjects = await privacy.lookup_subjects(conn, wanted)
+        wanted |= tokens_in(d)
+    subjects = await lookup_subjects(conn, wanted)
     out = []
     for r, d in zip(rows, datas, strict=True):
         numbers = list(r["numbers"])
@@ -149,8 +150,8 @@ async def _reveal(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
                 seq=r["seq"],
                 type=r["type"],
                 session_sid=r["session_sid"],
-                numbers=[subjects[t][0] if t in subjects else privacy.ERASED for t in numbers],
-                data=privacy.reveal(d, numbers, subjects),
+                numbers=[subjects[t][0] if t in subjects else ERASED for t in numbers],
+                data=reveal(d, numbers, subjects),
             )
         )
     return out

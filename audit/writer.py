@@ -11,31 +11,28 @@ Acknowledged entries are deleted (XDEL) so the streams do not grow without bound
 
 Hot path: stream entries are read and acknowledged over a lean hiredis connection (core/resp.py,
 raw RESP2 replies, no per-entry objects but one Event tuple), and parsed with as few conversions
-as possible; see docs/audit.md ("Throughput")."""
+as possible (audit/entries.py); see docs/audit.md ("Throughput")."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date
 from typing import Any, Final
 
 import asyncpg
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from audit.chain import Event, append_events
-from audit.privacy import SubjectCache
+from audit.chain import append_events
+from audit.entries import Batch, as_text, entries_in, raw_fields
+from audit.subjects import SubjectCache
 from core import keys
 from core.resp import RespClient
 
-__all__ = ["GROUP", "DEAD_LETTERS", "Batch", "Entry", "AuditWriter", "parse_entry"]
+__all__ = ["GROUP", "DEAD_LETTERS", "AuditWriter"]
 
 log = logging.getLogger("maskline.audit.writer")
 
@@ -56,124 +53,6 @@ TRANSIENT_ERRORS: Final = (
     asyncpg.InterfaceError,
     RedisError,
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    stream: str
-    entry_id: str
-    event: Event | None  # None: malformed, goes to DEAD_LETTERS
-    raw: dict[str, str]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_entry(stream: str, entry_id: str, fields: dict[Any, Any]) -> Entry:
-    raw = {
-        k if k.__class__ is str else _text(k): v if v.__class__ is str else _text(v)
-        for k, v in fields.items()
-    }
-    try:
-        data = orjson.loads(raw.get("data", "{}"))
-        if not isinstance(data, dict) or not raw.get("type"):
-            raise ValueError("data must be a JSON object and type must be set")
-        event_id = raw.get("id") or _derived_id(stream, entry_id)
-        event = Event(
-            id=event_id,
-            type=raw["type"],
-            service_sid=raw.get("service_sid") or None,
-            ts_ms=int(raw["ts_ms"]),
-            data=data,
-        )
-    except (ValueError, KeyError, orjson.JSONDecodeError):
-        return Entry(stream, entry_id, None, raw)
-    return Entry(stream, entry_id, event, raw)
-
-
-class Batch:
-    """Stream entries read together: the events to store, what to acknowledge afterwards (every
-    entry, stored, skipped or set aside), and the malformed entries (to DEAD_LETTERS)."""
-
-    __slots__ = ("events", "acks", "dead", "size", "redelivered")
-
-    def __init__(self, *, redelivered: bool = False) -> None:
-        # redelivered: read again (own pending entries, claimed ones), so possibly stored already.
-        self.redelivered = redelivered
-        self.events: list[Event] = []
-        self.acks: dict[str, list[str]] = {}  # stream -> entry ids
-        self.dead: list[tuple[str, str, dict[str, str]]] = []  # (stream, entry id, raw fields)
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, stream: str, entry_id: str, raw: dict[str, str] | None) -> None:
-        """One entry; `raw` its fields as text (None or empty: deleted while pending, only acknowledged)."""
-        ids = self.acks.get(stream)
-        if ids is None:
-            ids = self.acks[stream] = []
-        ids.append(entry_id)
-        self.size += 1
-        if raw:
-            event = _event(stream, entry_id, raw)
-            if event is None:
-                self.dead.append((stream, entry_id, raw))
-            else:
-                self.events.append(event)
-
-    def add_resp2(self, reply: Any) -> None:
-        """An XREADGROUP reply as RESP2 sends it: [[stream, [[id, [field, value, ...] or nil]...]]...]."""
-        if not reply:
-            return
-        new_event, loads, derived = tuple.__new__, orjson.loads, _derived_id
-        events, dead = self.events, self.dead
-        for stream, messages in reply:
-            ids = self.acks.get(stream)
-            if ids is None:
-                ids = self.acks[stream] = []
-            self.size += len(messages)
-            for entry_id, fields in messages:
-                ids.append(entry_id)
-                if not fields:
-                    continue  # deleted from the stream while pending: only to acknowledge
-                it = iter(fields)
-                raw = dict(zip(it, it, strict=False))
-                # Inline _event (the hot path); anything unusual falls back to it.
-                try:
-                    data = loads(raw["data"])
-                    type_ = raw["type"]
-                    if data.__class__ is not dict or not type_:
-                        raise ValueError
-                    events.append(
-                        new_event(
-                            Event,
-                            (
-                                raw.get("id") or derived(stream, entry_id),
-                                type_,
-                                raw.get("service_sid") or None,
-                                int(raw["ts_ms"]),
-                                data,
-                            ),
-                        )
-                    )
-                except (ValueError, KeyError, TypeError):
-                    event = _event(stream, entry_id, raw)
-                    if event is None:
-                        dead.append((stream, entry_id, raw))
-                    else:
-                        events.append(event)
-
-
-def _event(stream: str, entry_id: str, raw: dict[str, str]) -> Event | None:
-    entry = parse_entry(stream, entry_id, raw)
-    return entry.event
-
-
-def _derived_id(stream: str, entry_id: str) -> str:
-    # An entry without an id still needs one that is the same on every delivery (idempotency).
-    return "EV" + hashlib.sha256(f"{stream}/{entry_id}".encode()).hexdigest()[:32]
 
 
 class AuditWriter:
@@ -293,7 +172,7 @@ class AuditWriter:
     async def discover_streams(self) -> None:
         """Register streams missing from `ml:event-streams` (for instance after a partial restore)."""
         found = [
-            _text(k) async for k in self.redis.scan_iter(match=STREAM_PATTERN, _type="stream", count=1000)
+            as_text(k) async for k in self.redis.scan_iter(match=STREAM_PATTERN, _type="stream", count=1000)
         ]
         if found:
             await self.redis.sadd(keys.EVENT_STREAMS, *found)
@@ -337,7 +216,7 @@ class AuditWriter:
         await self._acknowledge(entries)
 
     async def _streams(self) -> list[str]:
-        streams = sorted(_text(s) for s in await self.redis.smembers(keys.EVENT_STREAMS))
+        streams = sorted(as_text(s) for s in await self.redis.smembers(keys.EVENT_STREAMS))
         for s in streams:
             if s not in self._groups:
                 try:
@@ -367,7 +246,7 @@ class AuditWriter:
                     count=self._count(streams),
                     block=block_ms,
                 )
-                for e in _entries(reply):
+                for e in entries_in(reply):
                     batch.add(e.stream, e.entry_id, e.raw)
         except ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis lost its data: recreate the groups
@@ -392,8 +271,8 @@ class AuditWriter:
             # reply: [next cursor, [(id, fields)...], [ids deleted while pending]] (Redis 7)
             for entry_id, fields in reply[1]:
                 if fields:
-                    entries.add(s, _text(entry_id), _raw(fields))
-            gone = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
+                    entries.add(s, as_text(entry_id), raw_fields(fields))
+            gone = [as_text(i) for i in (reply[2] if len(reply) > 2 else [])]
             if gone:
                 await self.redis.xack(s, GROUP, *gone)
             if len(entries) >= self.batch_size:
@@ -444,28 +323,9 @@ class AuditWriter:
         await pipe.execute()
 
 
-def _raw(fields: Any) -> dict[str, str]:
-    return {
-        k if k.__class__ is str else _text(k): v if v.__class__ is str else _text(v)
-        for k, v in fields.items()
-    }
-
-
 def _plain_tcp(redis: aioredis.Redis) -> bool:
     pool = getattr(redis, "connection_pool", None)
     return pool is not None and pool.connection_class is aioredis.Connection
-
-
-def _entries(reply: Any) -> Iterable[Entry]:
-    if not reply:
-        return
-    items = reply.items() if isinstance(reply, dict) else reply  # RESP3 answers a map
-    for stream, messages in items:
-        for entry_id, fields in messages:
-            if fields:
-                yield parse_entry(_text(stream), _text(entry_id), fields)
-            else:  # a pending entry deleted from the stream: nothing to store, only to acknowledge
-                yield Entry(_text(stream), _text(entry_id), None, {})
 
 
 async def _wait(stop_event: asyncio.Event, timeout_s: float) -> None:

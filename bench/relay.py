@@ -6,7 +6,8 @@ bare handler, p99 < 10 ms at 1,000 rps.
 Processes (loopback only): this one sets up the data and orchestrates; the worker (the app as
 `maskline serve` runs it: one process, uvloop, no access log) and the bare handler each run in
 their own subprocess; the load comes from `wrk` when installed (apt install wrk), else from a
-Python/aiohttp generator in another subprocess (keep-alive, bounded concurrency). Every request
+Python/aiohttp generator in another subprocess (keep-alive, bounded concurrency), both driven from
+bench/relay_load.py. Every request
 is a distinct, correctly signed webhook with Twilio's full parameter set, for a live session
 (a repeated MessageSid would only measure the de-duplication path). The worker is profiled with
 py-spy during an extra run, and the functions that dominate are printed.
@@ -22,11 +23,9 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,14 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+
+from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, WRK_SCRIPT, load, pyload, write_requests, wrk_run
 
 __all__ = ["main"]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 BENCH_DB = "maskline_bench_relay"
-AUTH_TOKEN = "maskline-bench-auth-token"
-ACCOUNT_SID = "AC" + "be" * 16
 BARE_TWIML = (
     '<?xml version="1.0" encoding="UTF-8"?><Response><Message to="+14155550102" from="+14155550201" '
     'statusCallback="http://127.0.0.1/twilio/status/message?Service=KS1&amp;Interaction=KI1">hello</Message></Response>'
@@ -126,27 +124,6 @@ async def _prepare(
         await pg.close()
 
 
-def _write_requests(path: Path, url: str, pairs: list[tuple[str, str]], count: int, run: int) -> None:
-    """`count` distinct signed inbound-SMS webhooks, one per line: signature TAB form body."""
-    from twilio.request_validator import RequestValidator
-
-    validator = RequestValidator(AUTH_TOKEN)
-    geo = {"City": "SAN FRANCISCO", "State": "CA", "Zip": "94105", "Country": "US"}
-    with path.open("w") as out:
-        for i in range(count):
-            from_, to = pairs[i % len(pairs)]
-            sid = f"SM{run:02x}{i:030x}"
-            params = {
-                "ToCountry": "US", "ToState": "CA", "SmsMessageSid": sid, "NumMedia": "0",
-                "ToCity": geo["City"], "FromZip": geo["Zip"], "SmsSid": sid, "FromState": "CA",
-                "SmsStatus": "received", "FromCity": geo["City"], "Body": f"On my way, order {i}",
-                "FromCountry": "US", "To": to, "MessagingServiceSid": "MG" + "ab" * 16, "ToZip": geo["Zip"],
-                "NumSegments": "1", "ReferralNumMedia": "0", "MessageSid": sid, "AccountSid": ACCOUNT_SID,
-                "From": from_, "ApiVersion": "2010-04-01",
-            }  # fmt: skip
-            out.write(validator.compute_signature(url, params) + "\t" + urlencode(params) + "\n")
-
-
 # ---------------------------------------------------------------------------------------- processes
 
 
@@ -183,75 +160,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-WRK_SCRIPT = r"""
-local reqs = {}
-init = function(args)
-  for line in io.lines(args[1]) do
-    local tab = string.find(line, "\t", 1, true)
-    reqs[#reqs + 1] = { string.sub(line, 1, tab - 1), string.sub(line, tab + 1) }
-  end
-end
-local i = 0
-request = function()
-  i = i + 1
-  local r = reqs[(i - 1) % #reqs + 1]
-  return wrk.format("POST", "/twilio/sms", {
-    ["Content-Type"] = "application/x-www-form-urlencoded",
-    ["X-Twilio-Signature"] = r[1],
-    ["User-Agent"] = "TwilioProxy/1.1",
-  }, r[2])
-end
-"""
-
-
-def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s|m)\b", text)
-    if not m:
-        return float("nan")
-    value, unit = float(m.group(1)), m.group(2)
-    return {"us": value / 1000, "ms": value, "s": value * 1000, "m": value * 60_000}[unit]
-
-
-async def _wrk(
-    port: int, requests_file: Path, script: Path, *, duration_s: int, connections: int
-) -> dict[str, float]:
-    proc = await asyncio.create_subprocess_exec(
-        "wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script),
-        f"http://127.0.0.1:{port}/twilio/sms", "--", str(requests_file),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    text = out.decode()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    p50 = re.search(r"^\s*50%\s+(\S+)", text, re.M)
-    p99 = re.search(r"^\s*99%\s+(\S+)", text, re.M)
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    if not rps:
-        raise RuntimeError(f"wrk failed: {text} {err.decode()}")
-    return {
-        "rps": float(rps.group(1)),
-        "p50_ms": _ms(p50.group(1)) if p50 else float("nan"),
-        "p99_ms": _ms(p99.group(1)) if p99 else float("nan"),
-        "errors": float(non2xx.group(1)) if non2xx else 0.0,
-    }
-
-
-async def _pyload(
-    port: int, requests_file: Path, *, duration_s: float, connections: int, rate: float = 0.0
-) -> dict[str, float]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.relay", "load", "--port", str(port), "--file", str(requests_file),
-        "--duration", str(duration_s), "--connections", str(connections), "--rate", str(rate),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"load generator failed: {err.decode()[-2000:]}")
-    result: dict[str, float] = json.loads(out)
-    return result
 
 
 def _profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -338,20 +246,20 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         per_run = max(20_000, duration_s * 12_000)
         files = {name: tmp / f"{name}.txt" for name in ("warm", "main", "fixed", "profile")}
         for run, (name, path) in enumerate(files.items()):
-            _write_requests(path, url, pairs, per_run if name != "warm" else 3_000, run)
+            write_requests(path, url, pairs, per_run if name != "warm" else 3_000, run)
         script = tmp / "wrk.lua"
         script.write_text(WRK_SCRIPT)
 
         async def closed_loop(port: int, path: Path, seconds: int) -> dict[str, float]:
             if use_wrk:
-                return await _wrk(port, path, script, duration_s=seconds, connections=connections)
-            return await _pyload(port, path, duration_s=seconds, connections=connections)
+                return await wrk_run(port, path, script, duration_s=seconds, connections=connections)
+            return await pyload(port, path, duration_s=seconds, connections=connections)
 
         await closed_loop(worker_port, files["warm"], 1)  # warm-up: script cache, connections
         await closed_loop(bare_port, files["warm"], 1)
         relay = await closed_loop(worker_port, files["main"], duration_s)
         bare_result = await closed_loop(bare_port, files["main"], duration_s)
-        fixed = await _pyload(
+        fixed = await pyload(
             worker_port, files["fixed"], duration_s=min(duration_s, 6), connections=64, rate=rate
         )
 
@@ -416,67 +324,6 @@ def _run_bare(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-async def _load(port: int, path: Path, duration_s: float, connections: int, rate: float) -> dict[str, float]:
-    """Closed loop (rate 0: `connections` senders back to back) or open loop at `rate` req/s, where
-    latency counts from the scheduled send time (no coordinated omission)."""
-    import aiohttp
-
-    lines = [line.rstrip("\n").split("\t", 1) for line in path.open()]
-    url = f"http://127.0.0.1:{port}/twilio/sms"
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as http:
-
-        async def send(i: int, scheduled: float) -> None:
-            nonlocal errors
-            sig, body = lines[i % len(lines)]
-            headers = {"X-Twilio-Signature": sig, "Content-Type": "application/x-www-form-urlencoded"}
-            try:
-                async with http.post(url, data=body.encode(), headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-            latencies.append((time.perf_counter() - scheduled) * 1000)
-
-        start = time.perf_counter()
-        end = start + duration_s
-        if rate > 0:
-            tasks = []
-            i = 0
-            while True:
-                scheduled = start + i / rate
-                if scheduled >= end:
-                    break
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(send(i, scheduled)))
-                i += 1
-            await asyncio.gather(*tasks)
-        else:
-            counter = iter(range(10**9))
-
-            async def sender() -> None:
-                while time.perf_counter() < end:
-                    await send(next(counter), time.perf_counter())
-
-            await asyncio.gather(*(sender() for _ in range(connections)))
-        elapsed = time.perf_counter() - start
-    latencies.sort()
-    n = len(latencies)
-    return {
-        "seconds": elapsed,
-        "rps": n / elapsed,
-        "p50_ms": statistics.median(latencies) if n else float("nan"),
-        "p99_ms": latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
-        "max_ms": latencies[-1] if n else float("nan"),
-        "errors": float(errors),
-    }
-
-
 def _cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.relay")
     parser.add_argument("mode", choices=["worker", "bare", "load"])
@@ -497,7 +344,7 @@ def _cli() -> None:
     elif args.mode == "bare":
         _run_bare(args.port)
     else:
-        result = asyncio.run(_load(args.port, Path(args.file), args.duration, args.connections, args.rate))
+        result = asyncio.run(load(args.port, Path(args.file), args.duration, args.connections, args.rate))
         print(json.dumps(result))
 
 

