@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, Final
 
 import asyncpg
@@ -9,21 +11,43 @@ import orjson
 import redis.asyncio as aioredis
 
 from core import keys
-from core.errors import Conflict, NotFound, PoolError
+from core.errors import Conflict, InvalidParameter, NotFound, PoolError
 from core.events import emit_event
 from core.ids import new_sid
 from core.scripts import Scripts
 from pool.numbers import parse_proxy_number
 from pool.scripts import POOL_LUA
 
-__all__ = ["NumberRegistry"]
+__all__ = ["NumberRegistry", "DEFAULT_CAPABILITIES", "PN_SID", "proxy_capabilities"]
 
+# A number added by PhoneNumber (no Twilio account look-up): assumed to text and call.
 DEFAULT_CAPABILITIES: Final = {
     "sms_inbound": True,
     "sms_outbound": True,
     "voice_inbound": True,
     "voice_outbound": True,
 }
+# Twilio's IncomingPhoneNumber sid; a number imported from the account keeps it.
+PN_SID: Final = re.compile(r"PN[0-9a-fA-F]{32}")
+_CHANNELS: Final = ("voice", "sms", "mms", "fax")
+
+
+def proxy_capabilities(twilio: Mapping[str, Any]) -> dict[str, bool]:
+    """A Proxy PhoneNumber's `capabilities` from an IncomingPhoneNumber's `{voice, sms, mms, fax}`
+    booleans (keys read case-insensitively: Twilio spells them "SMS" in some resources).
+
+    Both shapes are written: Twilio Proxy's own `<channel>_inbound` / `<channel>_outbound` keys
+    (what its API answers) and the `voice`, `sms`, `mms`, `fax` properties its OpenAPI schema
+    declares (what typed SDKs read)."""
+    given = {str(k).lower(): v is True or str(v).lower() == "true" for k, v in twilio.items()}
+    caps: dict[str, bool] = {}
+    for channel in _CHANNELS:
+        on = given.get(channel, False)
+        caps[f"{channel}_inbound"] = on
+        caps[f"{channel}_outbound"] = on
+    caps.update({channel: given.get(channel, False) for channel in _CHANNELS})
+    return caps
+
 
 INSERT: Final = """
 INSERT INTO phone_numbers (sid, service_sid, phone_number, friendly_name, iso_country, capabilities, is_reserved)
@@ -62,11 +86,19 @@ class NumberRegistry:
         *,
         is_reserved: bool = False,
         friendly_name: str | None = None,
+        sid: str | None = None,
+        capabilities: Mapping[str, bool] | None = None,
     ) -> dict[str, Any]:
+        """Add a number to the Service's pool. `sid` and `capabilities` come from the Twilio
+        account's IncomingPhoneNumber when the number is imported (Twilio's PN sid is kept, so
+        ProxyIdentifierSid and the number's Twilio sid are one); otherwise a new PN sid and
+        DEFAULT_CAPABILITIES."""
         number = parse_proxy_number(phone_number)
+        if sid is not None and not PN_SID.fullmatch(sid):
+            raise InvalidParameter(f"Sid {sid!r} is not a phone number sid (PN followed by 32 hex digits)")
         if await self.pg.fetchval(SERVICE_EXISTS, service_sid) is None:
             raise NotFound(f"Service {service_sid} was not found")
-        sid = new_sid("PN")
+        sid = sid or new_sid("PN")
         try:
             record = await self.pg.fetchrow(
                 INSERT,
@@ -75,10 +107,12 @@ class NumberRegistry:
                 number.e164,
                 friendly_name or number.e164,
                 number.iso_country,
-                orjson.dumps(DEFAULT_CAPABILITIES).decode(),
+                orjson.dumps(
+                    dict(capabilities) if capabilities is not None else DEFAULT_CAPABILITIES
+                ).decode(),
                 is_reserved,
             )
-        except asyncpg.UniqueViolationError:
+        except asyncpg.UniqueViolationError:  # the number, or its (Twilio) sid, is in a Service already
             raise Conflict(f"phone number {number.e164} already belongs to a Service", code=80111) from None
         row = _row(record)
         row["in_use"] = await self.publish(row)

@@ -6,6 +6,9 @@
 
 `fake.fail_next(2, 429)` makes the next two requests answer 429 (Twilio's error JSON);
 `fake.route("POST", "/intercept", handler)` serves a callback endpoint (default: log, answer 200).
+`fake.numbers` is the account's IncomingPhoneNumbers (tests/fake_numbers.py): `fake.numbers.seed(250)`,
+then list pages, fetch by sid and POST updates are served like Twilio's; `fake.number_updates` has
+the form of every accepted update.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from fake_numbers import NUMBER_PATH, NUMBERS_LIST_PATH, IncomingNumbers
 
 __all__ = ["FakeTwilio", "FakeRequest", "Handler", "MESSAGES_PATH"]
 
@@ -72,6 +76,10 @@ class FakeTwilio:
     _routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
     _failures: list[_Failure] = field(default_factory=list)
     _server: TestServer | None = None
+    numbers: IncomingNumbers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.numbers = IncomingNumbers(self.account_sid)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -127,6 +135,20 @@ class FakeTwilio:
         """Form data of every Messages.json POST that was accepted (201)."""
         return [r.form for r in self.requests if MESSAGES_PATH.match(r.path) and r.status == 201]
 
+    @property
+    def number_updates(self) -> list[dict[str, str]]:
+        """Form data of every accepted (200) POST to an IncomingPhoneNumber."""
+        return [
+            r.form
+            for r in self.requests
+            if r.method == "POST" and NUMBER_PATH.match(r.path) and r.status == 200
+        ]
+
+    @property
+    def number_list_requests(self) -> list[FakeRequest]:
+        """Every GET of the IncomingPhoneNumbers list (one per page)."""
+        return [r for r in self.requests if r.method == "GET" and NUMBERS_LIST_PATH.match(r.path)]
+
     def clear(self) -> None:
         self.log.clear()
         self.requests.clear()
@@ -144,6 +166,10 @@ class FakeTwilio:
             handler = self._routes.get((request.method, request.path))
             if handler is not None:
                 response = await handler(request)
+            elif (
+                numbers := self._serve_numbers(request, {k: v[-1] for k, v in form_all.items()})
+            ) is not None:
+                response = numbers
             elif request.method == "POST" and MESSAGES_PATH.match(request.path):
                 response = self._create_message(request, {k: v[-1] for k, v in form_all.items()})
             else:
@@ -170,6 +196,24 @@ class FakeTwilio:
                 failure.remaining -= 1
                 return _error(failure.status)
         return None
+
+    def _serve_numbers(self, request: web.Request, form: dict[str, str]) -> web.Response | None:
+        """IncomingPhoneNumbers (list, fetch, update); None for any other path."""
+        listing, one = NUMBERS_LIST_PATH.match(request.path), NUMBER_PATH.match(request.path)
+        match = listing or one
+        if match is None:
+            return None
+        if not self._authorised(request, match.group(1)):
+            return _error(401)
+        if match.group(1) != self.account_sid:
+            return _error(404)
+        if listing is not None and request.method == "GET":
+            return self.numbers.list_page(request.path, dict(request.query))
+        if one is not None and request.method == "GET":
+            return self.numbers.fetch(request.path, one.group(2))
+        if one is not None and request.method == "POST":
+            return self.numbers.update(request.path, one.group(2), form)
+        return _error(405, 20004, "Method not allowed")
 
     def _create_message(self, request: web.Request, form: dict[str, str]) -> web.Response:
         match = MESSAGES_PATH.match(request.path)
