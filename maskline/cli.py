@@ -1,4 +1,5 @@
-"""`maskline`: serve, migrate, keys, bench (and audit, from maskline/audit_cli.py)."""
+"""`maskline`: serve, migrate, keys, bench (audit from maskline/audit_cli.py, numbers from
+maskline/numbers_cli.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from core.resp import RespClient
 from core.settings import Settings
 from maskline.audit_cli import add_audit_commands
 from maskline.audit_cli import run as run_audit
+from maskline.numbers_cli import add_numbers_commands
+from maskline.numbers_cli import run as run_numbers
 
 __all__ = ["main", "build_parser"]
 
@@ -74,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke = _add(keys_sub, "revoke", "revoke a key by SID")
     revoke.add_argument("sid")
+    _add(keys_sub, "list", "list keys: name, SID, scope, permissions, created, revoked (never a secret)")
+
+    add_numbers_commands(sub)
 
     bench = _add(sub, "bench", "benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -152,6 +158,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _migrate(settings)
         if args.command == "keys":
             return await _keys(args, settings)
+        if args.command == "numbers":
+            return await run_numbers(args, settings)
         if args.command == "audit":
             return int(await run_audit(args, settings) or 0)
         return 2
@@ -179,6 +187,10 @@ async def _keys(args: argparse.Namespace, settings: Settings) -> int:
     conn = await asyncpg.connect(settings.database_url)
     redis = redis_client(settings.redis_url, max_connections=2)
     try:
+        if args.keys_command == "list":
+            from maskline.keys_cli import print_keys
+
+            return await print_keys(conn)
         if args.keys_command == "create":
             permissions = frozenset(args.permission or ["proxy"])
             sid, secret = await create_key(

@@ -24,6 +24,7 @@ from core.connections import redis_client
 from core.resp import RespClient
 from core.scripts import Scripts
 from core.settings import Settings
+from maskline.recovery import RECOVERY, Recovery
 from pool.registry import NumberRegistry
 from relay import health
 from relay.api import audit as audit_api
@@ -31,7 +32,7 @@ from relay.api import interactions as interactions_api
 from relay.api import services as services_api
 from relay.api import sessions as sessions_api
 from relay.callbacks import CallbackDispatcher
-from relay.credentials import KeyVerifier
+from relay.credentials import key_verifier
 from relay.fallbacks import FallbackRecorder
 from relay.middleware import api_error_middleware, auth_middleware
 from relay.outbound import TwilioMessages
@@ -43,13 +44,16 @@ from relay.state import (
     SERVICES,
     SESSIONS,
     SETTINGS,
+    TWILIO_ACCOUNT,
     VERIFIER,
     AnswerWriter,
     RelayState,
 )
+from relay.twilio_account import TwilioAccount
 from relay.webhooks import ROUTES as WEBHOOK_ROUTES
 from sessions.expiry import run_sweeper
 from sessions.interactions import InteractionStore
+from sessions.restore import SessionRestorer
 from sessions.routing import Router
 from sessions.scripts import SESSION_LUA
 from sessions.services import ServiceStore
@@ -61,6 +65,7 @@ log = logging.getLogger("maskline")
 
 # Twilio posts at most a 1,600-character body; the API's largest requests are far below this.
 CLIENT_MAX_SIZE = 2 * 1024 * 1024
+STARTUP_REPUBLISH_S = 5.0
 
 
 def create_app(
@@ -71,9 +76,12 @@ def create_app(
     clock: Clock = SYSTEM,
     background: bool = True,
     audit_writer: bool = False,
+    recovery: bool | None = None,
 ) -> web.Application:
     """`background=False` leaves out the sweeper (tests drive expiry with an explicit clock);
-    `audit_writer=True` also drains the event streams into the audit log in this process."""
+    `audit_writer=True` also drains the event streams into the audit log in this process;
+    `recovery` runs the watchdog that rebuilds Redis' copy when Redis lost its data
+    (maskline/recovery.py; default: with the background duties)."""
     app = web.Application(
         middlewares=[api_error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
     )
@@ -85,16 +93,26 @@ def create_app(
         scripts = Scripts(r, SESSION_LUA)
         app[REDIS] = r
         app[PG] = p
-        app[VERIFIER] = KeyVerifier(p)
+        app[VERIFIER] = key_verifier(settings, p, r)  # login limiter on this Redis, scrypt threads
         app[SESSIONS] = SessionStore(r, scripts=scripts, clock=clock)
         app[SERVICES] = ServiceStore(
             p, r, account_sid=settings.twilio_account_sid, closed_retention_s=settings.closed_retention_s
         )
         app[NUMBERS] = NumberRegistry(p, r)
+        app[RECOVERY] = Recovery(
+            r,
+            p,
+            services=app[SERVICES],
+            numbers=app[NUMBERS],
+            restorer=SessionRestorer(r, scripts=scripts, clock=clock),
+            settings=settings,
+            clock=clock,
+        )
         await _republish(app)
         try:
             yield
         finally:
+            app[VERIFIER].close()
             if redis is None:
                 await r.aclose()
             if pg is None:
@@ -138,6 +156,15 @@ def create_app(
             answers=AnswerWriter(fast, ttl_s=settings.dedupe_ttl_s),
             fallbacks=fallbacks,
         )
+        app[TWILIO_ACCOUNT] = TwilioAccount(  # looks numbers up for PhoneNumbers created by Sid
+            http,
+            api_url=settings.twilio_api_url,
+            account_sid=settings.twilio_account_sid,
+            auth_token=settings.twilio_auth_token,
+            # Half the API request's deadline: the rest is left to add the number.
+            timeout_s=settings.api_deadline_s / 4,
+            give_up_s=settings.api_deadline_s / 2,
+        )
         # Everything alive now lives as long as the process: keep it out of the collector's scans,
         # so a full collection under load does not stall webhooks (p99).
         gc.collect()
@@ -161,6 +188,8 @@ def create_app(
                     run_sweeper(app[SESSIONS], interval_s=settings.sweep_interval_s, stop=stop)
                 )
             )
+        if background if recovery is None else recovery:
+            tasks.append(asyncio.create_task(app[RECOVERY].run(stop)))
         if audit_writer:
             # Its own connection: the writer blocks on XREADGROUP.
             writer_redis = redis_client(settings.redis_url, max_connections=4)
@@ -188,10 +217,12 @@ def create_app(
 
 
 async def _republish(app: web.Application) -> None:
-    """Redis may have lost its data (restart without AOF): put every Service and number back."""
+    """Redis may have lost its data (restart without AOF): put every Service and number back, and
+    the live sessions too when the recovery marker is gone (maskline/recovery.py)."""
     try:
-        await app[SERVICES].publish_all()
-        for row in await app[PG].fetch("SELECT sid FROM services"):
-            await app[NUMBERS].publish_service(row["sid"])
+        # Bounded: a Redis that accepts connections and never answers must not hold start-up
+        # hostage; the watchdog (or the next start) finishes the job.
+        async with asyncio.timeout(STARTUP_REPUBLISH_S):
+            await app[RECOVERY].startup()
     except Exception as err:
         log.warning("could not re-publish Services to Redis at start-up: %s", err)

@@ -26,6 +26,7 @@ log = logging.getLogger("maskline.webhooks")
 
 MAX_PENDING: Final = 100_000
 RETRY_S: Final = 0.5
+STOP_FLUSH_S: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,9 @@ class FallbackRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await self.flush(wait=False)
+            # Bounded: a Redis that accepts connections and never answers must not hold shutdown.
+            async with asyncio.timeout(STOP_FLUSH_S):
+                await self.flush(wait=False)
         if self.pending:
             log.error("stopping with %d fallback record(s) not in the audit log", len(self.pending))
 

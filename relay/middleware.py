@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
+from typing import Final
+from urllib.parse import quote
 
 import redis.exceptions
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from core.deadline import deadline
-from core.errors import MasklineError
+from core.errors import MasklineError, NotFound
 from relay.state import API_KEY, SETTINGS, VERIFIER
 
 __all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware"]
@@ -37,11 +41,46 @@ def error_response(code: int, message: str, status: int) -> web.Response:
 
 # The audit read API streams exports for as long as they take: no deadline there (it only reads).
 _NO_DEADLINE_PREFIX = "/v1/Audit/"
+# No Sid holds a control character, a lone surrogate or an undecodable %XX (yarl leaves invalid
+# UTF-8 escaped): such a path segment names nothing, and must not reach a store (Postgres refuses
+# NUL in text).
+_NO_SUCH_SEGMENT: Final = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]|%[0-9A-Fa-f]{2}")
+
+
+def _check_path(request: web.Request) -> None:
+    for value in request.match_info.values():
+        if isinstance(value, str) and _NO_SUCH_SEGMENT.search(value):
+            raise NotFound(f"The requested resource {quote(request.path)} was not found")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a NUL in a header, a request line over 8 KiB...)
+    with 400 by itself, and logs it with a traceback on "aiohttp.server": the client's error gets
+    one line instead, naming no header value or URL (they may hold a phone number)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and (error.code or 400) < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = (
+                "refused a malformed HTTP request from %s (%s)",
+                (remote, type(error).__name__),
+            )
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+# Installed once, by whoever serves the API (this module is part of every app create_app builds).
+if not any(isinstance(f, _MalformedRequests) for f in logging.getLogger("aiohttp.server").filters):
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
 
 
 @web.middleware
 async def api_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.path.startswith("/v1/"):
+            _check_path(request)
         if not request.path.startswith("/v1/") or request.path.startswith(_NO_DEADLINE_PREFIX):
             return await handler(request)
         # Every script this request runs carries the deadline: answered 503, nothing changed.
@@ -52,9 +91,9 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
     except MasklineError as err:
         return error_response(err.code, err.message, err.status)
     except web.HTTPNotFound:
-        return error_response(20404, f"The requested resource {request.path} was not found", 404)
+        return error_response(20404, f"The requested resource {quote(request.path)} was not found", 404)
     except web.HTTPMethodNotAllowed:
-        return error_response(20004, f"Method {request.method} not allowed on {request.path}", 405)
+        return error_response(20004, f"Method {request.method} not allowed on {quote(request.path)}", 405)
     except web.HTTPException:
         raise
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError) as err:
@@ -68,9 +107,20 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """HTTP Basic with an API key on the REST API (/v1/...); webhooks check signatures instead."""
+    """HTTP Basic with an API key on the REST API (/v1/...); webhooks check signatures instead.
+    Too many failed logins from one address or for one key SID (or a full hash queue): 429,
+    Twilio's 20429, with Retry-After; nothing is verified then (relay/credentials.py)."""
+    from relay.credentials import TooManyAttempts
+
     if request.path.startswith("/v1/"):
-        key = await request.app[VERIFIER].verify_header(request.headers.get("Authorization"))
+        try:
+            key = await request.app[VERIFIER].authenticate(
+                request.headers.get("Authorization"), request.remote or ""
+            )
+        except TooManyAttempts as err:
+            response = error_response(20429, err.message, 429)
+            response.headers["Retry-After"] = str(err.retry_after_s)
+            return response
         if key is None:
             response = error_response(
                 20003, "Authenticate with HTTP Basic: API key SID as user, its secret as password", 401

@@ -23,6 +23,7 @@ from relay.callbacks import CallbackDispatcher, interaction_fields
 from relay.credentials import ApiKey, KeyVerifier
 from relay.fallbacks import FallbackRecorder
 from relay.outbound import TwilioMessages
+from relay.twilio_account import TwilioAccount
 from sessions.interactions import InteractionStore
 from sessions.models import Replay
 from sessions.routing import Router
@@ -38,6 +39,7 @@ __all__ = [
     "NUMBERS",
     "RELAY",
     "VERIFIER",
+    "TWILIO_ACCOUNT",
     "ApiKey",
     "API_KEY",
     "RelayState",
@@ -121,4 +123,6 @@ SERVICES: web.AppKey[ServiceStore] = web.AppKey("services", ServiceStore)
 NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
 RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
 VERIFIER: web.AppKey[KeyVerifier] = web.AppKey("verifier", KeyVerifier)
+# The Twilio account's IncomingPhoneNumbers (PhoneNumbers created with Sid=PN...).
+TWILIO_ACCOUNT: web.AppKey[TwilioAccount] = web.AppKey("twilio_account", TwilioAccount)
 API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -49,8 +51,47 @@ SELECT_ALL: Final = "SELECT * FROM services"
 DELETE: Final = "DELETE FROM services WHERE sid = $1 RETURNING sid"
 
 
+# Column / option -> the API parameter a caller names it by (messages say what to fix).
+_PARAM_NAMES: Final = {
+    "unique_name": "UniqueName",
+    "callback_url": "CallbackUrl",
+    "intercept_callback_url": "InterceptCallbackUrl",
+    "out_of_session_callback_url": "OutOfSessionCallbackUrl",
+    "chat_instance_sid": "ChatInstanceSid",
+    "allowed_countries": "AllowedCountries",
+}
+# What no stored text may hold: NUL (Postgres refuses it in text and jsonb) and the other control
+# characters (tab, newline and carriage return only in free-text options), lone surrogates
+# (what undecodable bytes become; Postgres and UTF-8 refuse them).
+_NEVER: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_NOT_IN_A_LINE: Final = re.compile(r"[\t\n\r]")
+_COUNTRY: Final = re.compile(r"[A-Za-z]{2}")
+
+
+def _param(field: str) -> str:
+    return _PARAM_NAMES.get(field) or "".join(part.capitalize() for part in field.split("_"))
+
+
+def _check_text(field: str, value: object, *, multiline: bool = False) -> None:
+    if not isinstance(value, str):
+        return
+    if _NEVER.search(value) or (not multiline and _NOT_IN_A_LINE.search(value)):
+        raise InvalidParameter(f"{_param(field)} must be UTF-8 text without control characters")
+
+
 def _check(fields: dict[str, Any]) -> None:
     """Values a caller sent, checked before anything is written; messages say what to fix."""
+    for field in _PARAM_NAMES:
+        value = fields.get(field)
+        for item in value if isinstance(value, list) else [value]:
+            _check_text(field, item)
+    options = fields.get("options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise InvalidParameter("options must be an object")
+        for key, value in options.items():
+            # Options are free text a participant hears or reads (messages, whisper, consent).
+            _check_text(key, value, multiline=True)
     if "unique_name" in fields:
         name = fields["unique_name"]
         if not name or len(name) > 191:
@@ -67,13 +108,27 @@ def _check(fields: dict[str, Any]) -> None:
         raise InvalidParameter("NumberSelectionBehavior must be one of: " + ", ".join(NumberSelection))
     for url_field in ("callback_url", "intercept_callback_url", "out_of_session_callback_url"):
         url = fields.get(url_field)
-        if url and not url.startswith(("http://", "https://")):
-            raise InvalidParameter(f"{url_field} must be an http(s) URL")
+        if url and not _http_url(url):
+            raise InvalidParameter(
+                f"{_param(url_field)} must be an absolute http(s) URL such as https://example.com/hook"
+            )
     countries = fields.get("allowed_countries")
-    if countries is not None and any(len(c) != 2 or not c.isalpha() for c in countries):
+    if countries is not None and any(not _COUNTRY.fullmatch(c) for c in countries):
         raise InvalidParameter(
             "AllowedCountries must be ISO 3166 alpha-2 codes, comma separated (e.g. US,CA)"
         )
+
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return (
+            parts.scheme.lower() in ("http", "https")
+            and bool(parts.hostname)
+            and not any(c.isspace() for c in url)
+        )
+    except ValueError:
+        return False
 
 
 def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | bytes, str | int]:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
@@ -28,7 +28,7 @@ from audit.queries import EXPORT_FORMATS, decode_cursor, export_events, query_ev
 from core.errors import Forbidden, InvalidParameter, NotFound
 from core.events import emit_event
 from relay.api.common import base_url, json, require
-from relay.api.params import Params
+from relay.api.params import Params, query_params
 from relay.state import PG, REDIS, ApiKey
 
 __all__ = ["routes"]
@@ -101,17 +101,17 @@ def _matching(params: Params, name: str, pattern: re.Pattern[str], example: str)
     value = params.str(name, max_len=64)
     if not value:
         return None
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise InvalidParameter(f"{name} must look like {example}, got {value[:40]!r}")
     return value
 
 
 def _many(params: Params, name: str, pattern: re.Pattern[str], example: str) -> list[str]:
-    values = [v for v in params.list(name) if v]
+    values = [v for v in params.list(name, max_len=64) if v]
     if len(values) > MAX_LIST_VALUES:
         raise InvalidParameter(f"{name} may be given at most {MAX_LIST_VALUES} times")
     for v in values:
-        if not pattern.match(v):
+        if not pattern.fullmatch(v):
             raise InvalidParameter(f"{name} must look like {example}, got {v[:40]!r}")
     return values
 
@@ -168,14 +168,16 @@ async def _record(request: web.Request, key: ApiKey, query: _Query, type: str, *
 
 
 def _page_url(request: web.Request, **changes: Any) -> str:
+    # request.query is safe to echo here: query_params() has already refused a query that is not
+    # valid UTF-8, so nothing in it was replaced.
     kept = [(k, v) for k, v in request.query.items() if k.lower() not in ("pagetoken", "page", "pagesize")]
-    return f"{base_url(request)}{request.path}?{urlencode(kept + list(changes.items()))}"
+    return f"{base_url(request)}{quote(request.path)}?{urlencode(kept + list(changes.items()))}"
 
 
 @routes.get(PATH)
 async def list_events(request: web.Request) -> web.StreamResponse:
     key = require(request, "audit")
-    params = Params(request.query)
+    params = query_params(request)
     fmt = params.str("Format", max_len=16)
     if fmt:
         if fmt.lower() not in EXPORT_FORMATS:
@@ -227,7 +229,7 @@ async def export_jsonl(request: web.Request) -> web.StreamResponse:
 
 async def _export(request: web.Request, fmt: str) -> web.StreamResponse:
     key = require(request, "audit")
-    query = await _parse(request, key, Params(request.query))
+    query = await _parse(request, key, query_params(request))
     # Recorded before the first byte: an export cut off half-way still was an export.
     await _record(request, key, query, "audit.exported", format=fmt)
     chunks = export_events(request.app[PG], **query.filters(), fmt=fmt)  # type: ignore[arg-type]

@@ -10,10 +10,10 @@ from typing import Any
 from aiohttp import web
 
 from audit.queries import interactions_from_audit
-from core.errors import MissingParameter, NotFound
+from core.errors import InvalidParameter, MissingParameter, NotFound
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
-from relay.api.params import iso, page_args, read_params
+from relay.api.params import check_url, iso, page_args, read_params
 from relay.outbound import TwilioSendError
 from relay.state import PG, RELAY
 
@@ -24,13 +24,15 @@ routes = web.RouteTableDef()
 BASE = "/v1/Services/{ServiceSid}/Sessions/{SessionSid}"
 # Twilio's Body limit for one message (it splits into segments itself).
 MAX_BODY_CHARS = 1600
+# Twilio's limit of media per message.
+MAX_MEDIA = 10
 
 
 def _resource_url(api_url: str, account: str, kind: str, sid: str) -> str | None:
     if not sid:
         return None
     plural = "Messages" if kind == "Message" else "Calls"
-    return f"{api_url}/2010-04-01/Accounts/{account}/{plural}/{sid}.json"
+    return api_url + render.path("2010-04-01", "Accounts", account, plural, f"{sid}.json")
 
 
 def interaction_view(ix: dict[str, Any], ks: str, base: str, account: str, api_url: str) -> dict[str, Any]:
@@ -62,7 +64,8 @@ def interaction_view(ix: dict[str, Any], ks: str, base: str, account: str, api_u
         ),
         "date_created": iso(ix.get("created_ms")),
         "date_updated": iso(ix.get("updated_ms")),
-        "url": f"{base}/v1/Services/{ks}/Sessions/{ix['session_sid']}/Interactions/{ix['sid']}",
+        "url": base
+        + render.path("v1", "Services", ks, "Sessions", ix["session_sid"], "Interactions", ix["sid"]),
     }
 
 
@@ -71,9 +74,16 @@ def message_interaction_view(
 ) -> dict[str, Any]:
     view = interaction_view(ix, ks, base, account, api_url)
     view["participant_sid"] = participant_sid
-    view["url"] = (
-        f"{base}/v1/Services/{ks}/Sessions/{ix['session_sid']}/Participants/{participant_sid}"
-        f"/MessageInteractions/{ix['sid']}"
+    view["url"] = base + render.path(
+        "v1",
+        "Services",
+        ks,
+        "Sessions",
+        ix["session_sid"],
+        "Participants",
+        participant_sid,
+        "MessageInteractions",
+        ix["sid"],
     )
     return view
 
@@ -142,7 +152,7 @@ async def list_interactions(request: web.Request) -> web.Response:
             "interactions",
             [_view(request, ks, r) for r in rows[:size]],
             base=base_url(request),
-            path=f"/v1/Services/{ks}/Sessions/{session_sid}/Interactions",
+            segments=("v1", "Services", ks, "Sessions", session_sid, "Interactions"),
             page_no=page_no,
             size=size,
             has_more=len(rows) > size,
@@ -179,8 +189,10 @@ async def create_message_interaction(request: web.Request) -> web.Response:
     session_sid = request.match_info["SessionSid"]
     kp = request.match_info["ParticipantSid"]
     params = await read_params(request)
-    body = params.str("Body", max_len=MAX_BODY_CHARS) or ""
-    media = [url for url in params.list("MediaUrl") if url][:10]
+    body = params.str("Body", max_len=MAX_BODY_CHARS, text=True) or ""
+    media = [check_url("MediaUrl", url) for url in params.list("MediaUrl") if url]
+    if len(media) > MAX_MEDIA:
+        raise InvalidParameter(f"MediaUrl may be given at most {MAX_MEDIA} times")
     if not body and not media:
         raise MissingParameter("Missing required parameter Body (or MediaUrl)")
     state = request.app[RELAY]
@@ -226,7 +238,16 @@ async def list_message_interactions(request: web.Request) -> web.Response:
             "interactions",
             [_message_view(request, ks, kp, r) for r in chunk],
             base=base_url(request),
-            path=f"/v1/Services/{ks}/Sessions/{session_sid}/Participants/{kp}/MessageInteractions",
+            segments=(
+                "v1",
+                "Services",
+                ks,
+                "Sessions",
+                session_sid,
+                "Participants",
+                kp,
+                "MessageInteractions",
+            ),
             page_no=page_no,
             size=size,
             has_more=len(mine) > (page_no + 1) * size,

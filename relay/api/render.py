@@ -1,15 +1,22 @@
 """Resources as Twilio Proxy v1 shows them: snake_case fields, absolute `url` and `links` that
-point at Maskline's own public URL, and list pages with absolute `meta.next_page_url`."""
+point at Maskline's own public URL, and list pages with absolute `meta.next_page_url`. Every URL is
+a valid URI: each path segment taken from a resource or a request is percent-encoded (`path`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from relay.api.params import iso
 
-__all__ = ["service", "phone_number", "session", "participant", "page"]
+__all__ = ["path", "service", "phone_number", "session", "participant", "page"]
+
+
+def path(*segments: object) -> str:
+    """`/seg/seg/...` with each segment percent-encoded (a Sid from a request path may hold
+    spaces, `/`, `?`, non-ASCII...)."""
+    return "".join("/" + quote(str(s), safe="") for s in segments)
 
 
 def _ts(value: Any) -> str | None:
@@ -21,7 +28,7 @@ def _ts(value: Any) -> str | None:
 
 
 def service(row: dict[str, Any], base: str) -> dict[str, Any]:
-    url = f"{base}/v1/Services/{row['sid']}"
+    url = base + path("v1", "Services", row["sid"])
     return {
         "sid": row["sid"],
         "unique_name": row["unique_name"],
@@ -59,14 +66,14 @@ def phone_number(row: dict[str, Any], base: str) -> dict[str, Any]:
         "friendly_name": row.get("friendly_name"),
         "iso_country": row["iso_country"],
         "capabilities": row.get("capabilities") or {},
-        "url": f"{base}/v1/Services/{row['service_sid']}/PhoneNumbers/{row['sid']}",
+        "url": base + path("v1", "Services", row["service_sid"], "PhoneNumbers", row["sid"]),
         "is_reserved": row["is_reserved"],
         "in_use": row.get("in_use", 0),
     }
 
 
 def session(view: dict[str, Any], service_sid: str, base: str, account_sid: str) -> dict[str, Any]:
-    url = f"{base}/v1/Services/{service_sid}/Sessions/{view['sid']}"
+    url = base + path("v1", "Services", service_sid, "Sessions", view["sid"])
     ttl = view.get("ttl")
     return {
         "sid": view["sid"],
@@ -89,7 +96,7 @@ def session(view: dict[str, Any], service_sid: str, base: str, account_sid: str)
 
 
 def participant(p: dict[str, Any], service_sid: str, base: str, account_sid: str) -> dict[str, Any]:
-    url = f"{base}/v1/Services/{service_sid}/Sessions/{p['session_sid']}/Participants/{p['sid']}"
+    url = base + path("v1", "Services", service_sid, "Sessions", p["session_sid"], "Participants", p["sid"])
     return {
         "sid": p["sid"],
         "session_sid": p["session_sid"],
@@ -108,10 +115,20 @@ def participant(p: dict[str, Any], service_sid: str, base: str, account_sid: str
 
 
 def page(
-    key: str, items: list[dict[str, Any]], *, base: str, path: str, page_no: int, size: int, has_more: bool
+    key: str,
+    items: list[dict[str, Any]],
+    *,
+    base: str,
+    segments: tuple[object, ...],
+    page_no: int,
+    size: int,
+    has_more: bool,
 ) -> dict[str, Any]:
+    """One page of a list; `segments` are the list's path segments, e.g. ("v1", "Services")."""
+    list_path = path(*segments)
+
     def url(n: int) -> str:
-        return f"{base}{path}?{urlencode({'PageSize': size, 'Page': n})}"
+        return f"{base}{list_path}?{urlencode({'PageSize': size, 'Page': n})}"
 
     return {
         key: items,

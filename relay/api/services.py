@@ -7,10 +7,11 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import Forbidden, InvalidParameter, MissingParameter
+from pool.numbers import parse_proxy_number
 from relay.api import render
 from relay.api.common import api_key, base_url, json, require, service_sid
 from relay.api.params import Params, page_args, read_params
-from relay.state import NUMBERS, SERVICES
+from relay.state import NUMBERS, SERVICES, TWILIO_ACCOUNT
 from sessions.models import GeoMatchLevel, NumberSelection
 
 __all__ = ["routes"]
@@ -18,29 +19,35 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 OPTION_PARAMS = {
-    # Maskline extensions to a Service, stored in its `options`: Param -> (option key, kind)
+    # Maskline extensions to a Service, stored in its `options`: Param -> (option key, kind);
+    # "text" is free text (spoken or texted: line breaks allowed), "str" a single-line value.
     "CallTimeLimit": ("call_time_limit_s", "int"),
-    "Whisper": ("whisper", "str"),
+    "Whisper": ("whisper", "text"),
     "RecordCalls": ("record_calls", "bool"),
-    "RecordingConsent": ("recording_consent", "str"),
-    "OutOfSessionMessage": ("out_of_session_message", "str"),
-    "HelpMessage": ("help_message", "str"),
+    "RecordingConsent": ("recording_consent", "text"),
+    "OutOfSessionMessage": ("out_of_session_message", "text"),
+    "HelpMessage": ("help_message", "text"),
     "BodyPolicy": ("body_policy", "str"),
+}
+# A message Twilio sends (or <Say>s) in one request: its Body limit.
+MAX_TEXT_CHARS = 1600
+MAX_UNIQUE_NAME = 191
+URL_PARAMS = {
+    "CallbackUrl": "callback_url",
+    "InterceptCallbackUrl": "intercept_callback_url",
+    "OutOfSessionCallbackUrl": "out_of_session_callback_url",
 }
 
 
 def _service_fields(params: Params, current_options: dict[str, Any] | None = None) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    text = {
-        "UniqueName": "unique_name",
-        "CallbackUrl": "callback_url",
-        "InterceptCallbackUrl": "intercept_callback_url",
-        "OutOfSessionCallbackUrl": "out_of_session_callback_url",
-        "ChatInstanceSid": "chat_instance_sid",
-    }
-    for param, column in text.items():
+    if "UniqueName" in params:
+        fields["unique_name"] = params.str("UniqueName", max_len=MAX_UNIQUE_NAME) or None
+    if "ChatInstanceSid" in params:
+        fields["chat_instance_sid"] = params.str("ChatInstanceSid", max_len=64) or None
+    for param, column in URL_PARAMS.items():
         if param in params:
-            fields[column] = params.str(param, max_len=2048) or None
+            fields[column] = params.url(param) or None
     if (ttl := params.int("DefaultTtl", maximum=31_536_000)) is not None:
         fields["default_ttl_s"] = ttl
     if (cool := params.int("CoolOff", maximum=30 * 86400)) is not None:
@@ -50,7 +57,7 @@ def _service_fields(params: Params, current_options: dict[str, Any] | None = Non
     if (nsb := params.enum("NumberSelectionBehavior", NumberSelection)) is not None:
         fields["number_selection_behavior"] = nsb
     if "AllowedCountries" in params:
-        raw = params.str("AllowedCountries") or ""
+        raw = params.str("AllowedCountries", max_len=1024) or ""
         fields["allowed_countries"] = [c.strip().upper() for c in raw.split(",") if c.strip()] or None
     options = dict(current_options or {})
     for param, (key, kind) in OPTION_PARAMS.items():
@@ -61,7 +68,9 @@ def _service_fields(params: Params, current_options: dict[str, Any] | None = Non
             if kind == "int"
             else params.bool(param)
             if kind == "bool"
-            else params.str(param)
+            else params.str(param, max_len=MAX_TEXT_CHARS, text=True)
+            if kind == "text"
+            else params.str(param, max_len=64)
         )
         if key == "body_policy" and value not in ("keep", "redact", "hash"):
             raise InvalidParameter("BodyPolicy must be one of keep, redact, hash")
@@ -77,7 +86,7 @@ async def create_service(request: web.Request) -> web.Response:
     if api_key(request).service_sids is not None:
         raise Forbidden("this API key is scoped to some Services and cannot create new ones")
     params = await read_params(request)
-    if not params.str("UniqueName"):
+    if not params.str("UniqueName", max_len=MAX_UNIQUE_NAME):
         raise MissingParameter("Missing required parameter UniqueName")
     row = await request.app[SERVICES].create(_service_fields(params))
     return json(render.service(row, base_url(request)), status=201)
@@ -95,7 +104,7 @@ async def list_services(request: web.Request) -> web.Response:
             "services",
             items,
             base=base_url(request),
-            path="/v1/Services",
+            segments=("v1", "Services"),
             page_no=page_no,
             size=size,
             has_more=len(rows) > size,
@@ -134,14 +143,30 @@ async def add_number(request: web.Request) -> web.Response:
     sid = service_sid(request)
     params = await read_params(request)
     number = params.str("PhoneNumber", max_len=64)
-    if not number:
-        if params.str("Sid"):
+    incoming = None
+    if pn_sid := params.str("Sid", max_len=64):
+        # As on Twilio: a number of the account by its IncomingPhoneNumber sid, which it keeps, with
+        # its capabilities; 80301 (404) when the account has no such number, 20503 (503) when
+        # Twilio cannot be reached (relay/twilio_account.py).
+        await request.app[SERVICES].get(sid)
+        incoming = await request.app[TWILIO_ACCOUNT].fetch(pn_sid)
+        if number and parse_proxy_number(number).e164 != incoming.phone_number:
             raise InvalidParameter(
-                "Maskline has no Twilio account inventory to look up an incoming number Sid; send PhoneNumber (E.164) instead"
+                f"PhoneNumber {number} is not the number of Sid {pn_sid}; send one of them"
             )
-        raise MissingParameter("Missing required parameter PhoneNumber (E.164, e.g. +14155550100)")
+        number = incoming.phone_number
+    if not number:
+        raise MissingParameter(
+            "Missing required parameter PhoneNumber (E.164, e.g. +14155550100) or Sid (PN...)"
+        )
     row = await request.app[NUMBERS].add(
-        sid, number, is_reserved=bool(params.bool("IsReserved")), friendly_name=params.str("FriendlyName")
+        sid,
+        number,
+        is_reserved=bool(params.bool("IsReserved")),
+        friendly_name=params.str("FriendlyName", max_len=64)
+        or (incoming.friendly_name if incoming else None),
+        sid=incoming.sid if incoming else None,
+        capabilities=incoming.proxy_capabilities if incoming else None,
     )
     return json(render.phone_number(row, base_url(request)), status=201)
 
@@ -159,7 +184,7 @@ async def list_numbers(request: web.Request) -> web.Response:
             "phone_numbers",
             items,
             base=base_url(request),
-            path=f"/v1/Services/{sid}/PhoneNumbers",
+            segments=("v1", "Services", sid, "PhoneNumbers"),
             page_no=page_no,
             size=size,
             has_more=len(rows) > size,

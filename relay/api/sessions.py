@@ -10,7 +10,7 @@ from aiohttp import web
 from core.errors import InvalidParameter, MissingParameter
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
-from relay.api.params import Params, page_args, read_params
+from relay.api.params import Params, check_text, page_args, read_params
 from relay.state import SESSIONS
 from sessions.models import Mode, ParticipantRequest, Status
 
@@ -19,29 +19,43 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
+MAX_UNIQUE_NAME = 191
+MAX_FRIENDLY_NAME = 255
+MAX_IDENTIFIER = 64
+MAX_PARTICIPANTS_JSON = 4096
+_PARTICIPANT_EXAMPLE = 'a JSON object such as {"Identifier": "+14155550100"}'
+
+
+def _participant_field(fields: dict[str, Any], name: str, max_len: int) -> str:
+    """A member of a Participants object (PascalCase or snake_case), a string if present."""
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    value = fields.get(name.lower())
+    if value is None:
+        value = fields.get(snake)
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParameter(f"Participants {name} must be a string, in {_PARTICIPANT_EXAMPLE}")
+    return check_text(f"Participants {name}", value, max_len=max_len)
+
+
 def _participant_from_json(raw: str) -> ParticipantRequest:
     """One `Participants` entry: twilio-python sends each as a JSON object string."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise InvalidParameter(
-            'each Participants value must be a JSON object such as {"Identifier": "+14155550100"}'
-        ) from None
+        raise InvalidParameter(f"each Participants value must be {_PARTICIPANT_EXAMPLE}") from None
     if not isinstance(obj, dict):
-        raise InvalidParameter(
-            'each Participants value must be a JSON object such as {"Identifier": "+14155550100"}'
-        )
+        raise InvalidParameter(f"each Participants value must be {_PARTICIPANT_EXAMPLE}")
     fields = {k.lower(): v for k, v in obj.items()}
-    identifier = fields.get("identifier")
-    if not identifier or not isinstance(identifier, str):
+    identifier = _participant_field(fields, "Identifier", MAX_IDENTIFIER)
+    if not identifier:
         raise MissingParameter("each Participant needs an Identifier (E.164 phone number)")
     return ParticipantRequest(
         identifier=identifier,
-        friendly_name=str(fields.get("friendlyname") or fields.get("friendly_name") or "")[:255],
-        proxy_identifier=str(fields.get("proxyidentifier") or fields.get("proxy_identifier") or ""),
-        proxy_identifier_sid=str(
-            fields.get("proxyidentifiersid") or fields.get("proxy_identifier_sid") or ""
-        ),
+        friendly_name=_participant_field(fields, "FriendlyName", MAX_FRIENDLY_NAME),
+        proxy_identifier=_participant_field(fields, "ProxyIdentifier", MAX_IDENTIFIER),
+        proxy_identifier_sid=_participant_field(fields, "ProxyIdentifierSid", MAX_IDENTIFIER),
     )
 
 
@@ -68,12 +82,15 @@ async def create_session(request: web.Request) -> web.Response:
     status = params.enum("Status", Status) or Status.OPEN.value
     view = await request.app[SESSIONS].create_session(
         sid,
-        unique_name=params.str("UniqueName", max_len=191) or "",
+        unique_name=params.str("UniqueName", max_len=MAX_UNIQUE_NAME) or "",
         mode=Mode(params.enum("Mode", Mode) or Mode.VOICE_AND_MESSAGE.value),
         status=Status(status),
         ttl_s=params.int("Ttl", maximum=31_536_000),
         date_expiry_ms=_expiry_ms(params, request),
-        participants=[_participant_from_json(raw) for raw in params.list("Participants")],
+        participants=[
+            _participant_from_json(raw)
+            for raw in params.list("Participants", max_len=MAX_PARTICIPANTS_JSON, text=True)
+        ],
     )
     return json(_session(request, sid, view), status=201)
 
@@ -90,7 +107,7 @@ async def list_sessions(request: web.Request) -> web.Response:
             "sessions",
             items,
             base=base_url(request),
-            path=f"/v1/Services/{sid}/Sessions",
+            segments=("v1", "Services", sid, "Sessions"),
             page_no=page_no,
             size=size,
             has_more=len(views) > size,
@@ -135,10 +152,10 @@ async def add_participant(request: web.Request) -> web.Response:
     sid = service_sid(request)
     params = await read_params(request)
     req = ParticipantRequest(
-        identifier=params.str("Identifier", required=True, max_len=64) or "",
-        friendly_name=params.str("FriendlyName", max_len=255) or "",
-        proxy_identifier=params.str("ProxyIdentifier", max_len=64) or "",
-        proxy_identifier_sid=params.str("ProxyIdentifierSid", max_len=64) or "",
+        identifier=params.str("Identifier", required=True, max_len=MAX_IDENTIFIER) or "",
+        friendly_name=params.str("FriendlyName", max_len=MAX_FRIENDLY_NAME) or "",
+        proxy_identifier=params.str("ProxyIdentifier", max_len=MAX_IDENTIFIER) or "",
+        proxy_identifier_sid=params.str("ProxyIdentifierSid", max_len=MAX_IDENTIFIER) or "",
     )
     p = await request.app[SESSIONS].add_participant(sid, request.match_info["SessionSid"], req)
     return json(_participant(request, sid, p), status=201)
@@ -157,7 +174,7 @@ async def list_participants(request: web.Request) -> web.Response:
             "participants",
             [_participant(request, sid, p) for p in chunk],
             base=base_url(request),
-            path=f"/v1/Services/{sid}/Sessions/{session_sid}/Participants",
+            segments=("v1", "Services", sid, "Sessions", session_sid, "Participants"),
             page_no=page_no,
             size=size,
             has_more=len(everyone) > (page_no + 1) * size,

@@ -1,6 +1,7 @@
 """The webhooks' one boundary: whatever happens they answer TwiML (never a 5xx, never a stack
 trace), within settings.webhook_deadline_s; only a request whose X-Twilio-Signature does not check
-out gets 403, and nothing of it is acted on."""
+out gets 403, and one whose body cannot be read (invalid UTF-8, an unknown charset, a malformed
+multipart or JSON body) 400: nothing of either is acted on."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from redis.exceptions import RedisError
 from twilio.request_validator import HMAC_SHA1, SIGNATURE_SETTINGS_HEADER, get_signature_algorithm
 
 from core.deadline import deadline
-from core.errors import Unavailable
+from core.errors import InvalidParameter, Unavailable
 from pool.numbers import mask
+from relay.api.params import decode_text, read_form
 from relay.state import RELAY, RelayState
 
 __all__ = ["Form", "STORE_FAULTS", "scrub", "xml", "read_signed", "forbidden", "answer", "log_fault"]
@@ -45,7 +47,9 @@ def xml(body: str) -> web.Response:
 
 
 async def read_signed(request: web.Request) -> Form | None:
-    """The request's parameters if its signature checks out over the public URL, else None."""
+    """The request's parameters if its signature checks out over the public URL, else None.
+    A body that cannot be read (invalid UTF-8, an unknown charset, a malformed multipart or JSON
+    body) raises HTTPBadRequest: 400 with a short text, one log line, nothing acted on."""
     signature = request.headers.get("X-Twilio-Signature")
     if not signature:
         return None
@@ -56,28 +60,50 @@ async def read_signed(request: web.Request) -> Form | None:
         # JSON bodies are covered by bodySHA256 in the query; without it the body is unsigned.
         if "bodySHA256" not in request.query:
             return None
-        text = await request.text()
+        text = await _read(request, _json_text)
         if not state.validator.validate(url, text, signature, algorithm):
             return None
-        try:
-            obj = orjson.loads(text or "{}")
-        except orjson.JSONDecodeError:
-            return None
-        form: MultiDict[str] = MultiDict()
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                form.add(str(k), v if isinstance(v, str) else orjson.dumps(v).decode())
-        return form
-    params = await request.post()
+        return _json_form(request, text)
+    params = await _read(request, read_form)
     # Fast path: the URL exactly as configured (one HMAC, constant-time compare); otherwise the
     # validator's full check (with and without the default port, SHA-256 settings header).
     if algorithm == HMAC_SHA1 and hmac.compare_digest(
         state.validator.compute_signature(url, params), signature
     ):
-        return params  # type: ignore[return-value]
+        return params
     if not state.validator.validate(url, params, signature, algorithm):
         return None
-    return params  # type: ignore[return-value]
+    return params
+
+
+async def _read(request: web.Request, parse: Callable[[web.Request], Awaitable[T]]) -> T:
+    """The body parsed by `parse` (relay/api/params.py: strict decoding), or 400."""
+    try:
+        return await parse(request)
+    except InvalidParameter as err:
+        raise _bad_request(request, err.message) from None
+
+
+async def _json_text(request: web.Request) -> str:
+    return decode_text(await request.read(), request.charset, "the JSON body")
+
+
+def _json_form(request: web.Request, text: str) -> Form:
+    """A signed JSON body's top-level members as parameters (others as their JSON text)."""
+    try:
+        obj = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        raise _bad_request(request, "the JSON body is not valid JSON") from None
+    form: MultiDict[str] = MultiDict()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            form.add(str(k), v if isinstance(v, str) else orjson.dumps(v).decode())
+    return form
+
+
+def _bad_request(request: web.Request, reason: str) -> web.HTTPBadRequest:
+    log.warning("refused %s %s: %s", request.method, request.path, scrub(reason))
+    return web.HTTPBadRequest(text=f"Bad Request: {reason}\n")
 
 
 def forbidden(request: web.Request) -> web.Response:
