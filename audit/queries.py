@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 import asyncpg
 import orjson
 
-from audit.chain import ts_from_ms, ts_to_ms
+from audit.chain import StoredRow, row_hash, ts_from_ms, ts_to_ms
 from audit.cipher import reveal
 from audit.subjects import ERASED, lookup_subjects, tokens_in
 from core.errors import InvalidParameter
@@ -26,12 +26,12 @@ from core.errors import InvalidParameter
 __all__ = ["AuditEvent", "query_events", "export_events", "interactions_from_audit", "EXPORT_FORMATS"]
 
 EXPORT_FORMATS: Final = ("csv", "jsonl")
-CSV_COLUMNS: Final = ("id", "ts", "service_sid", "seq", "type", "session_sid", "numbers", "data")
+CSV_COLUMNS: Final = ("id", "ts", "service_sid", "seq", "type", "session_sid", "numbers", "data", "flag")
 MAX_LIMIT: Final = 1000
 EXPORT_CHUNK_ROWS: Final = 1000
 
 SELECT_EVENTS: Final = """
-SELECT ts, id, service_sid, seq, type, session_sid, numbers, data FROM audit_events
+SELECT ts, id, service_sid, seq, type, session_sid, numbers, data, prev_hash, hash FROM audit_events
 """
 SELECT_TOKEN: Final = "SELECT subject_id FROM audit_subjects WHERE number = $1"
 
@@ -56,6 +56,9 @@ class AuditEvent:
     session_sid: str | None
     numbers: list[str]  # real numbers, "[erased]" for an erased one
     data: dict[str, Any]
+    # Why this row cannot be trusted ("altered: its hash does not match", "unreadable: ..."), or
+    # None: queries and exports carry on past such a row and flag it instead of failing.
+    flag: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class AuditEvent:
             "session_sid": self.session_sid,
             "numbers": self.numbers,
             "data": self.data,
+            "flag": self.flag,
         }
 
 
@@ -133,7 +137,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def _reveal(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[AuditEvent]:
-    datas = [orjson.loads(r["data"]) for r in rows]
+    datas = [_data(r) for r in rows]
     wanted: set[str] = set()
     for r, d in zip(rows, datas, strict=True):
         wanted.update(r["numbers"])
@@ -142,6 +146,11 @@ async def _reveal(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
     out = []
     for r, d in zip(rows, datas, strict=True):
         numbers = list(r["numbers"])
+        flag = _flag(r, d)
+        try:
+            data = reveal(d, numbers, subjects) if flag is None else d
+        except Exception as err:  # a row that cannot be read is flagged, never the end of the export
+            data, flag = d, f"unreadable: {type(err).__name__}"
         out.append(
             AuditEvent(
                 id=r["id"],
@@ -151,10 +160,43 @@ async def _reveal(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[
                 type=r["type"],
                 session_sid=r["session_sid"],
                 numbers=[subjects[t][0] if t in subjects else ERASED for t in numbers],
-                data=reveal(d, numbers, subjects),
+                data=data,
+                flag=flag,
             )
         )
     return out
+
+
+def _data(r: asyncpg.Record) -> dict[str, Any]:
+    try:
+        data = orjson.loads(r["data"])
+    except (orjson.JSONDecodeError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _flag(r: asyncpg.Record, data: dict[str, Any]) -> str | None:
+    """A row whose own hash does not match its fields was altered after it was written (the
+    chain's links are verify's job; this needs only the row)."""
+    row = StoredRow(
+        id=r["id"],
+        service_sid=r["service_sid"],
+        seq=r["seq"],
+        ts_ms=ts_to_ms(r["ts"]),
+        type=r["type"],
+        session_sid=r["session_sid"],
+        numbers=list(r["numbers"]),
+        data=r["data"],
+    )
+    try:
+        intact = row_hash(bytes(r["prev_hash"]), row) == bytes(r["hash"])
+    except Exception:
+        intact = False
+    if not intact:
+        return "altered: the row's hash does not match its contents"
+    if not data and r["data"] not in ("{}",):
+        return "unreadable: its data is not a JSON object"
+    return None
 
 
 async def query_events(
@@ -207,9 +249,11 @@ async def export_events(
     until: datetime | None = None,
     types: Iterable[str] | None = None,
     fmt: Literal["csv", "jsonl"] = "csv",
+    on_flag: Callable[[AuditEvent], None] | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The whole result as CSV or JSON Lines, in chunks, through a server-side cursor: memory stays
-    flat whatever the size of the result."""
+    flat whatever the size of the result. A row that was altered or cannot be read is exported
+    with its `flag` set, and handed to `on_flag`, and the export carries on."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidParameter(f"format must be one of {', '.join(EXPORT_FORMATS)}")
     async with pg.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
@@ -231,10 +275,18 @@ async def export_events(
         async for r in conn.cursor(f.sql(), *f.args, prefetch=EXPORT_CHUNK_ROWS):
             chunk.append(r)
             if len(chunk) >= EXPORT_CHUNK_ROWS:
-                yield _encode(await _reveal(conn, chunk), fmt)
+                yield _encode(_report(await _reveal(conn, chunk), on_flag), fmt)
                 chunk = []
         if chunk:
-            yield _encode(await _reveal(conn, chunk), fmt)
+            yield _encode(_report(await _reveal(conn, chunk), on_flag), fmt)
+
+
+def _report(events: list[AuditEvent], on_flag: Callable[[AuditEvent], None] | None) -> list[AuditEvent]:
+    if on_flag is not None:
+        for e in events:
+            if e.flag:
+                on_flag(e)
+    return events
 
 
 def _encode(events: list[AuditEvent], fmt: str) -> bytes:
@@ -260,6 +312,7 @@ def _csv_chunk(events: list[AuditEvent], *, header: bool = False) -> bytes:
                 d["session_sid"] or "",
                 " ".join(e.numbers),
                 orjson.dumps(e.data).decode(),
+                e.flag or "",
             ]
         )
     return buf.getvalue().encode()
@@ -267,7 +320,7 @@ def _csv_chunk(events: list[AuditEvent], *, header: bool = False) -> bytes:
 
 # Every interaction event of one session, in the order they were written (seq follows the stream).
 SELECT_INTERACTION_EVENTS: Final = """
-SELECT ts, id, service_sid, seq, type, session_sid, numbers, data FROM audit_events
+SELECT ts, id, service_sid, seq, type, session_sid, numbers, data, prev_hash, hash FROM audit_events
 WHERE service_sid = $1 AND session_sid = $2 AND type = ANY($3::text[])
 ORDER BY ts, seq
 """
