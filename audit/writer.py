@@ -42,6 +42,9 @@ GROUP: Final = "audit"
 DEAD_LETTERS: Final = keys.GLOBAL_PREFIX + "events-dead"
 STREAM_PATTERN: Final = "ml:{*}:events"
 DISCOVER_EVERY_S: Final = 300.0
+# A consumer idle this long with nothing pending is a writer that is gone (a restart gets a new
+# name: host-pid): removed from the group, so the group does not grow with every restart.
+DEAD_CONSUMER_IDLE_MS: Final = 3_600_000
 MAX_BACKOFF_S: Final = 5.0
 REDIS_TIMEOUT_S: Final = 10.0  # a reply of the writer's own Redis connection (beyond BLOCK)
 
@@ -106,6 +109,7 @@ class AuditWriter:
             try:
                 if time.monotonic() - last_discovery_s > DISCOVER_EVERY_S:
                     await self.discover_streams()
+                    await self.forget_dead_consumers()
                     last_discovery_s = time.monotonic()
                 n = await self._step(block_ms=self.block_ms)
                 backoff_s = 0.1
@@ -176,6 +180,23 @@ class AuditWriter:
         ]
         if found:
             await self.redis.sadd(keys.EVENT_STREAMS, *found)
+
+    async def forget_dead_consumers(self, *, idle_ms: int = DEAD_CONSUMER_IDLE_MS) -> int:
+        """Remove from the group the consumers idle for `idle_ms` with nothing pending (their
+        pending entries, if any, are first claimed by a live writer: XAUTOCLAIM). Returns how many."""
+        removed = 0
+        for stream in await self._streams():
+            for info in await self.redis.xinfo_consumers(stream, GROUP):
+                name = as_text(info.get("name"))
+                if (
+                    name != self.consumer
+                    and int(info.get("pending", 0)) == 0
+                    and int(info.get("idle", 0)) >= idle_ms
+                ):
+                    await self.redis.xgroup_delconsumer(stream, GROUP, name)
+                    removed += 1
+                    log.info("audit writer %s: removed dead consumer %s from %s", self.consumer, name, stream)
+        return removed
 
     async def _step(self, *, block_ms: int | None) -> int:
         # Finished batches are collected (their failure raised) without waiting for running ones;

@@ -199,3 +199,18 @@ async def _until(read, expected: int, *, timeout_s: float = 10) -> None:
         while (value := await read()) != expected:  # noqa: ASYNC110 (polling Postgres: no event to await)
             await asyncio.sleep(0.05)
     assert value == expected
+
+
+async def test_dead_consumers_leave_the_group_and_live_ones_stay(redis, pg) -> None:
+    service = await add_service(pg)
+    await emit_many(redis, [service], 5)
+    gone = AuditWriter(redis, pg, consumer="host-1234")
+    await gone.drain_once()  # read and acknowledged everything: nothing pending
+    await emit_many(redis, [service], 3)
+    busy = AuditWriter(redis, pg, consumer="host-5678")
+    await busy._streams()
+    await redis.xreadgroup(GROUP, "host-5678", {keys.events(service): ">"}, count=1)  # one pending
+    alive = AuditWriter(redis, pg, consumer="host-9999")
+    assert await alive.forget_dead_consumers(idle_ms=0) == 1
+    names = {c["name"] for c in await redis.xinfo_consumers(keys.events(service), GROUP)}
+    assert "host-1234" not in names and "host-5678" in names  # pending entries keep a consumer
