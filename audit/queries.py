@@ -22,6 +22,7 @@ from audit.chain import StoredRow, row_hash, ts_from_ms, ts_to_ms
 from audit.cipher import reveal
 from audit.subjects import ERASED, lookup_subjects, tokens_in
 from core.errors import InvalidParameter
+from core.records import INTERACTION_FIELDS
 
 __all__ = ["AuditEvent", "query_events", "export_events", "interactions_from_audit", "EXPORT_FORMATS"]
 
@@ -325,20 +326,9 @@ WHERE service_sid = $1 AND session_sid = $2 AND type = ANY($3::text[])
 ORDER BY ts, seq
 """
 INTERACTION_EVENT_TYPES: Final = ("interaction.created", "interaction.updated", "interaction.deleted")
-# The Interaction resource's own fields, as the interaction hash (and so its events) holds them.
-INTERACTION_FIELDS: Final = (
-    "sid",
-    "session_sid",
-    "data",
-    "type",
-    "inbound_participant_sid",
-    "inbound_resource_sid",
-    "inbound_resource_status",
-    "inbound_resource_type",
-    "outbound_participant_sid",
-    "outbound_resource_sid",
-    "outbound_resource_status",
-    "outbound_resource_type",
+# The Interaction resource's own fields: the record's (core/records.py) less its bookkeeping.
+RESOURCE_FIELDS: Final = tuple(
+    f for f in INTERACTION_FIELDS if f not in ("outcome", "origin", "created_ms", "updated_ms")
 )
 
 
@@ -401,7 +391,7 @@ async def interactions_from_audit(
     for sid, (_, ix) in latest.items():
         if sid in deleted:
             continue
-        view: dict[str, Any] = {name: ix.get(name) or None for name in INTERACTION_FIELDS}
+        view: dict[str, Any] = {name: ix.get(name) or None for name in RESOURCE_FIELDS}
         view["sid"] = sid
         view["session_sid"] = session_sid
         view["service_sid"] = service_sid

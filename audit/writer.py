@@ -54,6 +54,8 @@ TRANSIENT_ERRORS: Final = (
     asyncio.TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # A connection left mid-operation by a failed call (seen when Postgres stops under load).
+    asyncpg.exceptions.InternalClientError,
     RedisError,
 )
 
@@ -115,8 +117,9 @@ class AuditWriter:
                 backoff_s = 0.1
                 if n == 0 and not await self._streams():
                     await _wait(stop_event, self.block_ms / 1000)
-            except TRANSIENT_ERRORS as exc:
-                log.warning("audit writer %s: %r; retrying in %.1fs", self.consumer, exc, backoff_s)
+            except Exception as exc:  # the writer never dies: what it has not stored stays pending
+                level = logging.WARNING if isinstance(exc, TRANSIENT_ERRORS) else logging.ERROR
+                log.log(level, "audit writer %s: %r; retrying in %.1fs", self.consumer, exc, backoff_s)
                 self._own_pending = True
                 await self._settle()
                 await _wait(stop_event, backoff_s)
@@ -139,7 +142,7 @@ class AuditWriter:
             prefetched.cancel()
             self._own_pending = True
         for task in [t for t in (prefetched,) if t is not None] + inflight:
-            with contextlib.suppress(asyncio.CancelledError, *TRANSIENT_ERRORS):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     async def _finish(self, *, keep: int = 0) -> None:

@@ -1,7 +1,7 @@
 """Session vocabulary: statuses, modes, the participant a caller asks for, the interaction record,
 a Service's relay options, and the routing decision the webhooks render.
 
-INTERACTION_FIELDS and RELAY_SETTING_FIELDS are the one definition of those records: the session
+INTERACTION_FIELDS (from core/records.py) and RELAY_SETTING_FIELDS are the one definition of those records: the session
 Lua scripts receive them as constants (sessions/scripts.py) and write and read them by name."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from enum import StrEnum
 from typing import Any, Final
 
 import orjson
+
+from core.records import INTERACTION_FIELDS
 
 __all__ = [
     "Status",
@@ -107,30 +109,6 @@ class Keyword(StrEnum):
     OPT_OUT = "optout"
     OPT_IN = "optin"
     HELP = "help"
-
-
-# The interaction record (`ml:{KS}:ix:{KI}` and the `interaction.created` event's data). `origin`:
-# inbound (a webhook), api (a proactive MessageInteraction); `outcome` is an Outcome, "proactive",
-# "out_of_session" or "not_relayed" (answered with fallback TwiML: the store failed or stalled).
-# Every field is a string in Redis.
-INTERACTION_FIELDS: Final = (
-    "sid",
-    "session_sid",
-    "type",
-    "data",
-    "outcome",
-    "origin",
-    "inbound_participant_sid",
-    "inbound_resource_sid",
-    "inbound_resource_status",
-    "inbound_resource_type",
-    "outbound_participant_sid",
-    "outbound_resource_sid",
-    "outbound_resource_status",
-    "outbound_resource_type",
-    "created_ms",
-    "updated_ms",
-)
 
 
 def interaction_record(**values: Any) -> dict[str, str]:

@@ -209,3 +209,15 @@ def settings(
         data_dir=test_servers.data_dir,
         embedded="never",
     )
+
+
+@pytest.fixture
+async def relay(settings, redis, pg, fake_twilio):  # type: ignore[no-untyped-def]
+    """The app under test on its real port (relay_harness.Relay), stopped afterwards."""
+    from relay_harness import Relay
+
+    r = await Relay(settings, redis, pg, fake_twilio).start()
+    try:
+        yield r
+    finally:
+        await r.stop()

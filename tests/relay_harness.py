@@ -17,11 +17,12 @@ from aiohttp import web
 from fake_twilio import FakeTwilio
 from signing import post_webhook
 
+from core import keys
 from core.settings import Settings
 from maskline.server import create_app
 from relay.credentials import create_key
 
-__all__ = ["Relay", "sms_params", "call_params", "parse"]
+__all__ = ["Relay", "sms_params", "call_params", "parse", "world", "message_of", "events_of"]
 
 # Valid US numbers: participants and pool numbers.
 CUSTOMER = "+14155550101"
@@ -198,3 +199,22 @@ class Relay:
         return await self.post(
             "/twilio/voice", call_params(self.settings.twilio_account_sid, from_, to, **kw)
         )
+
+
+async def world(relay: Relay, **service: object) -> tuple[str, dict[str, Any]]:
+    """A Service with PROXY_A and PROXY_B and a session between CUSTOMER and COURIER."""
+    ks = await relay.service(**service)
+    await relay.numbers(ks, PROXY_A, PROXY_B)
+    sess = await relay.session(ks, CUSTOMER, COURIER)
+    return ks, sess
+
+
+def message_of(xml: str) -> ET.Element | None:
+    root = parse(xml)
+    assert root.tag == "Response"
+    return root.find("Message")
+
+
+async def events_of(redis: aioredis.Redis, ks: str) -> list[tuple[str, dict[str, Any]]]:
+    entries = await redis.xrange(keys.events(ks))
+    return [(f["type"], orjson.loads(f["data"])) for _, f in entries]

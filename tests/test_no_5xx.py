@@ -10,7 +10,7 @@ import base64
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -45,15 +45,6 @@ BODY_CASES = FORM_CASES + JSON_CASES
 # RFC 3986: unreserved, reserved and percent-encoded octets only.
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
 _LOGGERS = ("maskline", "aiohttp")
-
-
-@pytest.fixture
-async def relay(settings, redis, pg, fake_twilio) -> AsyncIterator[Relay]:
-    r = await Relay(settings, redis, pg, fake_twilio).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 @pytest.fixture

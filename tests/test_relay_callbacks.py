@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import orjson
-import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from relay_harness import (
     COURIER,
@@ -19,38 +16,10 @@ from relay_harness import (
     PROXY_B,
     PROXY_C,
     Relay,
+    message_of,
     parse,
+    world,
 )
-
-from core import keys
-
-
-@pytest.fixture
-async def relay(settings, redis, pg, fake_twilio) -> AsyncIterator[Relay]:
-    r = await Relay(settings, redis, pg, fake_twilio).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-async def _world(relay: Relay, **service: object) -> tuple[str, dict]:
-    ks = await relay.service(**service)
-    await relay.numbers(ks, PROXY_A, PROXY_B)
-    sess = await relay.session(ks, CUSTOMER, COURIER)
-    return ks, sess
-
-
-def _message(xml: str):
-    root = parse(xml)
-    assert root.tag == "Response"
-    return root.find("Message")
-
-
-async def _events(redis: aioredis.Redis, ks: str) -> list[tuple[str, dict]]:
-    entries = await redis.xrange(keys.events(ks))
-    return [(f["type"], orjson.loads(f["data"])) for _, f in entries]
-
 
 # ------------------------------------------------------------------------------------------ intercept
 
@@ -64,9 +33,9 @@ async def test_intercept_403_blocks_and_anything_else_lets_through(relay: Relay)
         return web.Response(status=verdict["status"])
 
     url = relay.fake.route("POST", "/intercept", decide)
-    ks, sess = await _world(relay, InterceptCallbackUrl=url)
+    ks, sess = await world(relay, InterceptCallbackUrl=url)
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "blocked one")
-    assert _message(xml) is None
+    assert message_of(xml) is None
     assert seen[0]["interactionServiceSid"] == ks
     assert seen[0]["inboundParticipantSid"] == sess["participants"][CUSTOMER]
     ix = (await relay.interactions(ks, sess["sid"]))[0]
@@ -74,7 +43,7 @@ async def test_intercept_403_blocks_and_anything_else_lets_through(relay: Relay)
 
     verdict["status"] = 500
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "allowed one")
-    assert _message(xml).get("to") == COURIER
+    assert message_of(xml).get("to") == COURIER
 
     verdict["status"] = 403
     _, xml = await relay.call(CUSTOMER, sess["proxy"][CUSTOMER])
@@ -87,11 +56,11 @@ async def test_intercept_timeout_lets_the_interaction_through(relay: Relay) -> N
         return web.Response(status=403)
 
     url = relay.fake.route("POST", "/slow-intercept", slow)
-    ks, sess = await _world(relay, InterceptCallbackUrl=url)
+    ks, sess = await world(relay, InterceptCallbackUrl=url)
     started = time.monotonic()
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi")
     elapsed = time.monotonic() - started
-    assert _message(xml).get("to") == COURIER
+    assert message_of(xml).get("to") == COURIER
     assert elapsed < relay.settings.webhook_deadline_s + 0.5
 
 
@@ -109,10 +78,10 @@ async def test_out_of_session_callback_twiml_is_obeyed_with_previous_session_fie
         )
 
     url = relay.fake.route("POST", "/oos", oos)
-    ks, sess = await _world(relay, OutOfSessionCallbackUrl=url)
+    ks, sess = await world(relay, OutOfSessionCallbackUrl=url)
     await relay.api("POST", f"/v1/Services/{ks}/Sessions/{sess['sid']}", {"Status": "closed"})
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "still there?")
-    assert _message(xml).text == "Call support on the app"
+    assert message_of(xml).text == "Call support on the app"
     form = got[0]
     assert form["Body"] == "still there?" and form["From"] == CUSTOMER and form["FromCity"] == "SAN FRANCISCO"
     assert form["interactionSessionSid"] == sess["sid"]
@@ -130,7 +99,7 @@ async def test_out_of_session_auto_create_keeps_the_dialled_proxy_number(relay: 
     await relay.numbers(ks, PROXY_A, PROXY_B, PROXY_C)
     # A stranger texts PROXY_C, which is not the least-used choice the pool would make.
     status, xml = await relay.sms(HOST, PROXY_C, "I need help with my order")
-    msg = _message(xml)
+    msg = message_of(xml)
     assert msg.get("to") == COURIER
     status, page = await relay.api("GET", f"/v1/Services/{ks}/Sessions")
     (session,) = page["sessions"]
@@ -141,7 +110,7 @@ async def test_out_of_session_auto_create_keeps_the_dialled_proxy_number(relay: 
     assert msg.get("from") == proxies[COURIER]
     # And the courier's reply goes back to the customer through it.
     _, xml = await relay.sms(COURIER, proxies[COURIER], "On it")
-    assert (_message(xml).get("to"), _message(xml).get("from")) == (HOST, PROXY_C)
+    assert (message_of(xml).get("to"), message_of(xml).get("from")) == (HOST, PROXY_C)
 
 
 # ------------------------------------------------------------------------------------------ callbacks
@@ -158,11 +127,11 @@ async def test_callback_url_gets_each_interaction_without_delaying_the_relay(rel
         return web.Response(status=500)
 
     url = relay.fake.route("POST", "/callback", slow_callback)
-    ks, sess = await _world(relay, CallbackUrl=url)
+    ks, sess = await world(relay, CallbackUrl=url)
     started = time.monotonic()
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi")
     assert time.monotonic() - started < 1.0
-    assert _message(xml).get("to") == COURIER
+    assert message_of(xml).get("to") == COURIER
     await asyncio.wait_for(arrived.wait(), 5)
     form = got[0]
     assert form["interactionServiceSid"] == ks and form["interactionSessionSid"] == sess["sid"]

@@ -4,25 +4,14 @@ the hand-built TwiML checked against twilio.twiml."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 
 import orjson
-import pytest
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from core import keys
 from relay import twiml
-
-
-@pytest.fixture
-async def relay(settings, redis, pg, fake_twilio) -> AsyncIterator[Relay]:
-    r = await Relay(settings, redis, pg, fake_twilio).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 async def _world(relay: Relay) -> tuple[str, dict]:

@@ -7,10 +7,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 
-import orjson
-import pytest
 import redis.asyncio as aioredis
 from relay_harness import (
     COURIER,
@@ -20,51 +17,25 @@ from relay_harness import (
     PROXY_B,
     Relay,
     call_params,
+    message_of,
     parse,
     sms_params,
+    world,
 )
 
 from core import keys
-
-
-@pytest.fixture
-async def relay(settings, redis, pg, fake_twilio) -> AsyncIterator[Relay]:
-    r = await Relay(settings, redis, pg, fake_twilio).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-async def _world(relay: Relay, **service: object) -> tuple[str, dict]:
-    ks = await relay.service(**service)
-    await relay.numbers(ks, PROXY_A, PROXY_B)
-    sess = await relay.session(ks, CUSTOMER, COURIER)
-    return ks, sess
-
-
-def _message(xml: str):
-    root = parse(xml)
-    assert root.tag == "Response"
-    return root.find("Message")
-
-
-async def _events(redis: aioredis.Redis, ks: str) -> list[tuple[str, dict]]:
-    entries = await redis.xrange(keys.events(ks))
-    return [(f["type"], orjson.loads(f["data"])) for _, f in entries]
-
 
 # ------------------------------------------------------------------------------------------ retries, signatures
 
 
 async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     params = sms_params(
         relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "once", sid="SM" + "1" * 32
     )
     _, first = await relay.post("/twilio/sms", params)
     _, second = await relay.post("/twilio/sms", params)
-    assert first == second and _message(first).get("to") == COURIER
+    assert first == second and message_of(first).get("to") == COURIER
     assert len(await relay.interactions(ks, sess["sid"])) == 1
 
     # A retry while the first is still being handled (marker set, no answer yet): empty TwiML.
@@ -82,7 +53,7 @@ async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Rela
 
 
 async def test_unsigned_and_tampered_webhooks_are_refused_and_not_acted_on(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     params = sms_params(relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi")
     assert relay.http is not None
     async with relay.http.post(relay.url + "/twilio/sms", data=params) as resp:
@@ -132,7 +103,7 @@ async def test_signature_over_public_url_without_default_port(settings, redis, p
             )
             status, xml = await relay.post("/twilio/sms", params, signed_url=signed)
             assert status == 200, signed
-            assert _message(xml).get("to") == COURIER
+            assert message_of(xml).get("to") == COURIER
         # Signed over the address the app listens on, not its public URL: refused.
         local = sms_params(settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "hi")
         assert (await relay.post("/twilio/sms", local, signed_url=relay.local + "/twilio/sms"))[0] == 403
@@ -195,7 +166,7 @@ async def test_slow_redis_is_cut_at_the_deadline(settings, redis, pg, fake_twili
 
 async def test_logs_never_contain_a_full_phone_number(relay: Relay, caplog) -> None:
     caplog.set_level(logging.DEBUG)
-    ks, sess = await _world(relay, InterceptCallbackUrl=relay.fake.route("POST", "/i", None))
+    ks, sess = await world(relay, InterceptCallbackUrl=relay.fake.route("POST", "/i", None))
     await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi")
     await relay.sms(HOST, sess["proxy"][CUSTOMER], "stranger")
     await relay.sms(CUSTOMER, "+14155550299", "unknown number")

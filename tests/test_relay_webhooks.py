@@ -5,11 +5,7 @@ signatures and faults: test_relay_retries.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
-import pytest
-import redis.asyncio as aioredis
 from relay_harness import (
     COURIER,
     CUSTOMER,
@@ -19,49 +15,24 @@ from relay_harness import (
     PROXY_B,
     Relay,
     call_params,
+    events_of,
+    message_of,
     parse,
+    world,
 )
 
 from core import keys
-
-
-@pytest.fixture
-async def relay(settings, redis, pg, fake_twilio) -> AsyncIterator[Relay]:
-    r = await Relay(settings, redis, pg, fake_twilio).start()
-    try:
-        yield r
-    finally:
-        await r.stop()
-
-
-async def _world(relay: Relay, **service: object) -> tuple[str, dict]:
-    ks = await relay.service(**service)
-    await relay.numbers(ks, PROXY_A, PROXY_B)
-    sess = await relay.session(ks, CUSTOMER, COURIER)
-    return ks, sess
-
-
-def _message(xml: str):
-    root = parse(xml)
-    assert root.tag == "Response"
-    return root.find("Message")
-
-
-async def _events(redis: aioredis.Redis, ks: str) -> list[tuple[str, dict]]:
-    entries = await redis.xrange(keys.events(ks))
-    return [(f["type"], orjson.loads(f["data"])) for _, f in entries]
-
 
 # ------------------------------------------------------------------------------------------ texts
 
 
 async def test_courier_and_customer_texts_reach_each_other_from_proxy_numbers(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     proxy = sess["proxy"]
 
     status, xml = await relay.sms(CUSTOMER, proxy[CUSTOMER], "Where are you? <3 & co")
     assert status == 200
-    msg = _message(xml)
+    msg = message_of(xml)
     assert msg.get("to") == COURIER
     assert msg.get("from") == proxy[COURIER]
     assert msg.text == "Where are you? <3 & co"
@@ -69,7 +40,7 @@ async def test_courier_and_customer_texts_reach_each_other_from_proxy_numbers(re
     assert callback.startswith(f"{relay.url}/twilio/status/message?Service={ks}&Interaction=KI")
 
     status, xml = await relay.sms(COURIER, proxy[COURIER], "Two minutes away")
-    msg = _message(xml)
+    msg = message_of(xml)
     assert (msg.get("to"), msg.get("from"), msg.text) == (CUSTOMER, proxy[CUSTOMER], "Two minutes away")
 
     ixs = await relay.interactions(ks, sess["sid"])
@@ -110,7 +81,7 @@ async def test_courier_and_customer_texts_reach_each_other_from_proxy_numbers(re
     )
     assert fetched["outbound_resource_status"] == "delivered"
 
-    types = [t for t, _ in await _events(relay.redis, ks)]
+    types = [t for t, _ in await events_of(relay.redis, ks)]
     assert types.count("interaction.created") == 2
     assert "interaction.updated" in types
 
@@ -119,13 +90,13 @@ async def test_courier_and_customer_texts_reach_each_other_from_proxy_numbers(re
 
 
 async def test_mms_relays_every_media_url(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     media = (
         "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
         "https://example.com/b?x=1&y=2",
     )
     status, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "look", media=media)
-    msg = _message(xml)
+    msg = message_of(xml)
     assert msg.find("Body").text == "look"
     assert [m.text for m in msg.findall("Media")] == list(media)
     ix = (await relay.interactions(ks, sess["sid"]))[0]
@@ -140,15 +111,15 @@ async def test_two_sessions_sharing_one_proxy_number_route_by_sender(relay: Rela
     assert a["proxy"][CUSTOMER] == b["proxy"][HOST] == PROXY_A
     _, xml1 = await relay.sms(CUSTOMER, PROXY_A, "to courier")
     _, xml2 = await relay.sms(HOST, PROXY_A, "to guest")
-    assert _message(xml1).get("to") == COURIER
-    assert _message(xml2).get("to") == GUEST
+    assert message_of(xml1).get("to") == COURIER
+    assert message_of(xml2).get("to") == GUEST
 
 
 async def test_stranger_texting_a_proxy_number_gets_polite_reply_and_nothing_is_relayed(relay: Relay) -> None:
-    ks, sess = await _world(relay, OutOfSessionMessage="Sorry, this chat has ended.")
+    ks, sess = await world(relay, OutOfSessionMessage="Sorry, this chat has ended.")
     status, xml = await relay.sms(HOST, sess["proxy"][CUSTOMER], "hi, who is this?")
     assert status == 200
-    msg = _message(xml)
+    msg = message_of(xml)
     assert msg.get("to") is None and msg.text == "Sorry, this chat has ended."
     status, xml = await relay.call(HOST, sess["proxy"][CUSTOMER])
     root = parse(xml)
@@ -164,20 +135,20 @@ async def test_stranger_texting_a_proxy_number_gets_polite_reply_and_nothing_is_
 
 
 async def test_participant_texting_the_wrong_proxy_number_is_not_relayed(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     # A pool number of the Service, but not the one the customer was given.
     wrong = PROXY_B if sess["proxy"][CUSTOMER] == PROXY_A else PROXY_A
     _, xml = await relay.sms(CUSTOMER, wrong, "hello?")
-    assert "to=" not in xml and _message(xml).text.startswith("This conversation has ended")
+    assert "to=" not in xml and message_of(xml).text.startswith("This conversation has ended")
     assert await relay.interactions(ks, sess["sid"]) == []
 
 
 async def test_closed_and_cooling_off_session_is_never_relayed(relay: Relay) -> None:
-    ks, sess = await _world(relay, CoolOff=3600)
+    ks, sess = await world(relay, CoolOff=3600)
     status, _ = await relay.api("POST", f"/v1/Services/{ks}/Sessions/{sess['sid']}", {"Status": "closed"})
     assert status == 200
     _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "are you there?")
-    assert "Dial" not in xml and _message(xml).get("to") is None
+    assert "Dial" not in xml and message_of(xml).get("to") is None
     _, xml = await relay.call(COURIER, sess["proxy"][COURIER])
     assert parse(xml).find("Dial") is None
     # The pair is still held (cooling off) by the closed session: a new session cannot take it.
@@ -193,14 +164,14 @@ async def test_mode_refusals(relay: Relay) -> None:
     root = parse(xml)
     assert root.find("Dial") is None and "text messages" in root.find("Say").text
     _, xml = await relay.sms(HOST, calls["proxy"][HOST], "hi")
-    assert _message(xml).get("to") is None and "calls" in _message(xml).text
+    assert message_of(xml).get("to") is None and "calls" in message_of(xml).text
 
 
 # ------------------------------------------------------------------------------------------ calls
 
 
 async def test_call_dials_the_other_party_with_the_proxy_number_as_caller_id(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     proxy = sess["proxy"]
     status, xml = await relay.call(CUSTOMER, proxy[CUSTOMER])
     assert status == 200
@@ -228,7 +199,7 @@ async def test_call_dials_the_other_party_with_the_proxy_number_as_caller_id(rel
 
 
 async def test_busy_callee_is_recorded(relay: Relay) -> None:
-    ks, sess = await _world(relay)
+    ks, sess = await world(relay)
     _, xml = await relay.call(COURIER, sess["proxy"][COURIER])
     action = parse(xml).find("Dial").get("action")
     await relay.post(action[len(relay.url) :], {"DialCallStatus": "busy", "DialCallSid": "CA" + "e" * 32})
@@ -237,7 +208,7 @@ async def test_busy_callee_is_recorded(relay: Relay) -> None:
 
 
 async def test_call_options_time_limit_whisper_and_recording_consent(relay: Relay) -> None:
-    ks, sess = await _world(
+    ks, sess = await world(
         relay, CallTimeLimit=600, Whisper="Call from your Maskline customer", RecordCalls="true",
         RecordingConsent="This call is recorded for quality.",
     )  # fmt: skip
@@ -261,19 +232,21 @@ async def test_call_options_time_limit_whisper_and_recording_consent(relay: Rela
 
 
 async def test_stop_is_never_forwarded_and_is_honoured_until_start(relay: Relay) -> None:
-    ks, sess = await _world(relay, HelpMessage="Maskline: texts relay to your courier.")
+    ks, sess = await world(relay, HelpMessage="Maskline: texts relay to your courier.")
     proxy = sess["proxy"]
     _, xml = await relay.sms(CUSTOMER, proxy[CUSTOMER], "  Stop ")
-    assert _message(xml) is None
+    assert message_of(xml) is None
     # The courier's texts no longer reach the customer from that number.
     _, xml = await relay.sms(COURIER, proxy[COURIER], "hello?")
-    assert _message(xml) is None
+    assert message_of(xml) is None
     _, xml = await relay.sms(CUSTOMER, proxy[CUSTOMER], "help")
-    assert _message(xml).text == "Maskline: texts relay to your courier." and _message(xml).get("to") is None
+    assert (
+        message_of(xml).text == "Maskline: texts relay to your courier." and message_of(xml).get("to") is None
+    )
     _, xml = await relay.sms(CUSTOMER, proxy[CUSTOMER], "START")
-    assert _message(xml) is None
+    assert message_of(xml) is None
     _, xml = await relay.sms(COURIER, proxy[COURIER], "back again")
-    assert _message(xml).get("to") == CUSTOMER
+    assert message_of(xml).get("to") == CUSTOMER
     ixs = await relay.interactions(ks, sess["sid"])
     assert len(ixs) == 5  # STOP, the blocked text, HELP, START and the relayed text are all recorded
     assert sum(1 for ix in ixs if ix["outbound_resource_status"] == "failed") == 4
