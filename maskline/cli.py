@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "relay",
         "signed inbound SMS webhooks per second and latency, against a bare aiohttp handler",
     )
+    b_auth = _add(
+        bench_sub, "auth", "webhook latency while 30 clients guess API secrets; login timing oracle"
+    )
+    b_auth.add_argument("--redis-db", type=int, default=8, help="Redis DB number the bench may flush")
     b_audit = _add(bench_sub, "audit", "audit writer events per second and query latency by phone number")
     b_audit.add_argument(
         "--events", type=int, default=1_000_000, help="events stored for the query benchmark"
