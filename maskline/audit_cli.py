@@ -18,13 +18,14 @@ from typing import Any, Final
 import asyncpg
 import redis.asyncio as aioredis
 
-from audit.erase import erase_number
-from audit.queries import EXPORT_FORMATS, export_events
+from audit.queries import EXPORT_FORMATS, AuditEvent, export_events
 from audit.retention import prune
 from audit.verify import verify
 from audit.writer import AuditWriter
+from core.errors import InvalidParameter
 from core.events import emit_event
 from core.settings import Settings
+from maskline.erasure import erase_everywhere
 
 __all__ = ["add_audit_commands", "run", "parse_duration"]
 
@@ -59,7 +60,9 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
     check = sub.add_parser("verify", help="recompute the hash chains; exit 1 at a broken link")
     check.add_argument("--service", help="only this Service's chains (KS...)")
 
-    erase = sub.add_parser("erase", help="erase a person's number (GDPR); audited")
+    erase = sub.add_parser(
+        "erase", help="erase a person's number everywhere (Redis, then the audit log; GDPR); audited"
+    )
     erase.add_argument("--number", required=True, help="E.164, e.g. +15551234567")
     erase.add_argument("--actor", default=getpass.getuser(), help="who asked (recorded in the log)")
 
@@ -90,9 +93,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if command == "verify":
             return await _verify(args, pg)
         if command == "erase":
-            count = await erase_number(pg, args.number, actor=args.actor)
-            print(f"erased {args.number}: {count} stored events no longer reveal it")
-            return 0
+            return await _erase(args, redis, pg)
         if command == "prune":
             dropped = await prune(pg, older_than=args.older_than, actor=getpass.getuser())
             print(f"dropped {len(dropped)} partition(s): {', '.join(dropped) or '-'}")
@@ -115,6 +116,39 @@ async def _writer(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.P
     print(f"audit writer {args.consumer} running; Ctrl-C to stop", file=sys.stderr)
     await writer.run(stop)
     print(f"audit writer stopped after storing {writer.stored} events", file=sys.stderr)
+    return 0
+
+
+async def _erase(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.Pool) -> int:
+    """Redis, then the writer catches up, then Postgres, then the check (maskline/erasure.py)."""
+    try:
+        report = await erase_everywhere(redis, pg, args.number, actor=args.actor)
+    except InvalidParameter as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 2
+    r = report.redis
+    print(
+        f"redis: {r.sessions_deleted} session(s) deleted ({r.sessions_closed} live, closed first), "
+        f"{r.keys_deleted} key(s) deleted ({r.participants} participant(s), {r.pairs} pair(s), "
+        f"{r.last} sticky, {r.optouts} opt-out(s)) in {r.services} Service(s)"
+    )
+    print(
+        f"audit writer caught up: {report.drained.stored} entries stored, "
+        f"{report.dead_letters} dead letter(s) deleted"
+    )
+    print(f"erased {args.number}: {report.events} stored events no longer reveal it")
+    if report.drained.left:
+        print(
+            f"WARNING: {report.drained.left} event(s) were still waiting in Redis; "
+            "repeat the erasure once the audit writer has caught up",
+            file=sys.stderr,
+        )
+    if report.copies:
+        print(f"LEFT: {len(report.copies)} copies of the number were found after the erasure:")
+        for copy in report.copies:
+            print(f"  {copy}")
+        return 1
+    print("check: no copy of the number is left in Redis (ml:*) or Postgres")
     return 0
 
 
@@ -142,8 +176,9 @@ async def _export(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.P
     # Blocking file I/O is fine here: the CLI process does nothing else meanwhile.
     out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: ASYNC230
     written = lines = 0
+    flagged: list[AuditEvent] = []
     try:
-        async for chunk in export_events(pg, fmt=args.format, **filters):
+        async for chunk in export_events(pg, fmt=args.format, on_flag=flagged.append, **filters):
             out.write(chunk)
             written += len(chunk)
             lines += chunk.count(b"\n")
@@ -173,4 +208,9 @@ async def _export(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.P
             "numbers": numbers,
         },
     )
+    if flagged:
+        print(f"{len(flagged)} row(s) could not be trusted and are flagged in the export:", file=sys.stderr)
+        for e in flagged[:20]:
+            print(f"  {e.id} ({e.ts.isoformat()}): {e.flag}", file=sys.stderr)
+        return 1
     return 0
