@@ -105,6 +105,25 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
         return error_response(20500, "internal error; it has been logged", 500)
 
 
+# A refused guesser answered at once just guesses faster: its 429 waits a second (a sleeping
+# request costs no CPU), so guessing clients cannot crowd the webhooks off the event loop. Bounded:
+# past that many waiting, the 429 goes at once.
+TARPIT_S: Final = 1.0
+_TARPIT_MAX: Final = 2_000
+_tarpitted = 0
+
+
+async def _tarpit() -> None:
+    global _tarpitted
+    if _tarpitted >= _TARPIT_MAX:
+        return
+    _tarpitted += 1
+    try:
+        await asyncio.sleep(TARPIT_S)
+    finally:
+        _tarpitted -= 1
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """HTTP Basic with an API key on the REST API (/v1/...); webhooks check signatures instead.
@@ -120,6 +139,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         except TooManyAttempts as err:
             response = error_response(20429, err.message, 429)
             response.headers["Retry-After"] = str(err.retry_after_s)
+            await _tarpit()
             return response
         if key is None:
             response = error_response(
