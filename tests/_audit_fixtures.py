@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from core.events import emit_event
 
-__all__ = ["TcpProxy", "emit_many", "add_service", "count_rows", "new_sid"]
+__all__ = ["TcpProxy", "emit_many", "add_service", "count_rows", "new_sid", "final_outcomes"]
 
 
 def new_sid(prefix: str) -> str:
@@ -99,3 +99,26 @@ async def count_rows(pg: asyncpg.Pool) -> tuple[int, int]:
     """(rows, distinct ids) in audit_events."""
     row = await pg.fetchrow("SELECT count(*) AS n, count(DISTINCT id) AS d FROM audit_events")
     return int(row["n"]), int(row["d"])
+
+
+async def final_outcomes(pg: asyncpg.Pool, service_sid: str) -> dict[str, str]:
+    """The audit log's last word on each inbound text or call of a Service: MessageSid / CallSid
+    -> the outcome of its interaction's latest created/updated event."""
+    from audit.queries import query_events
+
+    final: dict[str, str] = {}
+    cursor = None
+    while True:
+        events, cursor = await query_events(
+            pg,
+            service_sids={service_sid},
+            types=["interaction.created", "interaction.updated"],
+            limit=1000,
+            cursor=cursor,
+        )
+        for e in events:
+            sid = e.data.get("inbound_resource_sid")
+            if sid and e.data.get("outcome"):
+                final[sid] = e.data["outcome"]
+        if cursor is None:
+            return final

@@ -19,11 +19,11 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from _audit_fixtures import final_outcomes
 from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, parse, sms_params
 from signing import post_webhook
 
-from audit.queries import query_events
 from audit.writer import AuditWriter
 from core import keys
 from relay.credentials import create_key
@@ -153,21 +153,7 @@ async def test_kill_9_under_load_fakes_nothing_and_loses_nothing(settings, pg, p
         writer = AuditWriter(r, pg, consumer="kill-test", claim_idle_ms=0)
         while await writer.drain_once():
             pass
-        final: dict[str, str] = {}
-        cursor = None
-        while True:
-            events, cursor = await query_events(
-                pg,
-                service_sids={ks},
-                types=["interaction.created", "interaction.updated"],
-                limit=1000,
-                cursor=cursor,
-            )
-            for e in events:
-                if e.data.get("inbound_resource_sid") and e.data.get("outcome"):
-                    final[e.data["inbound_resource_sid"]] = e.data["outcome"]
-            if cursor is None:
-                break
+        final = await final_outcomes(pg, ks)
 
         print(f"\n{Counter(answers.values())} answers; audit {Counter(final.values())}")
         assert Counter(answers.values())["none"], "the kill should have cut some webhooks off"

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from _audit_fixtures import final_outcomes
 from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay, parse
 
-from audit.queries import query_events
 from audit.writer import AuditWriter
 from core import keys
 from relay.state import RELAY
@@ -115,22 +115,7 @@ async def test_redis_stall_changes_nothing_answered_failed_and_accounts_for_ever
         await _drain_audit(r, pg)
 
         # The audit log: the final outcome of every interaction, by the MessageSid it answered.
-        final: dict[str, str] = {}
-        cursor = None
-        while True:
-            events, cursor = await query_events(
-                pg,
-                service_sids={ks},
-                types=["interaction.created", "interaction.updated"],
-                limit=1000,
-                cursor=cursor,
-            )
-            for e in events:
-                sid = e.data.get("inbound_resource_sid")
-                if sid and e.data.get("outcome"):
-                    final[sid] = e.data["outcome"]
-            if cursor is None:
-                break
+        final = await final_outcomes(pg, ks)
 
         fell_back = [sid for sid, relayed in answers.items() if not relayed]
         phantoms = [sid for sid in fell_back if final.get(sid) == "relay"]
