@@ -16,7 +16,14 @@ import aiohttp
 from core.errors import MasklineError
 from pool.numbers import mask
 
-__all__ = ["TwilioMessages", "TwilioSendError", "RETRY_STATUSES"]
+__all__ = [
+    "TwilioMessages",
+    "TwilioSendError",
+    "RETRY_STATUSES",
+    "TwilioRefused",
+    "TwilioUnavailable",
+    "twilio_request",
+]
 
 log = logging.getLogger("maskline.outbound")
 
@@ -67,31 +74,80 @@ class TwilioMessages:
         form.extend(("MediaUrl", url) for url in media_urls)
         if status_callback:
             form.append(("StatusCallback", status_callback))
-        last = "no attempt made"
-        for attempt in range(self.attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                async with self.http.post(
-                    self.url, data=form, headers=self.headers, timeout=self.timeout
-                ) as resp:
-                    payload = await _json(resp)
-                    if resp.status < 300:
-                        return payload
-                    code = int(payload.get("code") or 20500)
-                    message = str(payload.get("message") or resp.reason or "error")
-                    if resp.status not in RETRY_STATUSES:
-                        raise TwilioSendError(f"Twilio refused the message: {message}", code=code, status=400)
-                    last = f"HTTP {resp.status} ({code} {message})"
-                    retry_after = resp.headers.get("Retry-After", "")
-                    if retry_after.isdigit():
-                        await asyncio.sleep(min(float(retry_after), 5.0))
-            except (aiohttp.ClientError, TimeoutError) as err:
-                last = f"{type(err).__name__}: {err}"
-            log.warning(
-                "Messages.json to %s attempt %d/%d failed: %s", mask(to), attempt + 1, self.attempts, last
+        try:
+            return await twilio_request(
+                self.http,
+                "POST",
+                self.url,
+                form=form,
+                headers=self.headers,
+                request_timeout=self.timeout,
+                attempts=self.attempts,
+                backoff_s=self.backoff_s,
+                describe=f"Messages.json to {mask(to)}",
             )
-        raise TwilioSendError(f"Twilio's Messages API stayed unavailable ({last}); retry later")
+        except TwilioRefused as err:
+            raise TwilioSendError(
+                f"Twilio refused the message: {err.message}", code=err.code, status=400
+            ) from None
+        except TwilioUnavailable as err:
+            raise TwilioSendError(
+                f"Twilio's Messages API stayed unavailable ({err.last}); retry later"
+            ) from None
+
+
+class TwilioRefused(Exception):
+    """Twilio answered a final 4xx (not 429): retrying will not change its mind."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(f"HTTP {status} ({code} {message})")
+        self.status, self.code, self.message = status, code, message
+
+
+class TwilioUnavailable(Exception):
+    """Twilio kept answering 429 / 5xx, or could not be reached, through every attempt."""
+
+    def __init__(self, last: str) -> None:
+        super().__init__(last)
+        self.last = last
+
+
+async def twilio_request(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    form: list[tuple[str, str]] | None,
+    headers: dict[str, str],
+    request_timeout: aiohttp.ClientTimeout,
+    attempts: int,
+    backoff_s: float,
+    describe: str,
+) -> dict[str, Any]:
+    """One call to Twilio's REST API: its JSON on success; TwilioRefused at once for a final 4xx;
+    429, 5xx and network errors retried with exponential back-off (Retry-After honoured, up to
+    5 s), then TwilioUnavailable. Each failed attempt is logged as `describe`."""
+    last = "no attempt made"
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+        try:
+            async with http.request(method, url, data=form, headers=headers, timeout=request_timeout) as resp:
+                payload = await _json(resp)
+                if resp.status < 300:
+                    return payload
+                code = int(payload.get("code") or 20500)
+                message = str(payload.get("message") or resp.reason or "error")
+                if resp.status not in RETRY_STATUSES:
+                    raise TwilioRefused(resp.status, code, message)
+                last = f"HTTP {resp.status} ({code} {message})"
+                retry_after = resp.headers.get("Retry-After", "")
+                if retry_after.isdigit():
+                    await asyncio.sleep(min(float(retry_after), 5.0))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            last = f"{type(err).__name__}: {err}"
+        log.warning("%s attempt %d/%d failed: %s", describe, attempt + 1, attempts, last)
+    raise TwilioUnavailable(last)
 
 
 async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:

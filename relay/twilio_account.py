@@ -24,7 +24,7 @@ import aiohttp
 
 from core.errors import InvalidParameter, MasklineError, NotFound
 from pool.registry import PN_SID, proxy_capabilities
-from relay.outbound import RETRY_STATUSES
+from relay.outbound import TwilioRefused, TwilioUnavailable, twilio_request
 
 __all__ = [
     "TwilioAccount",
@@ -283,42 +283,29 @@ class TwilioAccount:
     async def _attempts(
         self, method: str, url: str, *, what: str, form: list[tuple[str, str]] | None, sid: str | None
     ) -> dict[str, Any]:
-        last = "no attempt made"
-        for attempt in range(self.attempts):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                async with self.http.request(
-                    method, url, data=form, headers=self.headers, timeout=self.timeout
-                ) as resp:
-                    payload = await _json(resp)
-                    if resp.status < 300:
-                        return payload
-                    code = int(payload.get("code") or 20500)
-                    message = str(payload.get("message") or resp.reason or "error")
-                    if resp.status == 404 and sid is not None:
-                        raise IncomingNumberNotFound(
-                            f"Phone Number SID {sid} is not associated with the Account SID {self.account_sid}"
-                        )
-                    if resp.status not in RETRY_STATUSES:
-                        raise TwilioAccountError(
-                            f"Twilio refused to {what}: HTTP {resp.status} ({code} {message})",
-                            twilio_code=code,
-                            twilio_status=resp.status,
-                        )
-                    last = f"HTTP {resp.status} ({code} {message})"
-                    retry_after = resp.headers.get("Retry-After", "")
-                    if retry_after.isdigit():
-                        await asyncio.sleep(min(float(retry_after), 5.0))
-            except (aiohttp.ClientError, TimeoutError) as err:
-                last = f"{type(err).__name__}: {err}"
-            log.warning("%s: attempt %d/%d failed: %s", what, attempt + 1, self.attempts, last)
-        raise TwilioAccountError(f"Twilio's API stayed unavailable, could not {what} ({last}); retry later")
-
-
-async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    try:
-        data = await resp.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        try:
+            return await twilio_request(
+                self.http,
+                method,
+                url,
+                form=form,
+                headers=self.headers,
+                request_timeout=self.timeout,
+                attempts=self.attempts,
+                backoff_s=self.backoff_s,
+                describe=what,
+            )
+        except TwilioRefused as err:
+            if err.status == 404 and sid is not None:
+                raise IncomingNumberNotFound(
+                    f"Phone Number SID {sid} is not associated with the Account SID {self.account_sid}"
+                ) from None
+            raise TwilioAccountError(
+                f"Twilio refused to {what}: HTTP {err.status} ({err.code} {err.message})",
+                twilio_code=err.code,
+                twilio_status=err.status,
+            ) from None
+        except TwilioUnavailable as err:
+            raise TwilioAccountError(
+                f"Twilio's API stayed unavailable, could not {what} ({err.last}); retry later"
+            ) from None
