@@ -25,7 +25,7 @@ from relay.fallbacks import FallbackRecorder
 from relay.outbound import TwilioMessages
 from relay.twilio_account import TwilioAccount
 from sessions.interactions import InteractionStore
-from sessions.models import Replay
+from sessions.models import Replay, seen_value
 from sessions.routing import Router
 from sessions.services import ServiceStore
 from sessions.store import SessionStore
@@ -66,7 +66,7 @@ class AnswerWriter:
         """How to answer a retry of `resource_sid` (never the TwiML: route_inbound.lua)."""
         if not resource_sid:
             return  # no MessageSid / CallSid: never de-duplicated
-        self._pending.append((keys.seen(service_sid, resource_sid), f"{replay.value}:{interaction_sid}"))
+        self._pending.append((keys.seen(service_sid, resource_sid), seen_value(replay, interaction_sid)))
         if self._task is None:
             self._task = asyncio.create_task(self._flush())
 

@@ -24,6 +24,7 @@ __all__ = [
     "Outcome",
     "Keyword",
     "Replay",
+    "seen_value",
     "INTERACTION_FIELDS",
     "interaction_record",
     "RELAY_SETTING_FIELDS",
@@ -102,6 +103,12 @@ class Replay(StrEnum):
     OUT_OF_SESSION = "oos"  # the Service's out-of-session message
     MODE = "mode"  # "this number only accepts texts / calls"
     CUSTOM = "custom"  # TwiML from the Service's endpoint: not kept, a retry gets nothing
+
+
+def seen_value(replay: Replay, interaction_sid: str) -> str:
+    """What the `seen:` key holds once a MessageSid / CallSid was answered (route_inbound.lua
+    parses it back)."""
+    return f"{replay.value}:{interaction_sid}"
 
 
 class Keyword(StrEnum):

@@ -35,6 +35,7 @@ from sessions.models import (
     RelayOptions,
     Replay,
     Route,
+    seen_value,
 )
 from sessions.scripts import SESSION_LUA
 from sessions.store import SessionStore
@@ -251,7 +252,7 @@ class Router:
     ) -> None:
         """Remember how a MessageSid / CallSid was answered, so Twilio's retry gets the same answer
         (rendered again from the records: the key holds no number and no body)."""
-        value = f"{replay.value}:{interaction_sid}"
+        value = seen_value(replay, interaction_sid)
         await self.redis.set(keys.seen(service_sid, resource_sid), value, ex=self.dedupe_ttl_s)
 
     async def open_for_caller(
