@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from core.events import emit_event
 
-__all__ = ["TcpProxy", "emit_many", "add_service", "count_rows", "new_sid", "final_outcomes"]
+__all__ = ["TcpProxy", "emit_many", "add_service", "count_rows", "new_sid", "final_outcomes", "paced"]
 
 
 def new_sid(prefix: str) -> str:
@@ -122,3 +122,15 @@ async def final_outcomes(pg: asyncpg.Pool, service_sid: str) -> dict[str, str]:
                 final[sid] = e.data["outcome"]
         if cursor is None:
             return final
+
+
+async def paced(rate_per_s: float, count: int, job: Any) -> None:
+    """Start `job(i)` for i in range(count) at `rate_per_s` (open loop: a slow answer does not
+    slow the load), then wait for all of them."""
+    import time
+
+    tasks, start = [], time.monotonic()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, start + i / rate_per_s - time.monotonic()))
+        tasks.append(asyncio.create_task(job(i)))
+    await asyncio.gather(*tasks)

@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from _audit_fixtures import final_outcomes
+from _audit_fixtures import final_outcomes, paced
 from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, parse, sms_params
 from signing import post_webhook
@@ -128,20 +128,13 @@ async def test_kill_9_under_load_fakes_nothing_and_loses_nothing(settings, pg, p
                 except (aiohttp.ClientError, OSError):
                     answers[sid] = "none"
 
-            async def load() -> None:
-                tasks, start = [], time.monotonic()
-                for i in range(int(TEXTS_PER_S * LOAD_S)):
-                    await asyncio.sleep(max(0.0, start + i / TEXTS_PER_S - time.monotonic()))
-                    tasks.append(asyncio.create_task(text(i)))
-                await asyncio.gather(*tasks)
-
             async def crash() -> None:
                 await asyncio.sleep(KILL_AT_S)
                 serve.kill()
                 await asyncio.sleep(DOWN_S)
                 await serve.start()
 
-            await asyncio.gather(load(), crash())
+            await asyncio.gather(paced(TEXTS_PER_S, int(TEXTS_PER_S * LOAD_S), text), crash())
 
             # The restarted worker's sweeper judges what the killed one left in flight.
             deadline = time.monotonic() + 20

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from _audit_fixtures import paced
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay, parse
 
 from audit.queries import query_events
@@ -84,13 +85,6 @@ async def test_postgres_down_texts_still_relay_and_no_event_is_lost(
             message = parse(xml).find("Message")
             answers[sid] = message is not None and message.get("to") is not None
 
-        async def load() -> None:
-            tasks, start = [], time.monotonic()
-            for i in range(int(TEXTS_PER_S * (BEFORE_S + DOWN_S + AFTER_S))):
-                await asyncio.sleep(max(0.0, start + i / TEXTS_PER_S - time.monotonic()))
-                tasks.append(asyncio.create_task(text(i)))
-            await asyncio.gather(*tasks)
-
         async def outage() -> float:
             await asyncio.sleep(BEFORE_S)
             await asyncio.to_thread(private_pg.stop)
@@ -102,7 +96,9 @@ async def test_postgres_down_texts_still_relay_and_no_event_is_lost(
             await asyncio.to_thread(private_pg.start)
             return time.monotonic()
 
-        back, _ = await asyncio.gather(outage(), load())
+        back, _ = await asyncio.gather(
+            outage(), paced(TEXTS_PER_S, int(TEXTS_PER_S * (BEFORE_S + DOWN_S + AFTER_S)), text)
+        )
         assert ready == [503], "/readyz should say not-ready while Postgres is down"
         assert all(answers.values()), f"{sum(not v for v in answers.values())} texts were not relayed"
 

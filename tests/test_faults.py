@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from _audit_fixtures import final_outcomes
+from _audit_fixtures import final_outcomes, paced
 from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay, parse
 
@@ -88,13 +88,6 @@ async def test_redis_stall_changes_nothing_answered_failed_and_accounts_for_ever
             status, _ = await relay.api("POST", f"/v1/Services/{ks}/Sessions", form)
             creates.append((name, status))
 
-        async def load(rate: float, duration_s: float, job: Any) -> None:
-            tasks, start = [], time.monotonic()
-            for i in range(int(rate * duration_s)):
-                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-                tasks.append(asyncio.create_task(job(i)))
-            await asyncio.gather(*tasks)
-
         async def stall() -> float:
             await asyncio.sleep(BEFORE_S)
             server.pause()
@@ -104,7 +97,9 @@ async def test_redis_stall_changes_nothing_answered_failed_and_accounts_for_ever
 
         total_s = BEFORE_S + STALL_S + AFTER_S
         woke, _, _ = await asyncio.gather(
-            stall(), load(TEXTS_PER_S, total_s, text), load(CREATES_PER_S, total_s, create)
+            stall(),
+            paced(TEXTS_PER_S, int(TEXTS_PER_S * total_s), text),
+            paced(CREATES_PER_S, int(CREATES_PER_S * total_s), create),
         )
 
         # Recovery: the first text sent after Redis woke up that relayed, answered how soon.
