@@ -1,4 +1,4 @@
-"""Build docs/openapi/maskline.json: Twilio's Proxy v1 document (the contract, MIT licensed, kept
+"""Build relay/openapi.json (served at GET /openapi.json): Twilio's Proxy v1 document (the contract, MIT licensed, kept
 verbatim beside this file) plus what Maskline adds. Run: python docs/openapi/build.py
 tests/test_openapi.py checks that the app's routes and this document stay in step."""
 
@@ -55,7 +55,12 @@ WEBHOOKS = {
     "/twilio/sms": "Twilio messaging webhook of every pool number (signed with X-Twilio-Signature).",
     "/twilio/voice": "Twilio voice webhook of every pool number (signed with X-Twilio-Signature).",
 }
-OPS = {"/healthz": "Liveness.", "/readyz": "Readiness: Redis and Postgres reachable."}
+OPS = {
+    "/healthz": "Liveness.",
+    "/readyz": "Readiness: Redis and Postgres reachable.",
+    "/openapi.json": "This document (unauthenticated), its servers set to MASKLINE_PUBLIC_URL.",
+}
+TARGET = HERE.parent.parent / "relay" / "openapi.json"
 
 
 def build() -> dict:
@@ -108,7 +113,7 @@ def build() -> dict:
         doc["paths"][path] = {
             "get": {
                 "summary": text,
-                "operationId": path.strip("/").title(),
+                "operationId": path.strip("/").replace(".", "").title(),
                 "security": [],
                 "responses": {"200": {"description": "ok"}},
             }
@@ -117,5 +122,5 @@ def build() -> dict:
 
 
 if __name__ == "__main__":
-    (HERE / "maskline.json").write_text(json.dumps(build(), indent=1) + "\n")
-    print("wrote", HERE / "maskline.json")
+    TARGET.write_text(json.dumps(build(), indent=1) + "\n")
+    print("wrote", TARGET)
