@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "EMBEDDED_MODES", "Settings"]
+__all__ = ["ENV_PREFIX", "EMBEDDED_MODES", "DEV_AUTH_TOKEN", "Settings"]
 
 ENV_PREFIX = "MASKLINE_"
 # auto: start an embedded server only for a default URL that does not answer;
@@ -19,6 +19,9 @@ ENV_PREFIX = "MASKLINE_"
 EMBEDDED_MODES = ("auto", "always", "never")
 # What both Redis clients (redis-py and the webhooks' core/resp.py) can connect to, alike.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+# The Auth Token of a fresh checkout: signs the sandbox's webhooks, never opens the API.
+DEV_AUTH_TOKEN = "maskline-dev-auth-token"
 
 # Fields derived by from_env, never read from the environment themselves.
 _DERIVED = frozenset({"redis_url_explicit", "database_url_explicit", "public_url_explicit"})
@@ -32,7 +35,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     twilio_account_sid: str = "AC" + "0" * 32
-    twilio_auth_token: str = "maskline-dev-auth-token"
+    twilio_auth_token: str = DEV_AUTH_TOKEN
     twilio_api_url: str = "https://api.twilio.com"
     data_dir: str = ".maskline"  # embedded servers keep their data here
     embedded: str = "auto"

@@ -14,6 +14,7 @@ from core import keys
 from core.errors import Conflict, InvalidParameter, NotFound, PoolError
 from core.events import emit_event
 from core.ids import new_sid
+from core.paging import Page, PageRequest, oldest_first_page, oldest_first_sql
 from core.scripts import Scripts
 from pool.numbers import parse_proxy_number
 from pool.scripts import POOL_LUA
@@ -55,9 +56,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7)
 RETURNING *
 """
 SELECT_ONE: Final = "SELECT * FROM phone_numbers WHERE service_sid = $1 AND (sid = $2 OR phone_number = $2)"
-SELECT_PAGE: Final = """
-SELECT * FROM phone_numbers WHERE service_sid = $1 ORDER BY date_created, sid OFFSET $2 LIMIT $3
-"""
+SELECT_PAGE: Final = "SELECT * FROM phone_numbers WHERE service_sid = $1"  # + core.paging.oldest_first_sql
 SELECT_SERVICE_ALL: Final = "SELECT * FROM phone_numbers WHERE service_sid = $1"
 UPDATE_RESERVED: Final = """
 UPDATE phone_numbers SET is_reserved = $3, date_updated = now() WHERE service_sid = $1 AND sid = $2 RETURNING *
@@ -148,8 +147,11 @@ class NumberRegistry:
         row["in_use"] = await self._in_use(service_sid, row["phone_number"])
         return row
 
-    async def list(self, service_sid: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
-        rows = [_row(r) for r in await self.pg.fetch(SELECT_PAGE, service_sid, offset, limit)]
+    async def list(self, service_sid: str, request: PageRequest) -> Page[dict[str, Any]]:
+        """Oldest first, each with its `in_use` count."""
+        sql, args = oldest_first_sql(SELECT_PAGE, [service_sid], request)
+        page = oldest_first_page([_row(r) for r in await self.pg.fetch(sql, *args)], request)
+        rows = page.items
         if rows:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for row in rows:
@@ -157,7 +159,7 @@ class NumberRegistry:
                 counts = await pipe.execute()
             for row, count in zip(rows, counts, strict=True):
                 row["in_use"] = int(count or 0)
-        return rows
+        return page
 
     async def set_reserved(self, service_sid: str, sid: str, is_reserved: bool) -> dict[str, Any]:
         record = await self.pg.fetchrow(UPDATE_RESERVED, service_sid, sid, is_reserved)

@@ -19,6 +19,7 @@ from core import keys
 from core.clock import SYSTEM, Clock
 from core.events import emit_event
 from core.ids import creation_event_id, new_event_id, new_sid
+from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
 from sessions.models import interaction_record
 from sessions.scripts import SESSION_LUA
@@ -70,23 +71,20 @@ class InteractionStore:
         return row
 
     async def list(
-        self, service_sid: str, session_sid: str, *, offset: int, limit: int
-    ) -> list[dict[str, Any]] | None:
+        self, service_sid: str, session_sid: str, request: PageRequest
+    ) -> Page[dict[str, Any]] | None:
         """Newest first; None when Redis no longer holds the session."""
-        index = keys.session_interactions(service_sid, session_sid)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.session(service_sid, session_sid))
-            pipe.zrevrange(index, offset, offset + limit - 1)
-            exists, sids = await pipe.execute()
-        if not exists:
+        if not await self.redis.exists(keys.session(service_sid, session_sid)):
             return None
-        if not sids:
-            return []
+        index = keys.session_interactions(service_sid, session_sid)
+        positions, more = await newest_first(self.redis, index, request)
+        if not positions:
+            return Page.of([], [], request, more)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
+            for _, sid in positions:
                 pipe.hgetall(keys.interaction(service_sid, sid))
             rows = await pipe.execute()
-        return [row for row in rows if row]
+        return Page.of([row for row in rows if row], positions, request, more)
 
     async def delete(self, service_sid: str, session_sid: str, interaction_sid: str) -> bool:
         row = await self.get(service_sid, session_sid, interaction_sid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -14,6 +15,7 @@ from core import keys
 from core.errors import Conflict, InvalidParameter, NotFound
 from core.events import emit_event
 from core.ids import new_sid
+from core.paging import Page, PageRequest, oldest_first_page, oldest_first_sql
 from core.settings import Settings
 from sessions.models import RELAY_SETTING_FIELDS, GeoMatchLevel, NumberSelection
 
@@ -46,7 +48,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING *
 """
 SELECT_ONE: Final = "SELECT * FROM services WHERE sid = $1"
-SELECT_PAGE: Final = "SELECT * FROM services ORDER BY date_created, sid OFFSET $1 LIMIT $2"
+SELECT_BY_NAME: Final = "SELECT sid FROM services WHERE unique_name = $1"
+_SERVICE_SID: Final = re.compile(r"KS[0-9a-f]{32}")
+# Completed by core.paging.oldest_first_sql; $1: the SIDs a scoped API key may see (NULL: all).
+SELECT_PAGE: Final = "SELECT * FROM services WHERE ($1::text[] IS NULL OR sid = ANY($1))"
 SELECT_ALL: Final = "SELECT * FROM services"
 DELETE: Final = "DELETE FROM services WHERE sid = $1 RETURNING sid"
 
@@ -205,14 +210,28 @@ class ServiceStore:
         await emit_event(self.redis, service_sid=sid, type="service.created", data=row)
         return row
 
+    async def resolve(self, sid_or_name: str) -> str:
+        """The SID of the Service named in a path: its SID, or its UniqueName (as at Twilio).
+        NotFound (20404) when no Service has that name."""
+        if _SERVICE_SID.fullmatch(sid_or_name):
+            return sid_or_name
+        sid: str | None = await self.pg.fetchval(SELECT_BY_NAME, sid_or_name)
+        if sid is None:
+            raise NotFound(f"Service {sid_or_name} was not found (no Service has this SID or UniqueName)")
+        return sid
+
     async def get(self, sid: str) -> dict[str, Any]:
         record = await self.pg.fetchrow(SELECT_ONE, sid)
         if record is None:
             raise NotFound(f"Service {sid} was not found")
         return _row(record)
 
-    async def list(self, *, offset: int, limit: int) -> list[dict[str, Any]]:
-        return [_row(r) for r in await self.pg.fetch(SELECT_PAGE, offset, limit)]
+    async def list(
+        self, request: PageRequest, *, only: Collection[str] | None = None
+    ) -> Page[dict[str, Any]]:
+        """Oldest first; `only`: just these SIDs (an API key scoped to some Services)."""
+        sql, args = oldest_first_sql(SELECT_PAGE, [None if only is None else list(only)], request)
+        return oldest_first_page([_row(r) for r in await self.pg.fetch(sql, *args)], request)
 
     async def update(self, sid: str, fields: dict[str, Any]) -> dict[str, Any]:
         _check(fields)

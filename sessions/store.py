@@ -3,7 +3,8 @@ holds under any concurrency. Reads are plain hash reads."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+import re
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 
@@ -11,12 +12,15 @@ from core import keys
 from core.clock import SYSTEM, Clock
 from core.errors import InvalidParameter, NotFound
 from core.ids import new_event_id, new_event_id_base, new_sid
+from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
 from pool.numbers import parse_participant, parse_proxy_number
 from sessions.models import Mode, ParticipantRequest, Status
 from sessions.scripts import SESSION_LUA
 
 __all__ = ["SessionStore"]
+
+_SESSION_SID: Final = re.compile(r"KC[0-9a-f]{32}")
 
 
 class SessionStore:
@@ -88,18 +92,31 @@ class SessionStore:
             raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
         return data
 
-    async def list_sessions(self, service_sid: str, *, offset: int, limit: int) -> list[dict[str, Any]]:
+    async def resolve(self, service_sid: str, sid_or_name: str) -> str:
+        """The SID of the Session named in a path: its SID, or the UniqueName of a Session Redis
+        holds (as at Twilio). NotFound 80308 ("Session with the unique name not found") otherwise."""
+        if _SESSION_SID.fullmatch(sid_or_name):
+            return sid_or_name
+        sid = cast(str | None, await self.redis.get(keys.unique_name(service_sid, sid_or_name)))
+        if sid is None:
+            raise NotFound(
+                f"Session with the unique name {sid_or_name} was not found in Service {service_sid}",
+                code=80308,
+            )
+        return sid
+
+    async def list_sessions(self, service_sid: str, request: PageRequest) -> Page[dict[str, Any]]:
         """Newest first. Sessions whose records Redis let expire are skipped (the sweeper prunes
         them from the index: prune_index)."""
         index = keys.sessions_by_created(service_sid)
-        sids: list[str] = cast(list[str], await self.redis.zrevrange(index, offset, offset + limit - 1))
-        if not sids:
-            return []
+        positions, more = await newest_first(self.redis, index, request)
+        if not positions:
+            return Page.of([], [], request, more)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in sids:
+            for _, sid in positions:
                 pipe.hgetall(keys.session(service_sid, sid))
             rows = await pipe.execute()
-        return [row for row in rows if row]
+        return Page.of([row for row in rows if row], positions, request, more)
 
     async def prune_index(self, service_sid: str, *, batch: int = 200) -> int:
         """Drop from the listing index the oldest sessions whose records Redis has let expire.

@@ -9,6 +9,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from core.clock import ManualClock
+from core.paging import PageRequest
 from pool.registry import NumberRegistry
 from sessions.models import ParticipantRequest
 from sessions.services import ServiceStore
@@ -33,7 +34,9 @@ class World:
         self.redis = redis
 
     async def service(self, **fields: Any) -> str:
-        fields.setdefault("unique_name", f"svc-{len(await self.services.list(offset=0, limit=1000))}")
+        fields.setdefault(
+            "unique_name", f"svc-{len((await self.services.list(PageRequest(size=1000))).items)}"
+        )
         row = await self.services.create(fields)
         return str(row["sid"])
 

@@ -10,6 +10,7 @@ from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
 from core import keys
 from core.errors import PoolError
+from core.paging import PageRequest
 from sessions.expiry import sweep_once
 from sessions.models import Status
 from sessions.routing import Router
@@ -155,7 +156,7 @@ async def test_unique_name_conflict_never_creates_a_second_session(world: World)
         return_exceptions=True,
     )
     assert all(isinstance(r, PoolError) and r.code == 80609 and r.status == 409 for r in results)
-    assert len(await world.sessions.list_sessions(ks, offset=0, limit=50)) == 1
+    assert len((await world.sessions.list_sessions(ks, PageRequest(size=50))).items) == 1
 
 
 async def test_deleted_session_pairs_still_cool_off(world: World) -> None:

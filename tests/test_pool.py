@@ -11,6 +11,7 @@ from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, UK_GUEST, World, proxie
 from core import keys
 from core.connections import redis_client
 from core.errors import PoolError
+from core.paging import PageRequest
 from sessions.models import ParticipantRequest
 from sessions.store import SessionStore
 
@@ -85,7 +86,7 @@ async def test_failed_create_writes_nothing(world: World) -> None:
     assert err.value.code == 80208
     assert await world.redis.get(keys.pair(ks, HOST, US_POOL[0])) is None
     assert (await world.numbers.get(ks, US_POOL[0]))["in_use"] == 2
-    assert len(await world.sessions.list_sessions(ks, offset=0, limit=10)) == 1
+    assert len((await world.sessions.list_sessions(ks, PageRequest(size=10))).items) == 1
 
 
 async def test_participant_gets_a_number_of_their_own_country(world: World) -> None:

@@ -8,9 +8,9 @@ import orjson
 from aiohttp import web
 
 from core.errors import Forbidden, NotFound
-from relay.state import API_KEY, SETTINGS, ApiKey
+from relay.state import API_KEY, SERVICES, SESSIONS, SETTINGS, ApiKey
 
-__all__ = ["api_key", "service_sid", "base_url", "account_sid", "json", "require"]
+__all__ = ["api_key", "service_sid", "session_sid", "base_url", "account_sid", "json", "require"]
 
 
 def api_key(request: web.Request) -> ApiKey:
@@ -25,11 +25,19 @@ def require(request: web.Request, permission: str) -> ApiKey:
     return key
 
 
-def service_sid(request: web.Request, name: str = "ServiceSid") -> str:
-    """The Service in the path, if the key may see it (another tenant's Service looks absent)."""
-    sid = request.match_info[name]
+async def service_sid(request: web.Request, name: str = "ServiceSid") -> str:
+    """The SID of the Service in the path (given by SID or UniqueName), if the key may see it
+    (another tenant's Service looks absent)."""
+    given = request.match_info[name]
+    sid = await request.app[SERVICES].resolve(given)
     if not api_key(request).may_see(sid):
-        raise NotFound(f"Service {sid} was not found")
+        raise NotFound(f"Service {given} was not found")
+    return sid
+
+
+async def session_sid(request: web.Request, service: str, name: str = "SessionSid") -> str:
+    """The SID of the Session in the path, given by SID or UniqueName (80308 for an unknown name)."""
+    sid: str = await request.app[SESSIONS].resolve(service, request.match_info[name])
     return sid
 
 

@@ -11,8 +11,10 @@ from aiohttp import web
 
 from audit.queries import interactions_from_audit
 from core.errors import InvalidParameter, MissingParameter, NotFound
+from core.paging import PageRequest, page_of
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
+from relay.api.common import session_sid as session_of
 from relay.api.params import check_url, iso, page_args, read_params
 from relay.outbound import TwilioSendError
 from relay.state import PG, RELAY
@@ -26,6 +28,8 @@ BASE = "/v1/Services/{ServiceSid}/Sessions/{SessionSid}"
 MAX_BODY_CHARS = 1600
 # Twilio's limit of media per message.
 MAX_MEDIA = 10
+# The most interactions of one session read back from the audit log or filtered in memory.
+MAX_LOGGED = 10_000
 
 
 def _resource_url(api_url: str, account: str, kind: str, sid: str) -> str | None:
@@ -108,8 +112,6 @@ async def _from_audit(
     )
     if interaction_sid is not None:
         return rows[0] if rows else None
-    if not rows and offset == 0:
-        return None
     return rows
 
 
@@ -126,7 +128,7 @@ def _message_view(request: web.Request, ks: str, kp: str, ix: dict[str, Any]) ->
 
 
 async def _get(request: web.Request, ks: str) -> dict[str, Any]:
-    session_sid = request.match_info["SessionSid"]
+    session_sid = await session_of(request, ks)
     sid = request.match_info["Sid"]
     ix = await request.app[RELAY].interactions.get(ks, session_sid, sid)
     if ix is None:
@@ -139,39 +141,45 @@ async def _get(request: web.Request, ks: str) -> dict[str, Any]:
 @routes.get(BASE + "/Interactions")
 async def list_interactions(request: web.Request) -> web.Response:
     require(request, "proxy")
-    ks = service_sid(request)
-    session_sid = request.match_info["SessionSid"]
-    page_no, size = page_args(request)
-    rows = await request.app[RELAY].interactions.list(ks, session_sid, offset=page_no * size, limit=size + 1)
-    if rows is None:
-        rows = await _from_audit(request, ks, session_sid, offset=page_no * size, limit=size + 1)
-    if rows is None:
-        raise NotFound(f"Session {session_sid} was not found in Service {ks}")
+    ks = await service_sid(request)
+    session_sid = await session_of(request, ks)
+    wanted = page_args(request)
+    found = await request.app[RELAY].interactions.list(ks, session_sid, wanted)
+    if found is None:
+        # Redis has forgotten the session: its interactions as the audit log has them (a closed
+        # session's list no longer grows, so it is paged in memory).
+        logged = await _from_audit(request, ks, session_sid, limit=MAX_LOGGED)
+        if not logged:
+            raise NotFound(f"Session {session_sid} was not found in Service {ks}")
+        found = page_of(logged, _position, wanted, newest_first=True)
     return json(
         render.page(
             "interactions",
-            [_view(request, ks, r) for r in rows[:size]],
+            [_view(request, ks, r) for r in found.items],
             base=base_url(request),
             segments=("v1", "Services", ks, "Sessions", session_sid, "Interactions"),
-            page_no=page_no,
-            size=size,
-            has_more=len(rows) > size,
+            request=wanted,
+            found=found,
         )
     )
+
+
+def _position(ix: dict[str, Any]) -> tuple[int, str]:
+    return int(ix.get("created_ms") or 0), str(ix["sid"])
 
 
 @routes.get(BASE + "/Interactions/{Sid}")
 async def fetch_interaction(request: web.Request) -> web.Response:
     require(request, "proxy")
-    ks = service_sid(request)
+    ks = await service_sid(request)
     return json(_view(request, ks, await _get(request, ks)))
 
 
 @routes.delete(BASE + "/Interactions/{Sid}")
 async def delete_interaction(request: web.Request) -> web.Response:
     require(request, "proxy")
-    ks = service_sid(request)
-    session_sid = request.match_info["SessionSid"]
+    ks = await service_sid(request)
+    session_sid = await session_of(request, ks)
     sid = request.match_info["Sid"]
     if not await request.app[RELAY].interactions.delete(ks, session_sid, sid):
         raise NotFound(f"Interaction {sid} was not found in Session {session_sid}")
@@ -185,8 +193,8 @@ async def delete_interaction(request: web.Request) -> web.Response:
 async def create_message_interaction(request: web.Request) -> web.Response:
     """Send a text to one participant from their proxy number (order confirmations, alerts)."""
     require(request, "proxy")
-    ks = service_sid(request)
-    session_sid = request.match_info["SessionSid"]
+    ks = await service_sid(request)
+    session_sid = await session_of(request, ks)
     kp = request.match_info["ParticipantSid"]
     params = await read_params(request)
     body = params.str("Body", max_len=MAX_BODY_CHARS, text=True) or ""
@@ -224,19 +232,20 @@ async def create_message_interaction(request: web.Request) -> web.Response:
 @routes.get(BASE + "/Participants/{ParticipantSid}/MessageInteractions")
 async def list_message_interactions(request: web.Request) -> web.Response:
     require(request, "proxy")
-    ks = service_sid(request)
-    session_sid = request.match_info["SessionSid"]
+    ks = await service_sid(request)
+    session_sid = await session_of(request, ks)
     kp = request.match_info["ParticipantSid"]
     await request.app[RELAY].sessions.get_participant(ks, session_sid, kp)
-    page_no, size = page_args(request)
+    wanted = page_args(request)
     # A session holds few interactions per participant in Redis; filter, then page.
-    rows = await request.app[RELAY].interactions.list(ks, session_sid, offset=0, limit=10_000) or []
+    every = await request.app[RELAY].interactions.list(ks, session_sid, PageRequest(size=MAX_LOGGED))
+    rows = every.items if every is not None else []
     mine = [r for r in rows if r.get("origin") == "api" and r.get("outbound_participant_sid") == kp]
-    chunk = mine[page_no * size : (page_no + 1) * size]
+    found = page_of(mine, _position, wanted, newest_first=True)
     return json(
         render.page(
             "interactions",
-            [_message_view(request, ks, kp, r) for r in chunk],
+            [_message_view(request, ks, kp, r) for r in found.items],
             base=base_url(request),
             segments=(
                 "v1",
@@ -248,9 +257,8 @@ async def list_message_interactions(request: web.Request) -> web.Response:
                 kp,
                 "MessageInteractions",
             ),
-            page_no=page_no,
-            size=size,
-            has_more=len(mine) > (page_no + 1) * size,
+            request=wanted,
+            found=found,
         )
     )
 
@@ -258,7 +266,7 @@ async def list_message_interactions(request: web.Request) -> web.Response:
 @routes.get(BASE + "/Participants/{ParticipantSid}/MessageInteractions/{Sid}")
 async def fetch_message_interaction(request: web.Request) -> web.Response:
     require(request, "proxy")
-    ks = service_sid(request)
+    ks = await service_sid(request)
     kp = request.match_info["ParticipantSid"]
     ix = await _get(request, ks)
     if ix.get("outbound_participant_sid") != kp or ix.get("origin") != "api":

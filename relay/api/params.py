@@ -22,6 +22,7 @@ from aiohttp import BodyPartReader, hdrs, web
 from multidict import MultiDict, MultiMapping
 
 from core.errors import InvalidParameter, MissingParameter
+from core.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Cursor, PageRequest
 
 try:  # recent yarl (aiohttp reads forms with it)
     from yarl import query_to_pairs as _fast_pairs
@@ -342,9 +343,11 @@ def iso(ms: int | str | None) -> str | None:
     return dt.datetime.fromtimestamp(int(ms) / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def page_args(request: web.Request) -> tuple[int, int]:
-    """(page, page_size) from the query; Twilio's default page size is 50, maximum 1000."""
+def page_args(request: web.Request) -> PageRequest:
+    """The page a list request asks for: `PageToken` (from a previous page's URLs) where given,
+    else `Page` as an offset; Twilio's default page size is 50, maximum 1000."""
     query = query_params(request)
-    size = query.int("PageSize", minimum=1, maximum=1000) or 50
+    size = query.int("PageSize", minimum=1, maximum=MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
     page = query.int("Page", minimum=0, maximum=10_000_000) or 0
-    return page, size
+    token = query.str("PageToken", max_len=200)
+    return PageRequest(size=size, page=page, cursor=Cursor.parse(token) if token else None)

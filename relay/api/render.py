@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from core.paging import Cursor, Page, PageRequest
 from relay.api.params import iso
 
 __all__ = ["path", "service", "phone_number", "session", "participant", "page"]
@@ -27,12 +28,12 @@ def _ts(value: Any) -> str | None:
     return iso(value)
 
 
-def service(row: dict[str, Any], base: str) -> dict[str, Any]:
+def service(row: dict[str, Any], base: str, account_sid: str) -> dict[str, Any]:
     url = base + path("v1", "Services", row["sid"])
     return {
         "sid": row["sid"],
         "unique_name": row["unique_name"],
-        "account_sid": row["account_sid"],
+        "account_sid": account_sid,
         "chat_instance_sid": row.get("chat_instance_sid"),
         "callback_url": row.get("callback_url"),
         "default_ttl": row["default_ttl_s"],
@@ -46,7 +47,7 @@ def service(row: dict[str, Any], base: str) -> dict[str, Any]:
         "links": {
             "sessions": f"{url}/Sessions",
             "phone_numbers": f"{url}/PhoneNumbers",
-            "short_codes": f"{url}/ShortCodes",
+            # No short_codes: Maskline serves no ShortCodes resource, and every link resolves.
         },
         # Maskline extensions (ignored by Twilio's clients).
         "cool_off": row["cool_off_s"],
@@ -55,10 +56,10 @@ def service(row: dict[str, Any], base: str) -> dict[str, Any]:
     }
 
 
-def phone_number(row: dict[str, Any], base: str) -> dict[str, Any]:
+def phone_number(row: dict[str, Any], base: str, account_sid: str) -> dict[str, Any]:
     return {
         "sid": row["sid"],
-        "account_sid": row.get("account_sid"),
+        "account_sid": account_sid,
         "service_sid": row["service_sid"],
         "date_created": _ts(row["date_created"]),
         "date_updated": _ts(row["date_updated"]),
@@ -120,25 +121,30 @@ def page(
     *,
     base: str,
     segments: tuple[object, ...],
-    page_no: int,
-    size: int,
-    has_more: bool,
+    request: PageRequest,
+    found: Page[Any],
 ) -> dict[str, Any]:
-    """One page of a list; `segments` are the list's path segments, e.g. ("v1", "Services")."""
+    """One page of a list as Twilio shows it; `segments` are the list's path segments, e.g.
+    ("v1", "Services"). The next and previous pages are addressed by PageToken (core/paging.py),
+    so reading on stays right while the list changes."""
     list_path = path(*segments)
+    size, number = request.size, request.page
 
-    def url(n: int) -> str:
-        return f"{base}{list_path}?{urlencode({'PageSize': size, 'Page': n})}"
+    def url(n: int, cursor: Cursor | None = None) -> str:
+        query: dict[str, object] = {"PageSize": size, "Page": n}
+        if cursor is not None:
+            query["PageToken"] = cursor.token()
+        return f"{base}{list_path}?{urlencode(query)}"
 
     return {
         key: items,
         "meta": {
-            "page": page_no,
+            "page": number,
             "page_size": size,
             "first_page_url": url(0),
-            "previous_page_url": url(page_no - 1) if page_no > 0 else None,
-            "url": url(page_no),
-            "next_page_url": url(page_no + 1) if has_more else None,
+            "previous_page_url": url(max(number - 1, 0), found.previous) if found.previous else None,
+            "url": url(number, request.cursor),
+            "next_page_url": url(number + 1, found.next) if found.next else None,
             "key": key,
         },
     }

@@ -9,7 +9,7 @@ from aiohttp import web
 from core.errors import Forbidden, InvalidParameter, MissingParameter
 from pool.numbers import parse_proxy_number
 from relay.api import render
-from relay.api.common import api_key, base_url, json, require, service_sid
+from relay.api.common import account_sid, api_key, base_url, json, require, service_sid
 from relay.api.params import Params, page_args, read_params
 from relay.state import NUMBERS, SERVICES, TWILIO_ACCOUNT
 from sessions.models import GeoMatchLevel, NumberSelection
@@ -89,25 +89,22 @@ async def create_service(request: web.Request) -> web.Response:
     if not params.str("UniqueName", max_len=MAX_UNIQUE_NAME):
         raise MissingParameter("Missing required parameter UniqueName")
     row = await request.app[SERVICES].create(_service_fields(params))
-    return json(render.service(row, base_url(request)), status=201)
+    return json(render.service(row, base_url(request), account_sid(request)), status=201)
 
 
 @routes.get("/v1/Services")
 async def list_services(request: web.Request) -> web.Response:
     key = require(request, "proxy")
-    page_no, size = page_args(request)
-    rows = await request.app[SERVICES].list(offset=page_no * size, limit=size + 1)
-    rows = [r for r in rows if key.may_see(r["sid"])]
-    items = [render.service(r, base_url(request)) for r in rows[:size]]
+    wanted = page_args(request)
+    found = await request.app[SERVICES].list(wanted, only=key.service_sids)
     return json(
         render.page(
             "services",
-            items,
+            [render.service(r, base_url(request), account_sid(request)) for r in found.items],
             base=base_url(request),
             segments=("v1", "Services"),
-            page_no=page_no,
-            size=size,
-            has_more=len(rows) > size,
+            request=wanted,
+            found=found,
         )
     )
 
@@ -115,32 +112,32 @@ async def list_services(request: web.Request) -> web.Response:
 @routes.get("/v1/Services/{ServiceSid}")
 async def fetch_service(request: web.Request) -> web.Response:
     require(request, "proxy")
-    row = await request.app[SERVICES].get(service_sid(request))
-    return json(render.service(row, base_url(request)))
+    row = await request.app[SERVICES].get(await service_sid(request))
+    return json(render.service(row, base_url(request), account_sid(request)))
 
 
 @routes.post("/v1/Services/{ServiceSid}")
 async def update_service(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     store = request.app[SERVICES]
     current = await store.get(sid)
     params = await read_params(request)
     row = await store.update(sid, _service_fields(params, current.get("options")))
-    return json(render.service(row, base_url(request)))
+    return json(render.service(row, base_url(request), account_sid(request)))
 
 
 @routes.delete("/v1/Services/{ServiceSid}")
 async def delete_service(request: web.Request) -> web.Response:
     require(request, "proxy")
-    await request.app[SERVICES].delete(service_sid(request))
+    await request.app[SERVICES].delete(await service_sid(request))
     return web.Response(status=204)
 
 
 @routes.post("/v1/Services/{ServiceSid}/PhoneNumbers")
 async def add_number(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     params = await read_params(request)
     number = params.str("PhoneNumber", max_len=64)
     incoming = None
@@ -168,26 +165,24 @@ async def add_number(request: web.Request) -> web.Response:
         sid=incoming.sid if incoming else None,
         capabilities=incoming.proxy_capabilities if incoming else None,
     )
-    return json(render.phone_number(row, base_url(request)), status=201)
+    return json(render.phone_number(row, base_url(request), account_sid(request)), status=201)
 
 
 @routes.get("/v1/Services/{ServiceSid}/PhoneNumbers")
 async def list_numbers(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     await request.app[SERVICES].get(sid)
-    page_no, size = page_args(request)
-    rows = await request.app[NUMBERS].list(sid, offset=page_no * size, limit=size + 1)
-    items = [render.phone_number(r, base_url(request)) for r in rows[:size]]
+    wanted = page_args(request)
+    found = await request.app[NUMBERS].list(sid, wanted)
     return json(
         render.page(
             "phone_numbers",
-            items,
+            [render.phone_number(r, base_url(request), account_sid(request)) for r in found.items],
             base=base_url(request),
             segments=("v1", "Services", sid, "PhoneNumbers"),
-            page_no=page_no,
-            size=size,
-            has_more=len(rows) > size,
+            request=wanted,
+            found=found,
         )
     )
 
@@ -195,25 +190,25 @@ async def list_numbers(request: web.Request) -> web.Response:
 @routes.get("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
 async def fetch_number(request: web.Request) -> web.Response:
     require(request, "proxy")
-    row = await request.app[NUMBERS].get(service_sid(request), request.match_info["Sid"])
-    return json(render.phone_number(row, base_url(request)))
+    row = await request.app[NUMBERS].get(await service_sid(request), request.match_info["Sid"])
+    return json(render.phone_number(row, base_url(request), account_sid(request)))
 
 
 @routes.post("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
 async def update_number(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     params = await read_params(request)
     registry = request.app[NUMBERS]
     row = await registry.get(sid, request.match_info["Sid"])
     reserved = params.bool("IsReserved")
     if reserved is not None:
         row = await registry.set_reserved(sid, row["sid"], reserved)
-    return json(render.phone_number(row, base_url(request)))
+    return json(render.phone_number(row, base_url(request), account_sid(request)))
 
 
 @routes.delete("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
 async def remove_number(request: web.Request) -> web.Response:
     require(request, "proxy")
-    await request.app[NUMBERS].remove(service_sid(request), request.match_info["Sid"])
+    await request.app[NUMBERS].remove(await service_sid(request), request.match_info["Sid"])
     return web.Response(status=204)

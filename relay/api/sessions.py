@@ -8,8 +8,9 @@ import orjson
 from aiohttp import web
 
 from core.errors import InvalidParameter, MissingParameter
+from core.paging import page_of
 from relay.api import render
-from relay.api.common import account_sid, base_url, json, require, service_sid
+from relay.api.common import account_sid, base_url, json, require, service_sid, session_sid
 from relay.api.params import Params, check_text, page_args, read_params
 from relay.state import SESSIONS
 from sessions.models import Mode, ParticipantRequest, Status
@@ -77,7 +78,7 @@ def _expiry_ms(params: Params, request: web.Request) -> int | None:
 @routes.post("/v1/Services/{ServiceSid}/Sessions")
 async def create_session(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     params = await read_params(request)
     status = params.enum("Status", Status) or Status.OPEN.value
     view = await request.app[SESSIONS].create_session(
@@ -98,19 +99,17 @@ async def create_session(request: web.Request) -> web.Response:
 @routes.get("/v1/Services/{ServiceSid}/Sessions")
 async def list_sessions(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
-    page_no, size = page_args(request)
-    views = await request.app[SESSIONS].list_sessions(sid, offset=page_no * size, limit=size + 1)
-    items = [_session(request, sid, v) for v in views[:size]]
+    sid = await service_sid(request)
+    wanted = page_args(request)
+    found = await request.app[SESSIONS].list_sessions(sid, wanted)
     return json(
         render.page(
             "sessions",
-            items,
+            [_session(request, sid, v) for v in found.items],
             base=base_url(request),
             segments=("v1", "Services", sid, "Sessions"),
-            page_no=page_no,
-            size=size,
-            has_more=len(views) > size,
+            request=wanted,
+            found=found,
         )
     )
 
@@ -118,20 +117,20 @@ async def list_sessions(request: web.Request) -> web.Response:
 @routes.get("/v1/Services/{ServiceSid}/Sessions/{Sid}")
 async def fetch_session(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
-    view = await request.app[SESSIONS].get_session(sid, request.match_info["Sid"])
+    sid = await service_sid(request)
+    view = await request.app[SESSIONS].get_session(sid, await session_sid(request, sid, "Sid"))
     return json(_session(request, sid, view))
 
 
 @routes.post("/v1/Services/{ServiceSid}/Sessions/{Sid}")
 async def update_session(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     params = await read_params(request)
     status = params.enum("Status", Status)
     view = await request.app[SESSIONS].update_session(
         sid,
-        request.match_info["Sid"],
+        await session_sid(request, sid, "Sid"),
         ttl_s=params.int("Ttl", maximum=31_536_000),
         date_expiry_ms=_expiry_ms(params, request),
         status=Status(status) if status else None,
@@ -142,14 +141,15 @@ async def update_session(request: web.Request) -> web.Response:
 @routes.delete("/v1/Services/{ServiceSid}/Sessions/{Sid}")
 async def delete_session(request: web.Request) -> web.Response:
     require(request, "proxy")
-    await request.app[SESSIONS].delete_session(service_sid(request), request.match_info["Sid"])
+    ks = await service_sid(request)
+    await request.app[SESSIONS].delete_session(ks, await session_sid(request, ks, "Sid"))
     return web.Response(status=204)
 
 
 @routes.post("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants")
 async def add_participant(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     params = await read_params(request)
     req = ParticipantRequest(
         identifier=params.str("Identifier", required=True, max_len=MAX_IDENTIFIER) or "",
@@ -157,37 +157,40 @@ async def add_participant(request: web.Request) -> web.Response:
         proxy_identifier=params.str("ProxyIdentifier", max_len=MAX_IDENTIFIER) or "",
         proxy_identifier_sid=params.str("ProxyIdentifierSid", max_len=MAX_IDENTIFIER) or "",
     )
-    p = await request.app[SESSIONS].add_participant(sid, request.match_info["SessionSid"], req)
+    p = await request.app[SESSIONS].add_participant(sid, await session_sid(request, sid), req)
     return json(_participant(request, sid, p), status=201)
 
 
 @routes.get("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants")
 async def list_participants(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
-    session_sid = request.match_info["SessionSid"]
-    page_no, size = page_args(request)
-    everyone = await request.app[SESSIONS].list_participants(sid, session_sid)
-    chunk = everyone[page_no * size : (page_no + 1) * size]
+    sid = await service_sid(request)
+    session = await session_sid(request, sid)
+    wanted = page_args(request)
+    everyone = sorted(await request.app[SESSIONS].list_participants(sid, session), key=_position)
+    found = page_of(everyone, _position, wanted, newest_first=False)
     return json(
         render.page(
             "participants",
-            [_participant(request, sid, p) for p in chunk],
+            [_participant(request, sid, p) for p in found.items],
             base=base_url(request),
-            segments=("v1", "Services", sid, "Sessions", session_sid, "Participants"),
-            page_no=page_no,
-            size=size,
-            has_more=len(everyone) > (page_no + 1) * size,
+            segments=("v1", "Services", sid, "Sessions", session, "Participants"),
+            request=wanted,
+            found=found,
         )
     )
+
+
+def _position(p: dict[str, Any]) -> tuple[int, str]:
+    return int(p.get("created_ms") or 0), str(p["sid"])
 
 
 @routes.get("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants/{Sid}")
 async def fetch_participant(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     p = await request.app[SESSIONS].get_participant(
-        sid, request.match_info["SessionSid"], request.match_info["Sid"]
+        sid, await session_sid(request, sid), request.match_info["Sid"]
     )
     return json(_participant(request, sid, p))
 
@@ -195,8 +198,8 @@ async def fetch_participant(request: web.Request) -> web.Response:
 @routes.delete("/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants/{Sid}")
 async def remove_participant(request: web.Request) -> web.Response:
     require(request, "proxy")
-    sid = service_sid(request)
+    sid = await service_sid(request)
     await request.app[SESSIONS].remove_participant(
-        sid, request.match_info["SessionSid"], request.match_info["Sid"]
+        sid, await session_sid(request, sid), request.match_info["Sid"]
     )
     return web.Response(status=204)
