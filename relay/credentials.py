@@ -1,11 +1,14 @@
-"""API keys: HTTP Basic with key SID and secret, as Twilio's clients send them. Only a scrypt hash
-of the secret is stored; verified keys are cached briefly in memory so the hash (deliberately
-slow) is not paid on every request.
+"""API credentials: HTTP Basic as Twilio's clients send it, with an API key (SK... SID and its
+secret) or with the Twilio Account SID and Auth Token Maskline is configured with (full access, as
+at Twilio). Only a scrypt hash of a key's secret is stored; verified keys are cached briefly in
+memory so the hash (deliberately slow) is not paid on every request. The Auth Token is compared
+by digest in constant time; it is accepted only once it is set (never the built-in development
+value).
 
 Hardening (what a login costs and who may try):
 - an unknown, revoked or malformed SID costs one scrypt, against a dummy hash, like a wrong
   secret: which SIDs exist cannot be read from timing; a malformed SID never reaches Postgres;
-- failed logins are counted in Redis per client address and per key SID (`FailureLimiter`);
+- failed logins are counted in Redis per client address and per key SID (relay/login_limits.py);
   over the limit a login answers 429 without hashing anything (Redis down: no limit, logged);
 - scrypt runs on a small dedicated thread pool with a bounded queue (`HashPool`): a full queue
   answers 429, so guessing cannot take every core from the webhooks or the event loop;
@@ -31,13 +34,13 @@ from typing import Final
 
 import asyncpg
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from core.errors import Unavailable
-from core.settings import Settings
+from core.settings import DEV_AUTH_TOKEN, Settings
+from relay.login_limits import FailureLimiter, TooManyAttempts
 
 __all__ = ["ApiKey", "create_key", "revoke_key", "KeyVerifier", "hash_secret", "PERMISSIONS"]
-__all__ += ["key_verifier", "TooManyAttempts", "FailureLimiter", "HashPool"]
+__all__ += ["key_verifier", "HashPool", "AccountLogin"]
 
 log = logging.getLogger("maskline.auth")
 
@@ -59,19 +62,6 @@ _PG_DOWN: Final = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
 )
-_REDIS_DOWN: Final = (redis.exceptions.RedisError, OSError, TimeoutError)
-
-
-# The limiter's Redis keys. They live here rather than in core/keys.py because nothing else reads
-# them. The `{auth}` hash tag puts every counter in one slot (one MULTI may span both in a Cluster).
-def failures_by_address_key(address: str) -> str:
-    """Failed logins from one client address (request.remote) in the current window."""
-    return f"ml:{{auth}}:fail:addr:{address}"
-
-
-def failures_by_sid_key(sid: str) -> str:
-    """Failed logins naming one (well-formed) key SID in the current window."""
-    return f"ml:{{auth}}:fail:sid:{sid}"
 
 
 @dataclass(frozen=True)
@@ -87,13 +77,25 @@ class ApiKey:
         return self.service_sids is None or service_sid in self.service_sids
 
 
-class TooManyAttempts(Exception):
-    """Answer 429 (Twilio's 20429) with `Retry-After: retry_after_s`; nothing was verified."""
+@dataclass(frozen=True)
+class AccountLogin:
+    """The Twilio account's own credentials: Account SID as user, Auth Token as password, full
+    access to every Service (as an Auth Token has at Twilio). Only a digest of the token is kept."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after_s = retry_after_s
+    account_sid: str
+    token_digest: bytes
+
+    @classmethod
+    def of(cls, account_sid: str, auth_token: str) -> AccountLogin:
+        return cls(account_sid, _fingerprint(auth_token))
+
+    def key(self) -> ApiKey:
+        return ApiKey(self.account_sid, "Account credentials", PERMISSIONS, None)
+
+    def matches(self, sid: str, secret: str) -> bool:
+        # Both sides are digests of equal length: the compare takes the same time however much
+        # of the token was right.
+        return sid == self.account_sid and hmac.compare_digest(self.token_digest, _fingerprint(secret))
 
 
 INSERT: Final = """
@@ -197,75 +199,6 @@ class HashPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class FailureLimiter:
-    """Failed logins per client address and per key SID, fixed windows in Redis (shared by every
-    worker). A successful login does not reset them. Redis unreachable: no limit (logged once)."""
-
-    def __init__(
-        self, redis: aioredis.Redis, *, limit: int = 20, window_s: int = 60, timeout_s: float = 0.5
-    ) -> None:
-        if limit < 1 or window_s < 1:
-            raise ValueError(f"FailureLimiter needs limit >= 1 and window_s >= 1, got {limit} and {window_s}")
-        self.redis = redis
-        self.limit = limit
-        self.window_s = window_s
-        self.timeout_s = timeout_s
-        self._failing = False
-
-    @staticmethod
-    def _keys(address: str, sid: str | None) -> list[str]:
-        found = [failures_by_address_key(address or "unknown")]
-        if sid is not None:
-            found.append(failures_by_sid_key(sid))
-        return found
-
-    async def retry_after(self, address: str, sid: str | None) -> int | None:
-        """Seconds until the window that holds this address or SID over the limit ends; None if neither is."""
-        keys = self._keys(address, sid)
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.get(key)
-                        pipe.ttl(key)
-                    replies = await pipe.execute()
-        except _REDIS_DOWN as err:
-            self._down(err)
-            return None
-        self._up()
-        waits = [
-            int(ttl) if int(ttl) > 0 else self.window_s
-            for count, ttl in zip(replies[::2], replies[1::2], strict=True)
-            if count is not None and int(count) >= self.limit
-        ]
-        return max(waits) if waits else None
-
-    async def record_failure(self, address: str, sid: str | None) -> None:
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for key in self._keys(address, sid):
-                        # The first failure of a window creates the counter with the window's
-                        # expiry (SET NX EX); INCR keeps it. MULTI: never a counter without expiry.
-                        pipe.set(key, 0, ex=self.window_s, nx=True)
-                        pipe.incr(key)
-                    await pipe.execute()
-        except _REDIS_DOWN as err:
-            self._down(err)
-            return
-        self._up()
-
-    def _down(self, err: BaseException) -> None:
-        if not self._failing:
-            self._failing = True
-            log.warning("login limiter off: Redis unavailable (%s); failed logins are not limited", err)
-
-    def _up(self) -> None:
-        if self._failing:
-            self._failing = False
-            log.info("login limiter on again: Redis answers")
-
-
 @dataclass(frozen=True)
 class _Verified:
     fingerprint: bytes  # sha256(secret): the secret itself is never kept
@@ -287,8 +220,10 @@ class KeyVerifier:
         hasher: HashPool | None = None,
         fresh_s: float = _FRESH_S,
         lookup_timeout_s: float = 2.0,
+        account: AccountLogin | None = None,
     ) -> None:
         self.pg = pg
+        self.account = account
         self.limiter = limiter
         self.hasher = hasher or HashPool()
         self.fresh_s = fresh_s
@@ -312,10 +247,10 @@ class KeyVerifier:
             return None  # not an attempt: nothing to count
         creds = parse_basic(header)
         if creds is not None:
-            known = await self._known(*creds)
+            known = self._account(*creds) or await self._known(*creds)
             if known is not None:
                 return known
-        sid = creds[0] if creds is not None and well_formed_sid(creds[0]) else None
+        sid = creds[0] if creds is not None and self._countable(creds[0]) else None
         if self.limiter is not None:
             wait = await self.limiter.retry_after(address, sid)
             if wait is not None:
@@ -326,7 +261,16 @@ class KeyVerifier:
         return key
 
     async def verify(self, sid: str, secret: str) -> ApiKey | None:
-        return await self._known(sid, secret) or await self._check(sid, secret)
+        return self._account(sid, secret) or await self._known(sid, secret) or await self._check(sid, secret)
+
+    def _account(self, sid: str, secret: str) -> ApiKey | None:
+        if self.account is not None and self.account.matches(sid, secret):
+            return self.account.key()
+        return None
+
+    def _countable(self, sid: str) -> bool:
+        """Failures naming this SID are counted per SID: a key's, or the account's."""
+        return well_formed_sid(sid) or (self.account is not None and sid == self.account.account_sid)
 
     async def _known(self, sid: str, secret: str) -> ApiKey | None:
         """The key if this SID and secret were verified here before (no scrypt); None otherwise,
@@ -354,7 +298,8 @@ class KeyVerifier:
         return self._remember(sid, entry.fingerprint, row)
 
     async def _check(self, sid: str, secret: str) -> ApiKey | None:
-        """The full check: always exactly one scrypt, whether the SID exists or not."""
+        """The full check: always exactly one scrypt, whether the SID exists or not (a wrong Auth
+        Token too: the answer takes as long as a wrong key secret)."""
         if not (well_formed_sid(sid) and well_formed_secret(secret)):
             await self.hasher.matches("", _DUMMY_HASH)
             return None
@@ -392,7 +337,8 @@ class KeyVerifier:
 
 
 def key_verifier(settings: Settings, pg: asyncpg.Pool, redis: aioredis.Redis) -> KeyVerifier:
-    """The verifier the app uses: limiter on `redis` (unless the limit is 0), its own hash pool."""
+    """The verifier the app uses: limiter on `redis` (unless the limit is 0), its own hash pool,
+    the account's credentials once an Auth Token is configured."""
     limiter = None
     if settings.auth_failure_limit != 0:  # negative: FailureLimiter refuses it
         limiter = FailureLimiter(
@@ -403,4 +349,13 @@ def key_verifier(settings: Settings, pg: asyncpg.Pool, redis: aioredis.Redis) ->
         limiter=limiter,
         hasher=HashPool(workers=settings.auth_hash_workers, queue=settings.auth_hash_queue),
         fresh_s=settings.auth_key_fresh_s,
+        account=account_login(settings),
     )
+
+
+def account_login(settings: Settings) -> AccountLogin | None:
+    """The account's login, or None while the Auth Token is the built-in development value (a
+    token everyone can read must not open the API)."""
+    if settings.twilio_auth_token == DEV_AUTH_TOKEN:
+        return None
+    return AccountLogin.of(settings.twilio_account_sid, settings.twilio_auth_token)

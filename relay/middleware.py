@@ -128,8 +128,8 @@ async def _tarpit() -> None:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """HTTP Basic with an API key on the REST API (/v1/...); webhooks check signatures instead.
     Too many failed logins from one address or for one key SID (or a full hash queue): 429,
-    Twilio's 20429, with Retry-After; nothing is verified then (relay/credentials.py)."""
-    from relay.credentials import TooManyAttempts
+    Twilio's 20429, with Retry-After; nothing is verified then (relay/login_limits.py)."""
+    from relay.login_limits import TooManyAttempts
 
     if request.path.startswith("/v1/"):
         try:
@@ -143,7 +143,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return response
         if key is None:
             response = error_response(
-                20003, "Authenticate with HTTP Basic: API key SID as user, its secret as password", 401
+                20003,
+                "Authenticate with HTTP Basic: an API key SID and its secret, or the Account SID and Auth Token",
+                401,
             )
             response.headers["WWW-Authenticate"] = 'Basic realm="Maskline"'
             return response

@@ -19,16 +19,8 @@ import pytest
 import redis.asyncio as aioredis
 from api_helpers import RunningApp, running_app
 
-from relay.credentials import (
-    FailureLimiter,
-    HashPool,
-    KeyVerifier,
-    TooManyAttempts,
-    create_key,
-    failures_by_address_key,
-    failures_by_sid_key,
-    revoke_key,
-)
+from relay.credentials import HashPool, KeyVerifier, create_key, revoke_key
+from relay.login_limits import FailureLimiter, TooManyAttempts, failures_by_address_key, failures_by_sid_key
 from relay.state import VERIFIER
 
 UNKNOWN_SID = "SK" + "0" * 32
