@@ -82,10 +82,8 @@ def raise_for(result: dict[str, Any]) -> dict[str, Any]:
     err: MasklineError
     if code == 20404:
         err = NotFound(message)
-    elif code == 80609:
-        err = PoolError(message, code=80609, status=409)
     else:
-        err = PoolError(message, code=int(code))
+        err = PoolError(message, code=int(code))  # its HTTP status from core.errors.CATALOGUE
     raise err
 
 

@@ -8,7 +8,7 @@ parentheses, a "(0)" trunk prefix: "+44 (0)7400 123456"); the international pref
 "+". A number without either is refused: "4155550123" could be any country, and Twilio identifiers
 are E.164. Letters are refused too (phonenumbers would read "1-800-FLOWERS" as digits).
 
-Refused participants (80623, toll-fraud and safety, see `_REFUSED_TYPES`):
+Refused participants (89001, toll-fraud and safety, see `_REFUSED_TYPES`):
 - emergency numbers (911, 112, 999, 000, 110, 119, 15, 17, 18...) and short codes: anything of 2-6
   digits, with or without "+" or a country code ("+1 911", "+44 999"), is never a subscriber we
   could call or text on someone's behalf. Short-number metadata only understands national dialling
@@ -56,12 +56,18 @@ from typing import Final
 import phonenumbers
 from phonenumbers import PhoneMetadata, PhoneNumberType
 
-from core.errors import InvalidParameter, PoolError
+from core.errors import (
+    COUNTRY_NOT_ALLOWED,
+    INVALID_PARAMETER,
+    PARTICIPANT_REFUSED,
+    InvalidParameter,
+    PoolError,
+)
 
 __all__ = ["Number", "parse_participant", "parse_proxy_number", "mask"]
 
-INVALID_NUMBER: Final = 80601
-REFUSED_NUMBER: Final = 80623
+INVALID_NUMBER: Final = INVALID_PARAMETER  # Twilio's Invalid Parameter, naming Identifier
+REFUSED_NUMBER: Final = PARTICIPANT_REFUSED
 
 # Longest input worth parsing: E.164 is at most 15 digits; generous room for separators.
 _MAX_INPUT_CHARS: Final = 40
@@ -116,15 +122,15 @@ class _Rejected(Exception):
     def __init__(self, reason: str, *, refused: bool) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.refused = refused  # True: a real but refused number (80623); False: not a number (80601)
+        self.refused = refused  # True: a real but refused number (89001); False: not a number (20422)
 
 
 def parse_participant(raw: str, *, allowed_countries: frozenset[str] | None = None) -> Number:
     """A participant identifier as a `Number`.
 
-    Raises PoolError 80601 when `raw` is not a valid phone number, 80623 when it is one that is
-    refused (emergency, short code, premium-rate, shared-cost, non-geographic, or its region is not
-    in `allowed_countries`, a set of region keys such as {"US", "GB"})."""
+    Raises PoolError 20422 when `raw` is not a valid phone number, 89001 when it is one that is
+    refused (emergency, short code, premium-rate, shared-cost, non-geographic), 89002 when its
+    region is not in `allowed_countries`, a set of region keys such as {"US", "GB"}."""
     try:
         number = _parse(raw)
     except _Rejected as e:
@@ -142,13 +148,13 @@ def parse_participant(raw: str, *, allowed_countries: frozenset[str] | None = No
         raise PoolError(
             f"Identifier {mask(number.e164)} is in {number.region}, which this Service does not "
             f"allow (allowed countries: {allowed}).",
-            code=REFUSED_NUMBER,
+            code=COUNTRY_NOT_ALLOWED,
         )
     return number
 
 
 def parse_proxy_number(raw: str) -> Number:
-    """A pool (Twilio) number as a `Number`. Raises InvalidParameter (20001) naming PhoneNumber."""
+    """A pool (Twilio) number as a `Number`. Raises InvalidParameter (20422) naming PhoneNumber."""
     try:
         return _parse(raw)
     except _Rejected as e:

@@ -11,7 +11,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from core import keys
-from core.errors import Conflict, InvalidParameter, NotFound, PoolError
+from core.errors import InvalidParameter, NotFound, PoolError
 from core.events import emit_event
 from core.ids import new_sid
 from core.paging import Page, PageRequest, oldest_first_page, oldest_first_sql
@@ -112,7 +112,9 @@ class NumberRegistry:
                 is_reserved,
             )
         except asyncpg.UniqueViolationError:  # the number, or its (Twilio) sid, is in a Service already
-            raise Conflict(f"phone number {number.e164} already belongs to a Service", code=80111) from None
+            raise PoolError(
+                f"PhoneNumber {number.e164} is not available: it is in a Service's pool already", code=80601
+            ) from None
         row = _row(record)
         row["in_use"] = await self.publish(row)
         await emit_event(self.redis, service_sid=service_sid, type="number.added", data=_event_view(row))
@@ -178,7 +180,7 @@ class NumberRegistry:
         if in_use > 0:
             raise PoolError(
                 f"PhoneNumber {sid} carries {in_use} live session(s); close them before removing it from the pool",
-                code=80612,
+                code=80611,
             )
         await self.pg.execute(DELETE, service_sid, row["sid"])
         await self.redis.delete(keys.proxy_owner(row["phone_number"]))

@@ -98,7 +98,7 @@ async def api_error_middleware(request: web.Request, handler: Handler) -> web.St
         raise
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError, TimeoutError) as err:
         log.error("store unavailable on %s %s: %s", request.method, request.path, err)
-        return error_response(20500, "Maskline's data store is unavailable; retry shortly", 503)
+        return error_response(20503, "Maskline's data store is unavailable; retry shortly", 503)
     except Exception:
         # Never a stack trace to the caller; the log has it.
         log.exception("unexpected error on %s %s", request.method, request.path)

@@ -136,7 +136,7 @@ async def twilio_request(
                 payload = await _json(resp)
                 if resp.status < 300:
                     return payload
-                code = int(payload.get("code") or 20500)
+                code = int(payload.get("code") or 80613)  # Twilio's "Downstream Request Rejected"
                 message = str(payload.get("message") or resp.reason or "error")
                 if resp.status not in RETRY_STATUSES:
                     raise TwilioRefused(resp.status, code, message)

@@ -180,7 +180,7 @@ class ServiceStore:
 
     async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
         if not fields.get("unique_name"):
-            raise InvalidParameter("UniqueName is required", code=21602)
+            raise InvalidParameter("UniqueName is required")
         _check(fields)
         values = {**EDITABLE, **fields}
         sid = new_sid("KS")
@@ -203,7 +203,7 @@ class ServiceStore:
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(
-                f"a Service with UniqueName {values['unique_name']} already exists", code=80110
+                f"a Service with UniqueName {values['unique_name']} already exists", code=80602
             ) from None
         row = _row(record)
         await self.publish(row)
@@ -248,7 +248,7 @@ class ServiceStore:
             )
         except asyncpg.UniqueViolationError:
             raise Conflict(
-                f"a Service with UniqueName {fields.get('unique_name')} already exists", code=80110
+                f"a Service with UniqueName {fields.get('unique_name')} already exists", code=80602
             ) from None
         if record is None:
             raise NotFound(f"Service {sid} was not found")

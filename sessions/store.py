@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from core import keys
 from core.clock import SYSTEM, Clock
-from core.errors import InvalidParameter, NotFound
+from core.errors import InvalidParameter, NotFound, PoolError
 from core.ids import new_event_id, new_event_id_base, new_sid
 from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
@@ -46,7 +46,7 @@ class SessionStore:
         e164 = await self.redis.hget(keys.number_sids(service_sid), pn_sid)
         if not e164:
             raise InvalidParameter(
-                f"ProxyIdentifierSid {pn_sid} is not a phone number of this Service", code=80205
+                f"ProxyIdentifierSid {pn_sid} is not a phone number of this Service", code=80605
             )
         return str(e164)
 
@@ -64,7 +64,7 @@ class SessionStore:
         session_sid: str | None = None,
     ) -> dict[str, Any]:
         if len(participants) > 2:
-            raise InvalidParameter("a Session has at most two Participants", code=80603)
+            raise PoolError("a Session may have at most 2 participants", code=80609)
         if status not in (Status.OPEN, Status.IN_PROGRESS):
             raise InvalidParameter(
                 f"Status must be open or in-progress when creating a Session, not {status}"

@@ -122,11 +122,11 @@ async def test_errors_reach_the_twilio_client_with_their_codes(api: RunningApp) 
 
     assert await asyncio.to_thread(scenario) == [
         (400, 80203),
-        (400, 80623),
-        (400, 80601),
+        (400, 89001),
+        (400, 20422),
         (404, 20404),
-        (409, 80110),
-        (400, 20001),
+        (409, 80602),
+        (400, 20422),
     ]
 
 
@@ -143,16 +143,16 @@ async def test_bad_input_gets_a_clear_4xx_and_writes_nothing(api: RunningApp) ->
     assert status == 201
     base = f"/v1/Services/{svc['sid']}"
     cases = [
-        ("POST", "/v1/Services", {}, 400, 21602),
-        ("POST", "/v1/Services", {"UniqueName": "x", "DefaultTtl": "soon"}, 400, 20001),
-        ("POST", "/v1/Services", {"UniqueName": "y", "GeoMatchLevel": "planet"}, 400, 20001),
-        ("POST", f"{base}/PhoneNumbers", {}, 400, 21602),
-        ("POST", f"{base}/PhoneNumbers", {"PhoneNumber": "12345"}, 400, 20001),
-        ("POST", f"{base}/Sessions", {"Participants": "{not json"}, 400, 20001),
-        ("POST", f"{base}/Sessions", {"Participants": '{"FriendlyName": "no id"}'}, 400, 21602),
-        ("POST", f"{base}/Sessions", {"DateExpiry": "tomorrow"}, 400, 20001),
-        ("POST", f"{base}/Sessions", {"DateExpiry": "2001-01-01T00:00:00Z"}, 400, 20001),
-        ("POST", f"{base}/Sessions", {"Mode": "telepathy"}, 400, 20001),
+        ("POST", "/v1/Services", {}, 400, 20422),
+        ("POST", "/v1/Services", {"UniqueName": "x", "DefaultTtl": "soon"}, 400, 20422),
+        ("POST", "/v1/Services", {"UniqueName": "y", "GeoMatchLevel": "planet"}, 400, 20422),
+        ("POST", f"{base}/PhoneNumbers", {}, 400, 20422),
+        ("POST", f"{base}/PhoneNumbers", {"PhoneNumber": "12345"}, 400, 20422),
+        ("POST", f"{base}/Sessions", {"Participants": "{not json"}, 400, 20422),
+        ("POST", f"{base}/Sessions", {"Participants": '{"FriendlyName": "no id"}'}, 400, 20422),
+        ("POST", f"{base}/Sessions", {"DateExpiry": "tomorrow"}, 400, 20422),
+        ("POST", f"{base}/Sessions", {"DateExpiry": "2001-01-01T00:00:00Z"}, 400, 20422),
+        ("POST", f"{base}/Sessions", {"Mode": "telepathy"}, 400, 20422),
         ("POST", f"{base}/Sessions/KC{'0' * 32}/Participants", {"Identifier": "+14155550101"}, 404, 20404),
         ("GET", f"/v1/Services/KS{'0' * 32}", None, 404, 20404),
         ("GET", "/v1/Nothing", None, 404, 20404),

@@ -100,7 +100,7 @@ async def test_bad_filters_say_what_to_fix(settings, redis, pg):
             ("Format=xml", "Format"),
         ):
             status, body, _ = await _get(app, f"/v1/Audit/Events?{query}")
-            assert status == 400 and body["code"] == 20001, (query, body)
+            assert status == 400 and body["code"] == 20422, (query, body)
             assert hint in body["message"], (query, body)
 
 

@@ -155,7 +155,7 @@ async def test_unique_name_conflict_never_creates_a_second_session(world: World)
         *(world.session(ks, f"+1212555{7000 + i:04d}", unique_name="order-42") for i in range(10)),
         return_exceptions=True,
     )
-    assert all(isinstance(r, PoolError) and r.code == 80609 and r.status == 409 for r in results)
+    assert all(isinstance(r, PoolError) and r.code == 80603 and r.status == 409 for r in results)
     assert len((await world.sessions.list_sessions(ks, PageRequest(size=50))).items) == 1
 
 
@@ -180,7 +180,7 @@ async def test_participants_added_one_by_one_and_removed(world: World) -> None:
     await world.sessions.add_participant(ks, view["sid"], ParticipantRequest(COURIER))
     with pytest.raises(PoolError) as err:
         await world.sessions.add_participant(ks, view["sid"], ParticipantRequest(HOST))
-    assert err.value.code == 80603
+    assert err.value.code == 80609
     assert [p["friendly_name"] for p in await world.sessions.list_participants(ks, view["sid"])] == [
         "Ann",
         "",

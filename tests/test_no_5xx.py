@@ -136,10 +136,10 @@ def _posts(w: dict[str, str]) -> list[str]:
 
 
 def _invalid(body: Any, *names: str) -> None:
-    """A Twilio-shaped 400 (20001) whose message names each of `names`."""
+    """A Twilio-shaped 400 (20422, Invalid Parameter) whose message names each of `names`."""
     assert isinstance(body, dict), body
-    assert body["status"] == 400 and body["code"] == 20001, body
-    assert body["more_info"] == "https://www.twilio.com/docs/errors/20001"
+    assert body["status"] == 400 and body["code"] == 20422, body
+    assert body["more_info"] == "https://www.twilio.com/docs/errors/20422"
     for name in names:
         assert name in body["message"], body
 

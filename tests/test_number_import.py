@@ -216,7 +216,7 @@ async def test_phone_numbers_create_by_sid_as_on_twilio(
         assert created.capabilities["voice_inbound"] is True and created.capabilities["sms_outbound"] is False
         assert created.capabilities["voice"] is True and created.capabilities["sms"] is False
         assert got["by_e164"].sid != voice_only["sid"] and got["by_e164"].capabilities["sms_inbound"] is True
-        assert got["errors"] == {"unknown": (404, 80301), "twice": (409, 80111), "mismatch": (400, 20001)}
+        assert got["errors"] == {"unknown": (404, 80301), "twice": (400, 80601), "mismatch": (400, 20422)}
         assert (
             f"GET /2010-04-01/Accounts/{settings.twilio_account_sid}/IncomingPhoneNumbers/{UNKNOWN_PN}.json > 404"
             in fake_twilio.log

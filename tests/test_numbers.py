@@ -9,8 +9,9 @@ import pytest
 from core.errors import InvalidParameter, PoolError
 from pool.numbers import Number, mask, parse_participant, parse_proxy_number
 
-INVALID = 80601
-REFUSED = 80623
+INVALID = 20422  # Twilio's Invalid Parameter
+REFUSED = 89001  # Maskline: Participant Refused
+NOT_ALLOWED = 89002  # Maskline: Participant Country Not Allowed
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,7 @@ def test_human_formats_are_normalised_to_e164(raw: str, e164: str) -> None:
         "+1 911 555 0123",  # 911 is not an area code
     ],
 )
-def test_what_is_not_a_phone_number_is_80601(raw: str) -> None:
+def test_what_is_not_a_phone_number_is_20422(raw: str) -> None:
     with pytest.raises(PoolError) as e:
         parse_participant(raw)
     assert e.value.code == INVALID
@@ -56,7 +57,7 @@ def test_what_is_not_a_phone_number_is_80601(raw: str) -> None:
     assert "E.164" in e.value.message  # ...and what to send instead
 
 
-def test_a_non_string_identifier_is_80601() -> None:
+def test_a_non_string_identifier_is_20422() -> None:
     for raw in (None, 14155550123, b"+14155550123"):
         with pytest.raises(PoolError) as e:
             parse_participant(raw)  # type: ignore[arg-type]
@@ -76,7 +77,7 @@ def test_a_huge_identifier_is_refused_without_being_echoed() -> None:
     "raw",
     ["911", "+911", "112", "+112", "999", "+44 999", "+1 911", "000", "110", "119", "17", "0044 999"],
 )
-def test_emergency_numbers_are_refused_80623(raw: str) -> None:
+def test_emergency_numbers_are_refused_89001(raw: str) -> None:
     with pytest.raises(PoolError) as e:
         parse_participant(raw)
     assert e.value.code == REFUSED
@@ -84,7 +85,7 @@ def test_emergency_numbers_are_refused_80623(raw: str) -> None:
 
 
 @pytest.mark.parametrize("raw", ["55555", "+55555", "08", "24273", "+1 234567", "466453"])
-def test_short_codes_are_refused_80623(raw: str) -> None:
+def test_short_codes_are_refused_89001(raw: str) -> None:
     with pytest.raises(PoolError) as e:
         parse_participant(raw)
     assert e.value.code == REFUSED
@@ -102,7 +103,7 @@ def test_short_codes_are_refused_80623(raw: str) -> None:
         ("+800 1234 5678", "non-geographic"),
     ],
 )
-def test_toll_fraud_destinations_are_refused_80623(raw: str, why: str) -> None:
+def test_toll_fraud_destinations_are_refused_89001(raw: str, why: str) -> None:
     with pytest.raises(PoolError) as e:
         parse_participant(raw)
     assert e.value.code == REFUSED
@@ -155,10 +156,10 @@ def test_every_countrys_example_numbers_are_accepted_in_a_consistent_region() ->
             assert parse_participant(raw).region == fold.get(iso, iso), raw
 
 
-def test_allowed_countries_refuse_other_countries_80623() -> None:
+def test_allowed_countries_refuse_other_countries_89002() -> None:
     with pytest.raises(PoolError) as e:
         parse_participant("+1 876 210 1234", allowed_countries=frozenset({"US", "CA"}))
-    assert e.value.code == REFUSED
+    assert e.value.code == NOT_ALLOWED
     assert "JM" in e.value.message
     assert "CA, US" in e.value.message
     assert "2101234" not in e.value.message  # the number itself is masked
@@ -169,10 +170,10 @@ def test_allowed_countries_match_on_the_folded_region() -> None:
     assert parse_participant("+1 787 234 5678", allowed_countries=frozenset({"US"})).iso_country == "PR"
     with pytest.raises(PoolError) as e:
         parse_participant("+1 415 555 0123", allowed_countries=frozenset())
-    assert e.value.code == REFUSED
+    assert e.value.code == NOT_ALLOWED
 
 
-def test_an_invalid_number_is_80601_even_with_an_allow_list() -> None:
+def test_an_invalid_number_is_20422_even_with_an_allow_list() -> None:
     with pytest.raises(PoolError) as e:
         parse_participant("+1415555012", allowed_countries=frozenset({"US"}))
     assert e.value.code == INVALID
@@ -197,7 +198,7 @@ def test_proxy_number_is_parsed_like_a_participant() -> None:
 def test_bad_proxy_number_is_invalid_parameter_naming_phone_number(raw: str) -> None:
     with pytest.raises(InvalidParameter) as e:
         parse_proxy_number(raw)
-    assert e.value.code == 20001
+    assert e.value.code == 20422
     assert e.value.status == 400
     assert "PhoneNumber" in e.value.message
 

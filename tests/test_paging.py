@@ -116,7 +116,7 @@ async def test_sessions_page_newest_first_and_back_while_sessions_are_created(ap
 async def test_a_bad_page_token_is_a_400_naming_it(api: RunningApp) -> None:
     ks = await _create(api, "/v1/Services", {"UniqueName": "x"})
     status, body = await api.call("GET", f"/v1/Services/{ks}/Sessions?PageToken=PA%21%21")
-    assert (status, body["code"]) == (400, 20001) and "PageToken" in body["message"]
+    assert (status, body["code"]) == (400, 20422) and "PageToken" in body["message"]
 
 
 async def test_sorted_set_pages_break_ties_by_member_under_inserts_and_deletes(redis) -> None:

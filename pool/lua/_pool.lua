@@ -25,7 +25,7 @@ end
 local function choose_proxy(identifier, region, area, explicit, geo, selection)
   if explicit ~= '' then
     if redis.call('EXISTS', P .. 'num:' .. explicit) == 0 then
-      return nil, 80205, 'ProxyIdentifier ' .. explicit .. ' is not a phone number of this Service'
+      return nil, 80605, 'ProxyIdentifier ' .. explicit .. ' is not a phone number of this Service'
     end
     if redis.call('EXISTS', pair_key(identifier, explicit)) == 1 then
       return nil, 80604, 'this participant already holds proxy number ' .. explicit ..
@@ -40,6 +40,9 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
   end
   local total = tonumber(redis.call('HGET', P .. 'regions', scope) or '0') or 0
   if total == 0 then
+    if redis.call('HLEN', P .. 'regions') == 0 then
+      return nil, 80205, 'this Service has no proxy numbers; add some to its pool (PhoneNumbers)'
+    end
     if scope ~= region then
       return nil, 80206, 'no proxy number in area code ' .. area .. ' (GeoMatchLevel=area-code); add one to the pool'
     end

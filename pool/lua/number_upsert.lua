@@ -6,7 +6,7 @@
 -- ARGV[5]  '1' reserved (never auto-assigned), '0' in the pool
 -- Returns its in_use count.
 -- `regions` counts every number and the reserved ones, per region and per region:area, so the
--- allocator can tell "no number here" (80203/80206) from "only reserved ones" (80207).
+-- allocator can tell "no number here" (80203/80205/80206) from "only reserved ones" (80207).
 
 local num, sid, region, area, reserved = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local nk = P .. 'num:' .. num

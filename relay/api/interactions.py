@@ -202,7 +202,7 @@ async def create_message_interaction(request: web.Request) -> web.Response:
     if len(media) > MAX_MEDIA:
         raise InvalidParameter(f"MediaUrl may be given at most {MAX_MEDIA} times")
     if not body and not media:
-        raise MissingParameter("Missing required parameter Body (or MediaUrl)")
+        raise MissingParameter("Missing required parameter Body (or MediaUrl)", code=21602)
     state = request.app[RELAY]
     data: dict[str, Any] = {"body": body}
     if media:

@@ -17,13 +17,13 @@ local count = 0
 for other in string.gmatch(sess.parts or '', '[^,]+') do
   count = count + 1
   if redis.call('HGET', P .. 'part:' .. other, 'identifier') == ident then
-    return fail(80605, 'participant ' .. ident .. ' is already in Session ' .. sid)
+    return fail(80103, 'participant ' .. ident .. ' is already in Session ' .. sid)
   end
 end
-if count >= 2 then return fail(80603, 'Session ' .. sid .. ' already has two participants') end
+if count >= 2 then return fail(80609, 'Session ' .. sid .. ' already has two participants (a Session may have at most 2)') end
 local countries = svc_field('allowed_countries', '')
 if countries ~= '' and not string.find(countries, ',' .. region .. ',', 1, true) then
-  return fail(80623, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
+  return fail(89002, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
     string.sub(countries, 2, -2) .. ')')
 end
 local proxy, code, msg = choose_proxy(ident, region, area, explicit,

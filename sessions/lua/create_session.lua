@@ -22,7 +22,7 @@ local uname = ARGV[4]
 if uname ~= '' then
   local holder = redis.call('GET', P .. 'uname:' .. uname)
   if holder and redis.call('EXISTS', P .. 'sess:' .. holder) == 1 then
-    return fail(80609, 'a Session with UniqueName ' .. uname .. ' already exists in this Service: ' .. holder)
+    return fail(80603, 'a Session with UniqueName ' .. uname .. ' already exists in this Service: ' .. holder)
   end
 end
 
@@ -34,10 +34,10 @@ local chosen, seen = {}, {}
 for i = 0, n - 1 do
   local b = 10 + i * 6
   local kp, ident, region, area, explicit = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  if seen[ident] then return fail(80605, 'participant ' .. ident .. ' appears twice in this Session') end
+  if seen[ident] then return fail(80103, 'participant ' .. ident .. ' appears twice in this Session') end
   seen[ident] = true
   if countries ~= '' and not string.find(countries, ',' .. region .. ',', 1, true) then
-    return fail(80623, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
+    return fail(89002, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
       string.sub(countries, 2, -2) .. ')')
   end
   local proxy, code, msg = choose_proxy(ident, region, area, explicit, geo, selection)
