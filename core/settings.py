@@ -23,6 +23,9 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 # The Auth Token of a fresh checkout: signs the sandbox's webhooks, never opens the API.
 DEV_AUTH_TOKEN = "maskline-dev-auth-token"
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
 # Fields derived by from_env, never read from the environment themselves.
 _DERIVED = frozenset({"redis_url_explicit", "database_url_explicit", "public_url_explicit"})
 
@@ -45,6 +48,9 @@ class Settings:
     intercept_timeout_s: float = 1.5
     callback_timeout_s: float = 5.0
     log_level: str = "INFO"
+    # Behind a proxy or tunnel you trust (it sets these headers itself): check webhook signatures
+    # against the URL X-Forwarded-Proto / X-Forwarded-Host name, not public_url's scheme and host.
+    trust_forwarded: bool = False
     # Twilio retries a webhook within minutes; the answer given to a MessageSid / CallSid is
     # remembered this long, so a retry gets the same answer (never a second relay).
     dedupe_ttl_s: int = 86_400
@@ -122,6 +128,12 @@ def _parse(var: str, raw: str, type_name: object) -> Any:
         if value != value or value < 0:  # NaN or negative: no timeout or interval means that
             raise ValueError(f"{var} must be a non-negative number, got {raw!r}")
         return value
+    if type_name in (bool, "bool"):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"{var} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
     if not text:
         raise ValueError(f"{var} is set but empty")
     return text

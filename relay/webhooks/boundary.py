@@ -24,12 +24,27 @@ from pool.numbers import mask
 from relay.api.params import decode_text, read_form
 from relay.state import RELAY, RelayState
 
-__all__ = ["Form", "STORE_FAULTS", "scrub", "xml", "read_signed", "forbidden", "answer", "log_fault"]
+__all__ = [
+    "Form",
+    "STORE_FAULTS",
+    "scrub",
+    "xml",
+    "read_signed",
+    "signed_url",
+    "forbidden",
+    "answer",
+    "log_fault",
+]
 
 log = logging.getLogger("maskline.webhooks")
 
 _LONG_NUMBER: Final = re.compile(r"\+?\d[\d ().-]{5,}\d")
 _FORBIDDEN: Final = "Forbidden: invalid or missing X-Twilio-Signature\n"
+# What a trusted proxy may name: a scheme Twilio calls, and a host[:port] (no path, no userinfo).
+_FORWARDED_PROTO: Final = frozenset({"http", "https"})
+_FORWARDED_HOST: Final = re.compile(
+    r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
 
 Form = MultiDictProxy[str] | MultiDict[str]
 # What Redis down, slow or stalled raises (DeadlineExceeded is an Unavailable).
@@ -40,6 +55,20 @@ T = TypeVar("T")
 def scrub(text: object) -> str:
     """`text` for a log line, with anything that looks like a phone number masked."""
     return _LONG_NUMBER.sub(lambda m: mask(m.group(0)), str(text))[:300]
+
+
+def signed_url(request: web.Request) -> tuple[str, bool]:
+    """The URL Twilio signed, as far as this service can tell, and whether it came from forwarded
+    headers: the public URL + the request's path and query; with settings.trust_forwarded, the
+    scheme and host of X-Forwarded-Proto / X-Forwarded-Host (the first of each list) instead,
+    when both are well formed."""
+    settings = request.app[RELAY].settings
+    if settings.trust_forwarded:
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+        if proto in _FORWARDED_PROTO and _FORWARDED_HOST.fullmatch(host):
+            return f"{proto}://{host}{request.path_qs}", True
+    return settings.public_url + request.path_qs, False
 
 
 def xml(body: str) -> web.Response:
@@ -54,7 +83,7 @@ async def read_signed(request: web.Request) -> Form | None:
     if not signature:
         return None
     state = request.app[RELAY]
-    url = state.settings.public_url + request.path_qs
+    url, _ = signed_url(request)
     algorithm = get_signature_algorithm(request.headers.get(SIGNATURE_SETTINGS_HEADER))
     if request.content_type == "application/json":
         # JSON bodies are covered by bodySHA256 in the query; without it the body is unsigned.
@@ -106,8 +135,29 @@ def _bad_request(request: web.Request, reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=f"Bad Request: {reason}\n")
 
 
+def _shown(url: str) -> str:
+    """A URL for a log line: the origin and path as they are, the query scrubbed of numbers."""
+    head, sep, query = url.partition("?")
+    return head + sep + scrub(query) if sep else head
+
+
 def forbidden(request: web.Request) -> web.Response:
-    log.warning("refused %s %s: bad or missing X-Twilio-Signature", request.method, request.path)
+    """403, and a log line that says what was checked: most refusals are a MASKLINE_PUBLIC_URL
+    that is not the URL Twilio calls (a proxy or tunnel in between)."""
+    url, forwarded = signed_url(request)
+    settings = request.app[RELAY].settings
+    why = "bad X-Twilio-Signature" if request.headers.get("X-Twilio-Signature") else "no X-Twilio-Signature"
+    log.warning(
+        "refused %s %s: %s for URL %s (MASKLINE_PUBLIC_URL=%s, forwarded headers %s); if Twilio "
+        "calls another URL, set MASKLINE_PUBLIC_URL to it, or MASKLINE_TRUST_FORWARDED=1 behind a "
+        "proxy you trust",
+        request.method,
+        request.path,
+        why,
+        _shown(url),
+        settings.public_url,
+        "used" if forwarded else ("absent or not well formed" if settings.trust_forwarded else "not trusted"),
+    )
     return web.Response(status=403, text=_FORBIDDEN)
 
 
