@@ -17,6 +17,7 @@ ENV_PREFIX = "MASKLINE_"
 # auto: start an embedded server only for a default URL that does not answer;
 # always: use embedded servers whatever the URLs say; never: use the URLs as they are.
 EMBEDDED_MODES = ("auto", "always", "never")
+LOG_FORMATS = ("text", "json")
 # What both Redis clients (redis-py and the webhooks' core/resp.py) can connect to, alike.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -51,6 +52,10 @@ class Settings:
     # Behind a proxy or tunnel you trust (it sets these headers itself): check webhook signatures
     # against the URL X-Forwarded-Proto / X-Forwarded-Host name, not public_url's scheme and host.
     trust_forwarded: bool = False
+    # GET /metrics asks for `Authorization: Bearer <this>` when set (empty: open, like /healthz).
+    metrics_token: str = ""
+    # text: "time level logger: message"; json: one object per line (maskline/logs.py).
+    log_format: str = "text"
     # Twilio retries a webhook within minutes; the answer given to a MessageSid / CallSid is
     # remembered this long, so a retry gets the same answer (never a second relay).
     dedupe_ttl_s: int = 86_400
@@ -87,6 +92,10 @@ class Settings:
             raise ValueError(
                 f"{ENV_PREFIX}REDIS_URL must be a {', '.join(s + '://' for s in REDIS_SCHEMES)} URL, "
                 f"got {self.redis_url!r}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"{ENV_PREFIX}LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
             )
         if self.embedded not in EMBEDDED_MODES:
             raise ValueError(

@@ -20,6 +20,7 @@ from core.resp import RespClient
 from core.settings import Settings
 from maskline.audit_cli import add_audit_commands
 from maskline.audit_cli import run as run_audit
+from maskline.logs import configure as configure_logging
 from maskline.numbers_cli import add_numbers_commands
 from maskline.numbers_cli import run as run_numbers
 
@@ -125,11 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"maskline: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     # asyncpg's pool logs a full traceback each time it fails to reconnect during a Postgres
     # outage; one line with the error says as much.
     logging.getLogger("asyncpg").addFilter(_one_line)

@@ -26,7 +26,7 @@ from core.scripts import Scripts
 from core.settings import Settings
 from maskline.recovery import RECOVERY, Recovery
 from pool.registry import NumberRegistry
-from relay import health, openapi
+from relay import health, metrics, openapi
 from relay.api import audit as audit_api
 from relay.api import interactions as interactions_api
 from relay.api import services as services_api
@@ -209,6 +209,7 @@ def create_app(
     app.cleanup_ctx.extend([stores, relay, duties])
     app.add_routes(health.routes)
     app.add_routes(openapi.routes)
+    app.add_routes(metrics.routes)
     app.add_routes(services_api.routes)
     app.add_routes(sessions_api.routes)
     app.add_routes(interactions_api.routes)

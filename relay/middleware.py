@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import quote
@@ -17,11 +19,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from core.deadline import deadline
 from core.errors import MasklineError, NotFound
+from relay.metrics import observe_api
 from relay.state import API_KEY, SETTINGS, VERIFIER
 
 __all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware"]
 
 log = logging.getLogger("maskline.api")
+# One line per API request (method, path, status, latency, error code); the path holds SIDs only
+# and the query is left out (the audit API's Number filter is a phone number).
+access = logging.getLogger("maskline.access")
+# A caller's X-Request-Id is kept (and echoed) when it is this plain; otherwise one is made up.
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,7 +44,9 @@ def error_body(code: int, message: str, status: int) -> dict[str, object]:
 
 
 def error_response(code: int, message: str, status: int) -> web.Response:
-    return web.json_response(error_body(code, message, status), status=status)
+    response = web.json_response(error_body(code, message, status), status=status)
+    response.twilio_code = code  # type: ignore[attr-defined]  # for the metrics and the access log
+    return response
 
 
 # The audit read API streams exports for as long as they take: no deadline there (it only reads).
@@ -78,6 +88,36 @@ if not any(isinstance(f, _MalformedRequests) for f in logging.getLogger("aiohttp
 
 @web.middleware
 async def api_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API's error boundary (and its metrics and access log: relay/metrics.py, _access)."""
+    if not request.path.startswith("/v1/"):
+        return await _answer(request, handler)
+    started = time.perf_counter()
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    response = await _answer(request, handler)
+    elapsed = time.perf_counter() - started
+    code = getattr(response, "twilio_code", None)
+    observe_api(request, response.status, elapsed, code)
+    if not response.prepared:  # a streamed export has sent its headers already
+        response.headers["X-Request-Id"] = request_id
+    access.info(
+        "%s %s %d %.1fms%s",
+        request.method,
+        request.rel_url.raw_path,
+        response.status,
+        elapsed * 1000,
+        f" code={code}" if code else "",
+        extra={
+            "request_id": request_id,
+            "status": response.status,
+            "latency_ms": round(elapsed * 1000, 2),
+            "code": code,
+        },
+    )
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         if request.path.startswith("/v1/"):
             _check_path(request)

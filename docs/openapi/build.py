@@ -59,6 +59,7 @@ OPS = {
     "/healthz": "Liveness.",
     "/readyz": "Readiness: Redis and Postgres reachable.",
     "/openapi.json": "This document (unauthenticated), its servers set to MASKLINE_PUBLIC_URL.",
+    "/metrics": "Prometheus metrics (text format); with MASKLINE_METRICS_TOKEN set, send Authorization: Bearer <token>.",
 }
 TARGET = HERE.parent.parent / "relay" / "openapi.json"
 

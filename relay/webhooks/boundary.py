@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
@@ -22,6 +23,7 @@ from core.deadline import deadline
 from core.errors import InvalidParameter, Unavailable
 from pool.numbers import mask
 from relay.api.params import decode_text, read_form
+from relay.metrics import observe_webhook
 from relay.state import RELAY, RelayState
 
 __all__ = [
@@ -173,25 +175,33 @@ async def answer(
     `fallback` when Redis is down or slow or anything unexpected happens. Every script run while
     handling it carries the deadline (core/deadline.py): after a fallback answer, none of them
     starts any more. `on_fault(state, parsed, error, scripts_deadline_ms)` hears of each fallback."""
+    started = time.perf_counter()
     form = await read_signed(request)
     if form is None:
+        observe_webhook(what, "refused", time.perf_counter() - started)
         return forbidden(request)
     state = request.app[RELAY]
     give_up_s = state.settings.webhook_deadline_s
-    with deadline(give_up_s) as scripts_deadline_ms:
-        try:
-            parsed = parse(form)
-        except Exception as err:
-            log_fault(what, form, err)
-            return xml(fallback)
-        try:
-            async with asyncio.timeout(give_up_s):
-                return xml(await handle(state, parsed))
-        except Exception as err:
-            log_fault(what, form, err)
-            if on_fault is not None:
-                on_fault(state, parsed, err, scripts_deadline_ms)
-            return xml(fallback)
+    outcome = "fallback"
+    try:
+        with deadline(give_up_s) as scripts_deadline_ms:
+            try:
+                parsed = parse(form)
+            except Exception as err:
+                log_fault(what, form, err)
+                return xml(fallback)
+            try:
+                async with asyncio.timeout(give_up_s):
+                    answered = xml(await handle(state, parsed))
+                outcome = "answered"
+                return answered
+            except Exception as err:
+                log_fault(what, form, err)
+                if on_fault is not None:
+                    on_fault(state, parsed, err, scripts_deadline_ms)
+                return xml(fallback)
+    finally:
+        observe_webhook(what, outcome, time.perf_counter() - started)
 
 
 def log_fault(what: str, form: Form, err: BaseException) -> None:
