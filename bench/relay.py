@@ -5,7 +5,9 @@ bare handler, p99 < 10 ms at 1,000 rps.
 
 Processes (loopback only): this one sets up the data and orchestrates; the worker (the app as
 `maskline serve` runs it: one process, uvloop, no access log) and the bare handler each run in
-their own subprocess; the load comes from `wrk` when installed (apt install wrk), else from a
+their own subprocess, pinned to one core (the load generator and this process to the others, when
+there are two or more: a generator sharing the server's core flatters every ratio); the worker's
+CPU time (/proc) and Redis' (INFO cpu) over the main run give the CPU cost per relayed text; the load comes from `wrk` when installed (apt install wrk), else from a
 Python/aiohttp generator in another subprocess (keep-alive, bounded concurrency), both driven from
 bench/relay_load.py. Every request
 is a distinct, correctly signed webhook with Twilio's full parameter set, for a live session
@@ -34,7 +36,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, WRK_SCRIPT, load, pyload, write_requests, wrk_run
+from bench import relay_load
+from bench.relay_load import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    WRK_SCRIPT,
+    cpu_seconds,
+    load,
+    pin,
+    pyload,
+    write_requests,
+    wrk_run,
+)
 
 __all__ = ["main"]
 
@@ -152,6 +165,18 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float
     raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
 
 
+async def _redis_cpu(url: str) -> float:
+    """Redis' own CPU seconds so far (INFO cpu: user + system of the main thread and children)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        info = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -241,6 +266,19 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         worker = _spawn("worker", worker_port, env)
         bare = _spawn("bare", bare_port, env)
         procs += [worker, bare]
+        # Per core: the worker and the bare handler each on the last core (one at a time under
+        # load), this process and the load generator on the others, so neither ratio is flattered
+        # by a generator that shares the server's core.
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cores) >= 2:
+            server_core, load_cores = {cores[-1]}, set(cores[:-1])
+            for proc in (worker, bare):
+                pin(proc.pid, server_core)
+            pin(os.getpid(), load_cores)
+            relay_load.LOAD_CORES.update(load_cores)
+            print(f"pinned: worker and bare handler on core {cores[-1]}, load on {sorted(load_cores)}")
+        else:
+            print("not pinned: fewer than 2 cores (the ratio is flattered: load shares the server's core)")
         await asyncio.gather(_wait_ready(worker_port, worker), _wait_ready(bare_port, bare))
         url = f"http://127.0.0.1:{worker_port}/twilio/sms"
         per_run = max(20_000, duration_s * 12_000)
@@ -257,7 +295,12 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
 
         await closed_loop(worker_port, files["warm"], 1)  # warm-up: script cache, connections
         await closed_loop(bare_port, files["warm"], 1)
+        redis_cpu0 = await _redis_cpu(redis_url)
+        cpu0 = cpu_seconds(worker.pid)
         relay = await closed_loop(worker_port, files["main"], duration_s)
+        worker_cpu = cpu_seconds(worker.pid) - cpu0
+        redis_cpu = await _redis_cpu(redis_url) - redis_cpu0
+        relayed = relay["rps"] * duration_s
         bare_result = await closed_loop(bare_port, files["main"], duration_s)
         fixed = await pyload(
             worker_port, files["fixed"], duration_s=min(duration_s, 6), connections=64, rate=rate
@@ -275,6 +318,9 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         print(f"bare aiohttp handler (parse form, fixed TwiML): {bare_result['rps']:8.0f} req/s  "
               f"p50 {bare_result['p50_ms']:.2f} ms  p99 {bare_result['p99_ms']:.2f} ms")  # fmt: skip
         print(f"ratio worker / bare: {ratio:.2f}   (target >= 0.35)")
+        if relayed:
+            print(f"CPU per relayed text: worker {worker_cpu / relayed * 1e6:.0f} us, "
+                  f"Redis {redis_cpu / relayed * 1e6:.0f} us (Redis: whole server, any client)")  # fmt: skip
         print(f"fixed rate {rate:.0f} req/s for {fixed['seconds']:.0f} s: achieved {fixed['rps']:.0f} req/s, "
               f"p50 {fixed['p50_ms']:.2f} ms, p99 {fixed['p99_ms']:.2f} ms, max {fixed['max_ms']:.2f} ms, "
               f"errors {fixed['errors']:.0f}   (target p99 < 10 ms)")  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import statistics
 import sys
@@ -17,8 +18,25 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 __all__ = ["AUTH_TOKEN", "ACCOUNT_SID", "WRK_SCRIPT", "load", "pyload", "write_requests", "wrk_run"]
+__all__ += ["LOAD_CORES", "pin", "cpu_seconds"]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
+
+# The load generator's cores (bench/relay.py pins the servers to the others): empty, not pinned.
+LOAD_CORES: set[int] = set()
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    """Keep process `pid` on `cores` (no-op when empty or unsupported)."""
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(pid, cores)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` (all its threads) has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 AUTH_TOKEN = "maskline-bench-auth-token"
 ACCOUNT_SID = "AC" + "be" * 16
@@ -82,6 +100,7 @@ async def wrk_run(
         f"http://127.0.0.1:{port}/twilio/sms", "--", str(requests_file),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    pin(proc.pid, LOAD_CORES)
     out, err = await proc.communicate()
     text = out.decode()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
@@ -107,6 +126,7 @@ async def pyload(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
     )  # fmt: skip
+    pin(proc.pid, LOAD_CORES)
     out, err = await proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"load generator failed: {err.decode()[-2000:]}")
