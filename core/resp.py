@@ -69,6 +69,11 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(ConnectionError(f"Redis connection lost: {exc or 'closed'}"))
 
 
+def _expire(waiter: asyncio.Future[Any], target: str, command: object) -> None:
+    if not waiter.done():
+        waiter.set_exception(RedisTimeoutError(f"Redis at {target} did not answer {command!s} in time"))
+
+
 class RespClient:
     def __init__(
         self,
@@ -157,17 +162,20 @@ class RespClient:
 
     async def execute(self, *args: Any, timeout_s: float | None = None) -> Any:
         proto = await self._connection()
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
         proto.waiters.append(waiter)
         assert proto.transport is not None
         # Written at once: coalescing writes per loop iteration measured slower (2,100 vs 2,950 relays/s).
         proto.transport.write(_encode(args))
+        # One timer that fails the waiter (cheaper than asyncio.timeout's per-call Timeout and
+        # task bookkeeping, a measurable share of a relay): the waiter is then done, and its reply,
+        # when it comes, is read and dropped in order.
+        timer = loop.call_later(timeout_s or self.command_timeout_s, _expire, waiter, self.target, args[0])
         try:
-            async with asyncio.timeout(timeout_s or self.command_timeout_s):
-                return await waiter
-        except TimeoutError:
-            # The waiter is done (cancelled): its reply, when it comes, is read and dropped in order.
-            raise RedisTimeoutError(f"Redis at {self.target} did not answer {args[0]!s} in time") from None
+            return await waiter
+        finally:
+            timer.cancel()
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, loading the script once if this Redis does not know it yet."""
