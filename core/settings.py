@@ -67,6 +67,9 @@ class Settings:
     recovery_interval_s: float = 1.0
     recovery_lock_s: float = 15.0
     recovery_settle_s: float = 0.5
+    # The sweeper and the audit writer run where their lease is held (core/lease.py): a holder
+    # that dies is replaced within this many seconds (plus a third of it).
+    lease_ttl_s: float = 10.0
     # API key logins (relay/credentials.py). Failed logins allowed per client address and per key
     # SID in each window, then 429 until the window ends (0: no limit); scrypt threads and hash
     # jobs in flight (one more answers 429); how long a verified key is trusted before Postgres is

@@ -24,6 +24,7 @@ from audit.verify import verify
 from audit.writer import AuditWriter
 from core.errors import InvalidParameter
 from core.events import emit_event
+from core.lease import Lease, run_while_holding
 from core.settings import Settings
 from maskline.erasure import erase_everywhere
 
@@ -114,7 +115,13 @@ async def _writer(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.P
             loop.add_signal_handler(sig, stop.set)
     writer = AuditWriter(redis, pg, consumer=args.consumer, batch_size=args.batch_size)
     print(f"audit writer {args.consumer} running; Ctrl-C to stop", file=sys.stderr)
-    await writer.run(stop)
+    # One writer at a time across hosts (core/lease.py), like the one `maskline serve` runs.
+    lease = Lease(redis, "audit-writer", ttl_s=Settings.from_env().lease_ttl_s)
+
+    async def write(duty_stop: asyncio.Event, fence: int) -> None:
+        await writer.run(duty_stop)
+
+    await run_while_holding(lease, write, stop)
     print(f"audit writer stopped after storing {writer.stored} events", file=sys.stderr)
     return 0
 

@@ -21,6 +21,7 @@ from twilio.request_validator import RequestValidator
 from audit.writer import AuditWriter
 from core.clock import SYSTEM, Clock
 from core.connections import redis_client
+from core.lease import Lease, run_while_holding
 from core.resp import RespClient
 from core.scripts import Scripts
 from core.settings import Settings
@@ -182,23 +183,33 @@ def create_app(
         stop = asyncio.Event()
         tasks = []
         writer_redis = None
+        # The sweeper and the audit writer run in one process at a time across every worker and
+        # host: whoever holds their lease (core/lease.py); another takes over if it dies.
         if background:
-            tasks.append(
-                asyncio.create_task(
-                    run_sweeper(app[SESSIONS], interval_s=settings.sweep_interval_s, stop=stop)
-                )
-            )
+
+            async def sweep(duty_stop: asyncio.Event, fence: int) -> None:
+                await run_sweeper(app[SESSIONS], interval_s=settings.sweep_interval_s, stop=duty_stop)
+
+            lease = Lease(app[REDIS], "sweeper", ttl_s=settings.lease_ttl_s)
+            tasks.append(asyncio.create_task(run_while_holding(lease, sweep, stop)))
         if background if recovery is None else recovery:
             tasks.append(asyncio.create_task(app[RECOVERY].run(stop)))
         if audit_writer:
             # Its own connection: the writer blocks on XREADGROUP.
             writer_redis = redis_client(settings.redis_url, max_connections=4)
             writer = AuditWriter(writer_redis, app[PG], consumer=f"{socket.gethostname()}-{os.getpid()}")
-            tasks.append(asyncio.create_task(writer.run(stop)))
+
+            async def write(duty_stop: asyncio.Event, fence: int) -> None:
+                await writer.run(duty_stop)
+
+            lease = Lease(app[REDIS], "audit-writer", ttl_s=settings.lease_ttl_s)
+            tasks.append(asyncio.create_task(run_while_holding(lease, write, stop)))
         try:
             yield
         finally:
             stop.set()
+            if tasks:  # a moment to stop the duties and give their leases back, then no more
+                await asyncio.wait(tasks, timeout=2.0)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
