@@ -37,6 +37,7 @@ class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/maskline"
     public_url: str = "http://127.0.0.1:8080"  # how Twilio reaches us; the base of signed webhook URLs
     host: str = "127.0.0.1"
+    workers: int = 1  # `serve` processes on the port (maskline/workers.py)
     port: int = 8080
     twilio_account_sid: str = "AC" + "0" * 32
     twilio_auth_token: str = DEV_AUTH_TOKEN

@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-audit-writer", action="store_true", help="do not run the audit writer in this process"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on the port (default MASKLINE_WORKERS or 1); more than 1: a supervisor "
+        "restarts dead workers, SIGHUP reloads them one by one, SIGTERM stops them gracefully",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a supervised worker
 
     _add(
         sub,
@@ -241,10 +248,26 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.public_url_explicit:  # default: where we listen
         settings = dataclasses.replace(settings, public_url=f"http://{settings.host}:{settings.port}")
     await apply_migrations(settings.database_url)
+    workers = args.workers if args.workers is not None else settings.workers
+    if workers < 1:
+        print("maskline: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from maskline.workers import supervise, worker_argv, worker_env
+
+        env = worker_env(
+            {
+                "MASKLINE_REDIS_URL": settings.redis_url,
+                "MASKLINE_DATABASE_URL": settings.database_url,
+                "MASKLINE_PUBLIC_URL": settings.public_url,
+            }
+        )
+        argv = worker_argv(settings.host, settings.port, no_audit_writer=args.no_audit_writer)
+        return await supervise(argv, env, workers=workers, host=settings.host, port=settings.port)
     app = create_app(settings, audit_writer=not args.no_audit_writer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=args.reuse_port or None)
     await site.start()
     print(
         f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})",

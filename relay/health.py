@@ -4,6 +4,7 @@ Redis holds the hot copy: the recovery marker is set; maskline/recovery.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -20,7 +21,7 @@ HOT_COPY_MISSING = "hot copy missing, rebuilding"
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 @routes.get("/readyz")

@@ -1,0 +1,142 @@
+"""`maskline serve --workers N`: N worker processes answering on one port (SO_REUSEPORT: the kernel
+spreads connections over them), kept alive by this supervisor.
+
+- a worker that dies is started again (after a second if it keeps dying at once);
+- SIGTERM / SIGINT: every worker is asked to stop (SIGTERM: it stops accepting, finishes the
+  requests in flight, gives its leases back) and the supervisor exits when they have;
+- SIGHUP: a rolling restart, one worker at a time: the new one listens before the old one is asked
+  to stop, so no webhook finds the port closed;
+- workers die with the supervisor (PR_SET_PDEATHSIG), even when it is killed with SIGKILL.
+
+Each worker is `maskline serve --workers 1 --reuse-port` with the resolved settings in its
+environment (the embedded servers, if any, are the supervisor's). The sweeper and the audit writer
+run in one of them at a time (core/lease.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import Final
+
+__all__ = ["supervise"]
+
+log = logging.getLogger("maskline.workers")
+
+_PR_SET_PDEATHSIG: Final = 1
+STOP_GRACE_S: Final = 30.0  # a worker still busy after this is killed
+READY_TIMEOUT_S: Final = 30.0
+_QUICK_DEATH_S: Final = 2.0
+
+
+def _die_with_parent() -> None:  # runs in the child, before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Workers:
+    def __init__(self, argv: list[str], env: Mapping[str, str], host: str, port: int) -> None:
+        self.argv, self.env, self.host, self.port = argv, dict(env), host, port
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.retired: set[int] = set()  # stopped on purpose by a reload: not restarted
+        self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
+
+    async def start(self) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv, env=self.env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+        )
+        self.procs[proc.pid] = proc
+        log.info("worker %d started", proc.pid)
+        return proc
+
+    async def ready(self, proc: asyncio.subprocess.Process) -> bool:
+        """Whether the worker answers /healthz itself (its pid in the answer) within the timeout."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and proc.returncode is None:
+            with contextlib.suppress(OSError, ValueError, asyncio.IncompleteReadError):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                writer.write(
+                    f"GET /healthz HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n".encode()
+                )
+                body = await reader.read()
+                writer.close()
+                if f'"pid":{proc.pid}'.encode() in body.replace(b" ", b""):
+                    return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def stop(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                log.warning("worker %d still busy after %.0f s: killed", proc.pid, STOP_GRACE_S)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        self.procs.pop(proc.pid, None)
+
+    async def reload(self) -> None:
+        """Replace every worker, one at a time, the new one listening before the old one stops."""
+        for old in list(self.procs.values()):
+            new = await self.start()
+            self.tasks.append(asyncio.get_running_loop().create_task(self.keep(new)))
+            if not await self.ready(new):
+                log.error("worker %d did not become ready; keeping %d", new.pid, old.pid)
+                continue
+            self.retired.add(old.pid)
+            await self.stop(old)
+        log.info("reload done: workers %s", sorted(self.procs))
+
+    async def keep(self, proc: asyncio.subprocess.Process) -> None:
+        """Start another worker whenever `proc` (then its successor) dies, unless the supervisor
+        is stopping or a reload retired it; a worker that dies at once waits a second first."""
+        while True:
+            started = time.monotonic()
+            code = await proc.wait()
+            self.procs.pop(proc.pid, None)
+            if self.stopping or proc.pid in self.retired:
+                return
+            log.warning("worker %d exited (%s); starting another", proc.pid, code)
+            if time.monotonic() - started < _QUICK_DEATH_S:
+                await asyncio.sleep(1.0)
+            proc = await self.start()
+
+
+async def supervise(argv: list[str], env: Mapping[str, str], *, workers: int, host: str, port: int) -> int:
+    """Run `workers` copies of `argv` until SIGTERM/SIGINT; SIGHUP reloads them one by one."""
+    pool = _Workers(argv, env, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: pool.tasks.append(loop.create_task(pool.reload())))
+    for _ in range(workers):
+        pool.tasks.append(loop.create_task(pool.keep(await pool.start())))
+    print(f"maskline supervising {workers} workers on http://{host}:{port} (SIGHUP reloads)", flush=True)
+    await stop.wait()
+    pool.stopping = True
+    print("maskline stopping its workers", flush=True)
+    await asyncio.gather(*(pool.stop(p) for p in list(pool.procs.values())))
+    for task in pool.tasks:
+        task.cancel()
+    return 0
+
+
+def worker_argv(host: str, port: int, *, no_audit_writer: bool) -> list[str]:
+    argv = [sys.executable, "-m", "maskline", "serve", "--workers", "1", "--reuse-port"]
+    argv += ["--host", host, "--port", str(port)]
+    return argv + (["--no-audit-writer"] if no_audit_writer else [])
+
+
+def worker_env(settings_env: Mapping[str, str]) -> dict[str, str]:
+    return {**os.environ, **settings_env, "MASKLINE_EMBEDDED": "never"}
