@@ -32,11 +32,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench import relay_load
+from bench.profile import profile, summarise_profile
 from bench.relay_load import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -165,6 +165,45 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float
     raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
 
 
+async def _counted(port: int) -> float:
+    """The worker's own count of answered sms webhooks (GET /metrics)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if (
+            line.startswith("maskline_webhook_seconds_count{")
+            and 'kind="sms"' in line
+            and 'outcome="answered"' in line
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def _two_workers(
+    worker: subprocess.Popen[bytes],
+    port: int,
+    env: dict[str, str],
+    closed_loop: Any,
+    path: Path,
+    seconds: int,
+    procs: list[subprocess.Popen[bytes]],
+) -> dict[str, float]:
+    """A second worker joins on the port (SO_REUSEPORT); nothing pinned; both workers' CPU counted."""
+    second = _spawn("worker", port, env)
+    procs.append(second)
+    await asyncio.sleep(2.0)  # started and listening (the port already answers: no probe possible)
+    every = set(range(os.cpu_count() or 1))
+    for pid in (worker.pid, second.pid, os.getpid()):
+        pin(pid, every)
+    relay_load.LOAD_CORES.clear()
+    before = cpu_seconds(worker.pid) + cpu_seconds(second.pid)
+    result = await closed_loop(port, path, seconds)
+    cpu_s = cpu_seconds(worker.pid) + cpu_seconds(second.pid) - before
+    return {"rps": result["rps"], "relayed": result["rps"] * seconds, "cpu_s": cpu_s}
+
+
 async def _redis_cpu(url: str) -> float:
     """Redis' own CPU seconds so far (INFO cpu: user + system of the main thread and children)."""
     import redis.asyncio as aioredis
@@ -185,51 +224,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        return None
-    return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250", "--format", "raw",
-         "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-
-
-def _summarise_profile(path: Path, top: int = 14) -> list[str]:
-    """Self time by function and time inside a few areas of interest, from py-spy's raw output."""
-    if not path.exists():
-        return ["(no profile: py-spy unavailable or not permitted)"]
-    leaf: Counter[str] = Counter()
-    areas: Counter[str] = Counter()
-    total = 0
-    patterns = {
-        "signature check (twilio RequestValidator)": "request_validator.py",
-        "form parsing (aiohttp request.post)": "post (aiohttp/web_request.py",
-        "redis client (redis.asyncio + hiredis)": "redis/",
-        "route_inbound (Router)": "route_inbound (sessions/routing.py",
-        "aiohttp HTTP server machinery": "aiohttp/web_protocol.py",
-        "TwiML building": "relay/twiml.py",
-        "JSON (orjson)": "orjson",
-    }
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = stack.split(";")
-        leaf[frames[-1]] += n
-        for label, needle in patterns.items():
-            if needle in stack:
-                areas[label] += n
-    if not total:
-        return ["(empty profile)"]
-    lines = [f"  inclusive: {label:44s} {100 * n / total:5.1f}%" for label, n in areas.most_common()]
-    lines += [f"  self:      {frame[:90]:90s} {100 * n / total:5.1f}%" for frame, n in leaf.most_common(top)]
-    return lines
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -282,7 +276,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         await asyncio.gather(_wait_ready(worker_port, worker), _wait_ready(bare_port, bare))
         url = f"http://127.0.0.1:{worker_port}/twilio/sms"
         per_run = max(20_000, duration_s * 12_000)
-        files = {name: tmp / f"{name}.txt" for name in ("warm", "main", "fixed", "profile")}
+        files = {name: tmp / f"{name}.txt" for name in ("warm", "main", "fixed", "profile", "two")}
         for run, (name, path) in enumerate(files.items()):
             write_requests(path, url, pairs, per_run if name != "warm" else 3_000, run)
         script = tmp / "wrk.lua"
@@ -297,7 +291,9 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         await closed_loop(bare_port, files["warm"], 1)
         redis_cpu0 = await _redis_cpu(redis_url)
         cpu0 = cpu_seconds(worker.pid)
+        counted0 = await _counted(worker_port)
         relay = await closed_loop(worker_port, files["main"], duration_s)
+        counted = await _counted(worker_port) - counted0
         worker_cpu = cpu_seconds(worker.pid) - cpu0
         redis_cpu = await _redis_cpu(redis_url) - redis_cpu0
         relayed = relay["rps"] * duration_s
@@ -307,7 +303,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         )
 
         prof_path = tmp / "profile.txt"
-        spy = _profile(worker.pid, max(3, duration_s - 2), prof_path)
+        spy = profile(worker.pid, max(3, duration_s - 2), prof_path)
         await closed_loop(worker_port, files["profile"], duration_s)
         if spy is not None:
             await asyncio.to_thread(spy.wait, 60)
@@ -324,8 +320,15 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         print(f"fixed rate {rate:.0f} req/s for {fixed['seconds']:.0f} s: achieved {fixed['rps']:.0f} req/s, "
               f"p50 {fixed['p50_ms']:.2f} ms, p99 {fixed['p99_ms']:.2f} ms, max {fixed['max_ms']:.2f} ms, "
               f"errors {fixed['errors']:.0f}   (target p99 < 10 ms)")  # fmt: skip
+        print(f"/metrics of the worker: {counted:.0f} sms webhooks answered in the main run, "
+              f"the load generator got {relay.get('requests', float('nan')):.0f} answers")  # fmt: skip
+        two = await _two_workers(worker, worker_port, env, closed_loop, files["two"], duration_s, procs)
+        if relayed and two["relayed"]:
+            per_one, per_two = worker_cpu / relayed * 1e6, two["cpu_s"] / two["relayed"] * 1e6
+            print(f"2 workers on the port (unpinned: they and the load share both cores): {two['rps']:.0f} req/s, "
+                  f"CPU per relayed text {per_two:.0f} us vs {per_one:.0f} us with 1 ({per_two / per_one - 1:+.0%})")  # fmt: skip
         print("profile of the worker under load (py-spy, share of samples):")
-        for line in _summarise_profile(prof_path):
+        for line in summarise_profile(prof_path):
             print(line)
         return 0
     finally:
@@ -355,7 +358,8 @@ def _run_worker(port: int) -> None:
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper())
     app = create_app(settings)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    # reuse_port: a second worker may join on the same port (the two-worker run).
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, reuse_port=True)
 
 
 def _run_bare(port: int) -> None:

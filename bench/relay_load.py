@@ -104,6 +104,7 @@ async def wrk_run(
     out, err = await proc.communicate()
     text = out.decode()
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
     p50 = re.search(r"^\s*50%\s+(\S+)", text, re.M)
     p99 = re.search(r"^\s*99%\s+(\S+)", text, re.M)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
@@ -114,6 +115,7 @@ async def wrk_run(
         "p50_ms": _ms(p50.group(1)) if p50 else float("nan"),
         "p99_ms": _ms(p99.group(1)) if p99 else float("nan"),
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
+        "requests": float(total.group(1)) if total else float("nan"),
     }
 
 
@@ -192,4 +194,5 @@ async def load(port: int, path: Path, duration_s: float, connections: int, rate:
         "p99_ms": latencies[min(n - 1, int(n * 0.99))] if n else float("nan"),
         "max_ms": latencies[-1] if n else float("nan"),
         "errors": float(errors),
+        "requests": float(n),
     }
