@@ -23,6 +23,7 @@ from maskline.audit_cli import run as run_audit
 from maskline.logs import configure as configure_logging
 from maskline.numbers_cli import add_numbers_commands
 from maskline.numbers_cli import run as run_numbers
+from maskline.status_cli import add_status_command, run_status
 
 __all__ = ["main", "build_parser"]
 
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_audit_commands(sub)
+    add_status_command(sub)
     return parser
 
 
@@ -168,6 +170,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _keys(args, settings)
         if args.command == "numbers":
             return await run_numbers(args, settings)
+        if args.command == "status":
+            return await run_status(args, settings)
         if args.command == "audit":
             return int(await run_audit(args, settings) or 0)
         return 2
