@@ -382,6 +382,7 @@ def _cli() -> None:
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=0)
+    parser.add_argument("--limit", type=int, default=0)
     args = parser.parse_args()
     try:
         import uvloop
@@ -394,7 +395,9 @@ def _cli() -> None:
     elif args.mode == "bare":
         _run_bare(args.port)
     else:
-        result = asyncio.run(load(args.port, Path(args.file), args.duration, args.connections, args.rate))
+        result = asyncio.run(
+            load(args.port, Path(args.file), args.duration, args.connections, args.rate, args.limit)
+        )
         print(json.dumps(result))
 
 

@@ -120,11 +120,12 @@ async def wrk_run(
 
 
 async def pyload(
-    port: int, requests_file: Path, *, duration_s: float, connections: int, rate: float = 0.0
+    port: int, requests_file: Path, *, duration_s: float, connections: int, rate: float = 0.0, limit: int = 0
 ) -> dict[str, float]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.relay", "load", "--port", str(port), "--file", str(requests_file),
         "--duration", str(duration_s), "--connections", str(connections), "--rate", str(rate),
+        "--limit", str(limit),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
     )  # fmt: skip
@@ -136,9 +137,12 @@ async def pyload(
     return result
 
 
-async def load(port: int, path: Path, duration_s: float, connections: int, rate: float) -> dict[str, float]:
-    """Closed loop (rate 0: `connections` senders back to back) or open loop at `rate` req/s, where
-    latency counts from the scheduled send time (no coordinated omission)."""
+async def load(
+    port: int, path: Path, duration_s: float, connections: int, rate: float, limit: int = 0
+) -> dict[str, float]:
+    """Closed loop (rate 0: `connections` senders back to back, at most `limit` requests if set) or
+    open loop at `rate` req/s, where latency counts from the scheduled send time (no coordinated
+    omission)."""
     import aiohttp
 
     lines = [line.rstrip("\n").split("\t", 1) for line in path.open()]
@@ -177,11 +181,13 @@ async def load(port: int, path: Path, duration_s: float, connections: int, rate:
                 i += 1
             await asyncio.gather(*tasks)
         else:
-            counter = iter(range(10**9))
+            counter = iter(range(limit or 10**9))
 
             async def sender() -> None:
-                while time.perf_counter() < end:
-                    await send(next(counter), time.perf_counter())
+                for i in counter:
+                    if time.perf_counter() >= end:
+                        break
+                    await send(i, time.perf_counter())
 
             await asyncio.gather(*(sender() for _ in range(connections)))
         elapsed = time.perf_counter() - start

@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         "relay",
         "signed inbound SMS webhooks per second and latency, against a bare aiohttp handler",
     )
+    b_memory = _add(
+        bench_sub,
+        "memory",
+        "Redis bytes per live session and per relayed text, worker RSS (targets 1 KiB, 200 B)",
+    )
+    b_memory.add_argument("--sessions", type=int, default=100_000, help="live two-party sessions to create")
+    b_memory.add_argument("--texts", type=int, default=100_000, help="distinct texts to relay")
+    b_memory.add_argument("--redis-db", type=int, default=12, help="Redis DB number the bench may flush")
     b_auth = _add(
         bench_sub, "auth", "webhook latency while 30 clients guess API secrets; login timing oracle"
     )

@@ -1,0 +1,107 @@
+"""`maskline bench memory`: what Maskline keeps in Redis, per live two-party session and per relayed
+text (Redis bills by memory). Targets: <= 1 KiB per live session, <= 200 bytes retained per relayed
+text. Also the worker's RSS before and after the texts.
+
+Sessions are created through the session store (a Service with 50 numbers); texts are distinct,
+correctly signed inbound SMS webhooks sent to a worker (`maskline serve` as bench relay runs it)
+by the aiohttp load generator. Memory is Redis' `used_memory` (INFO memory) before and after, with
+the audit writer not running: what a text leaves behind includes its audit event waiting in the
+stream (the writer trims what it has committed), reported apart.
+
+Data: Redis DB --redis-db (default 12, flushed) and Postgres database maskline_bench_relay."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.relay import _arg, _free_port, _prepare, _spawn, _stop, _wait_ready
+from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, pyload, write_requests
+
+__all__ = ["main"]
+
+SESSION_TARGET_B = 1024
+TEXT_TARGET_B = 200
+
+
+async def _used(redis_url: str) -> tuple[int, int]:
+    """(used_memory, bytes in the event streams) of the bench's Redis."""
+    import redis.asyncio as aioredis
+
+    from core import keys
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        used = int((await client.info("memory"))["used_memory"])
+        streams = 0
+        for stream in await client.smembers(keys.EVENT_STREAMS):
+            streams += int(await client.memory_usage(stream, samples=0) or 0)
+        return used, streams
+    finally:
+        await client.aclose()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def main(settings: Any, args: argparse.Namespace) -> int:
+    from maskline.devservers import with_database
+
+    n_sessions = int(_arg(args, "sessions", 100_000))
+    n_texts = int(_arg(args, "texts", 100_000))
+    redis_url = with_database(settings.redis_url, str(int(_arg(args, "redis_db", 12))))
+    database_url = with_database(settings.database_url, "maskline_bench_relay")
+    print(f"maskline bench memory: {n_sessions} live two-party sessions, then {n_texts} relayed texts")
+    tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-memory-"))
+    worker = None
+    try:
+        pairs = await _prepare(settings, redis_url, database_url, 0)
+        base, _ = await _used(redis_url)
+        pairs = await _prepare(settings, redis_url, database_url, n_sessions)
+        with_sessions, streams0 = await _used(redis_url)
+        per_session = (with_sessions - base - streams0) / max(1, n_sessions)
+        print(f"Redis per live session: {per_session:,.0f} bytes (target <= {SESSION_TARGET_B}); "
+              f"their creation events wait in the streams: {streams0 / max(1, n_sessions):,.0f} bytes each")  # fmt: skip
+
+        port = _free_port()
+        env = {
+            **os.environ,
+            "MASKLINE_REDIS_URL": redis_url,
+            "MASKLINE_DATABASE_URL": database_url,
+            "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+            "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "MASKLINE_EMBEDDED": "never",
+            "MASKLINE_LOG_LEVEL": "WARNING",
+        }
+        worker = _spawn("worker", port, env)
+        await _wait_ready(port, worker)
+        path = tmp / "texts.txt"
+        write_requests(path, f"http://127.0.0.1:{port}/twilio/sms", pairs, n_texts, 7)
+        rss0 = _rss_kib(worker.pid)
+        before, streams_before = await _used(redis_url)
+        # Each line once: the generator stops after the file's last line.
+        result = await pyload(port, path, duration_s=3600, connections=32, limit=n_texts)
+        sent = result["requests"]
+        after, streams_after = await _used(redis_url)
+        texts = max(1.0, sent)
+        kept = (after - before - (streams_after - streams_before)) / texts
+        print(f"Redis retained per relayed text: {kept:,.0f} bytes (target <= {TEXT_TARGET_B}), "
+              f"plus {(streams_after - streams_before) / texts:,.0f} bytes of audit event until the writer commits it "
+              f"({sent:,.0f} texts, {result['errors']:.0f} errors)")  # fmt: skip
+        print(
+            f"worker RSS: {rss0 / 1024:,.1f} MiB before the texts, {_rss_kib(worker.pid) / 1024:,.1f} MiB after"
+        )
+        return 0
+    finally:
+        if worker is not None:
+            _stop(worker)
+        shutil.rmtree(tmp, ignore_errors=True)
