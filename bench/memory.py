@@ -13,6 +13,7 @@ Data: Redis DB --redis-db (default 12, flushed) and Postgres database maskline_b
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ __all__ = ["main"]
 
 SESSION_TARGET_B = 1024
 TEXT_TARGET_B = 200
+SETTLE_S = 7.0  # webhook deadline (2 s) + the sweeper's grace (2 s) + a few sweeps
 
 
 async def _used(redis_url: str) -> tuple[int, int]:
@@ -91,6 +93,9 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         # Each line once: the generator stops after the file's last line.
         result = await pyload(port, path, duration_s=3600, connections=32, limit=n_texts)
         sent = result["requests"]
+        # What a text leaves only for a while (its entry in the in-flight index, judged by the
+        # sweeper after the webhook deadline and a grace) is not what it retains: let it settle.
+        await asyncio.sleep(SETTLE_S)
         after, streams_after = await _used(redis_url)
         texts = max(1.0, sent)
         kept = (after - before - (streams_after - streams_before)) / texts

@@ -1,9 +1,10 @@
 """The sweeper: closes sessions whose TTL or DateExpiry has passed, and settles relays whose
-webhook never answered (settle_unanswered.lua), in every worker at once.
+webhook never answered (settle_unanswered.lua). maskline/server.py runs it in one process at a
+time (a lease, core/lease.py).
 
 close_expired.lua takes a session off the expiry zset in the same atomic step that closes it, so
-concurrent sweepers never close one session twice; running in every worker only makes closing
-prompter."""
+even two sweepers (a lease handed over while its old holder still ran) never close one session
+twice."""
 
 from __future__ import annotations
 
