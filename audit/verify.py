@@ -12,6 +12,7 @@ breaks verification. Runs in one REPEATABLE READ snapshot, so a writer appending
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Final, Literal
@@ -72,14 +73,25 @@ class VerifyResult:
         return self.breaks[0] if self.breaks else None
 
 
-async def verify(pg: asyncpg.Pool | asyncpg.Connection, *, service_sid: str | None = None) -> VerifyResult:
+# Told (events read, chains done, chains in all) after each chain: a CLI's progress line.
+Progress = Callable[[int, int, int], None]
+
+
+async def verify(
+    pg: asyncpg.Pool | asyncpg.Connection,
+    *,
+    service_sid: str | None = None,
+    on_progress: Progress | None = None,
+) -> VerifyResult:
     if isinstance(pg, asyncpg.Pool):
         async with pg.acquire() as conn:
-            return await _verify(conn, service_sid)
-    return await _verify(pg, service_sid)
+            return await _verify(conn, service_sid, on_progress)
+    return await _verify(pg, service_sid, on_progress)
 
 
-async def _verify(conn: asyncpg.Connection, service_sid: str | None) -> VerifyResult:
+async def _verify(
+    conn: asyncpg.Connection, service_sid: str | None, on_progress: Progress | None
+) -> VerifyResult:
     events = 0
     breaks: list[Break] = []
     async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -90,11 +102,13 @@ async def _verify(conn: asyncpg.Connection, service_sid: str | None) -> VerifyRe
         chains = set(heads) | {
             (r["chain"], r["period"]) for r in await conn.fetch(SELECT_CHAINS, service_sid)
         }
-        for chain, period in sorted(chains):
+        for done, (chain, period) in enumerate(sorted(chains), 1):
             count, found = await _verify_chain(conn, chain, period, heads.get((chain, period)))
             events += count
             if found:
                 breaks.append(found)
+            if on_progress is not None:
+                on_progress(events, done, len(chains))
     return VerifyResult(chains=len(chains), events=events, breaks=breaks)
 
 

@@ -160,7 +160,16 @@ async def _erase(args: argparse.Namespace, redis: aioredis.Redis, pg: asyncpg.Po
 
 
 async def _verify(args: argparse.Namespace, pg: asyncpg.Pool) -> int:
-    result = await verify(pg, service_sid=args.service)
+    def progress(events: int, done: int, chains: int) -> None:
+        print(
+            f"\rverified {events:,} events, {done:,} of {chains:,} chains",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    result = await verify(pg, service_sid=args.service, on_progress=progress)
+    print(file=sys.stderr)
     if result.ok:
         print(f"ok: {result.events} events in {result.chains} chains verified")
         return 0

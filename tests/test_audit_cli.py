@@ -18,6 +18,7 @@ async def test_verify_says_ok_then_points_at_a_tampered_row(redis, pg, redis_url
     done = await maskline("audit", "verify", database_url=database_url, redis_url=redis_url)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok: 30 events in 1 chains")
+    assert "verified 30 events, 1 of 1 chains" in done.stderr  # the progress line
 
     async with pg.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL session_replication_role = replica")
