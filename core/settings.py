@@ -57,6 +57,9 @@ class Settings:
     metrics_token: str = ""
     # text: "time level logger: message"; json: one object per line (maskline/logs.py).
     log_format: str = "text"
+    # One access line per webhook (masked numbers, MessageSid/CallSid, outcome, latency): off by
+    # default, the hot path's cost and volume; the API always has its own.
+    webhook_access_log: bool = False
     # Twilio retries a webhook within minutes; the answer given to a MessageSid / CallSid is
     # remembered this long, so a retry gets the same answer (never a second relay).
     dedupe_ttl_s: int = 86_400

@@ -115,3 +115,27 @@ def test_a_bad_log_format_is_refused_naming_the_variable(fmt: str) -> None:
 
     with pytest.raises(ValueError, match="MASKLINE_LOG_FORMAT"):
         Settings.from_env({"MASKLINE_LOG_FORMAT": fmt})
+
+
+async def test_the_webhook_access_log_is_off_by_default_and_masks_numbers(
+    settings, redis, pg, fake_twilio, caplog
+) -> None:
+    sess: dict = {}  # type: ignore[type-arg]
+    for enabled in (False, True):
+        relay = await Relay(
+            dataclasses.replace(settings, webhook_access_log=enabled), redis, pg, fake_twilio
+        ).start()
+        try:
+            if not sess:
+                _, sess = await world(relay)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="maskline.access"):
+                assert (await relay.sms(CUSTOMER, sess["proxy"][COURIER], f"hi {enabled}"))[0] == 200
+        finally:
+            await relay.stop()
+        lines = [r for r in caplog.records if r.name == "maskline.access" and "webhook" in r.getMessage()]
+        if not enabled:
+            assert lines == []
+            continue
+        assert len(lines) == 1 and getattr(lines[0], "outcome", None) == "answered"
+        assert "webhook sms SM" in lines[0].getMessage() and CUSTOMER not in lines[0].getMessage()

@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("maskline.webhooks")
+access = logging.getLogger("maskline.access")  # with settings.webhook_access_log only
 
 _LONG_NUMBER: Final = re.compile(r"\+?\d[\d ().-]{5,}\d")
 _FORBIDDEN: Final = "Forbidden: invalid or missing X-Twilio-Signature\n"
@@ -201,7 +202,19 @@ async def answer(
                     on_fault(state, parsed, err, scripts_deadline_ms)
                 return xml(fallback)
     finally:
-        observe_webhook(what, outcome, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        observe_webhook(what, outcome, elapsed)
+        if state.settings.webhook_access_log:
+            access.info(
+                "webhook %s %s from %s to %s: %s in %.1fms",
+                what,
+                form.get("MessageSid") or form.get("CallSid") or "-",
+                mask(form.get("From", "")),
+                mask(form.get("To", "")),
+                outcome,
+                elapsed * 1000,
+                extra={"outcome": outcome, "latency_ms": round(elapsed * 1000, 2)},
+            )
 
 
 def log_fault(what: str, form: Form, err: BaseException) -> None:
