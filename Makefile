@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Re-install only when the dependencies change; otherwise `install` is a no-op.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format mypy run bench clean
+.PHONY: install test test-cluster lint format mypy run bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+# The core, relay and audit tests again, on a 3-master Redis Cluster the session starts itself.
+CLUSTER_TESTS := tests/test_pool.py tests/test_lifecycle.py tests/test_routing.py tests/test_api.py \
+	tests/test_relay_webhooks.py tests/test_relay_messages.py tests/test_relay_callbacks.py \
+	tests/test_relay_retries.py tests/test_interactions_history.py tests/test_audit_writer.py \
+	tests/test_erasure.py tests/test_recovery.py tests/test_lease.py
+
+test-cluster: install
+	MASKLINE_TEST_REDIS=cluster $(BIN)/python -m pytest $(CLUSTER_TESTS) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -30,6 +30,7 @@ from audit.chain import append_events
 from audit.entries import Batch, as_text, entries_in, raw_fields
 from audit.subjects import SubjectCache
 from core import keys
+from core.connections import is_cluster
 from core.resp import RespClient
 
 __all__ = ["GROUP", "DEAD_LETTERS", "AuditWriter"]
@@ -46,6 +47,8 @@ DISCOVER_EVERY_S: Final = 300.0
 # name: host-pid): removed from the group, so the group does not grow with every restart.
 DEAD_CONSUMER_IDLE_MS: Final = 3_600_000
 MAX_BACKOFF_S: Final = 5.0
+# Redis Cluster: how often an idle writer looks for new events (BLOCK cannot span nodes).
+CLUSTER_POLL_MS: Final = 100
 REDIS_TIMEOUT_S: Final = 10.0  # a reply of the writer's own Redis connection (beyond BLOCK)
 
 # What a failed store or read can raise while Postgres or Redis is away; the entries stay pending.
@@ -262,6 +265,8 @@ class AuditWriter:
                 # No socket timeout on this connection: bound the wait here (Redis hung, not gone).
                 async with asyncio.timeout((block_ms or 0) / 1000 + REDIS_TIMEOUT_S):
                     batch.add_resp2(await self._fast.execute(*args))
+            elif is_cluster(self.redis):
+                await self._read_each(batch, streams, start, block_ms=block_ms)
             else:
                 reply = await self.redis.xreadgroup(
                     GROUP,
@@ -279,6 +284,21 @@ class AuditWriter:
         if batch.acks:
             self._active_streams = len(batch.acks)
         return batch
+
+    async def _read_each(self, batch: Batch, streams: list[str], start: str, *, block_ms: int | None) -> None:
+        """Redis Cluster: one XREADGROUP names streams of one slot only, and each Service's stream
+        has its own. Read them all in one pipeline (a round trip per node); BLOCK cannot wait on
+        streams of several nodes, so an idle writer polls every CLUSTER_POLL_MS instead."""
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xreadgroup(GROUP, self.consumer, {stream: start}, count=self._count(streams))
+            for reply in await pipe.execute():
+                for e in entries_in(reply):
+                    batch.add(e.stream, e.entry_id, e.raw)
+            if batch.acks or not block_ms or attempt:
+                return
+            await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
 
     def _count(self, streams: list[str]) -> int:
         """COUNT per stream, so that a read brings about `batch_size` entries in all (COUNT applies

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -28,7 +28,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # A command's reply, beyond which the caller gets TimeoutError (its own deadline is usually sooner).
 DEFAULT_COMMAND_TIMEOUT_S: Final = 5.0
 
-__all__ = ["RespClient"]
+__all__ = ["RespClient", "FastRedis"]
+
+
+class FastRedis(Protocol):
+    """What the hot path needs of its client: RespClient, or ClusterRespClient on a cluster."""
+
+    async def execute(self, *args: Any, timeout_s: float | None = None) -> Any: ...
+
+    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
@@ -67,6 +77,14 @@ class _Protocol(asyncio.Protocol):
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+
+
+_ASKING: Final = _encode(("ASKING",))
+
+
+def _ignore_reply(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it; the command's own reply tells
 
 
 def _expire(waiter: asyncio.Future[Any], target: str, command: object) -> None:
@@ -160,14 +178,22 @@ class RespClient:
                 await self.execute("SELECT", self.db)
             return proto
 
-    async def execute(self, *args: Any, timeout_s: float | None = None) -> Any:
+    async def execute(self, *args: Any, timeout_s: float | None = None, asking: bool = False) -> Any:
+        """Send one command and await its reply. `asking`: precede it with ASKING in the same
+        write (a Redis Cluster's ASK redirection: this node is importing the key's slot)."""
         proto = await self._connection()
         loop = asyncio.get_running_loop()
+        data = _encode(args)
+        if asking:
+            ok: asyncio.Future[Any] = loop.create_future()
+            ok.add_done_callback(_ignore_reply)
+            proto.waiters.append(ok)
+            data = _ASKING + data
         waiter: asyncio.Future[Any] = loop.create_future()
         proto.waiters.append(waiter)
         assert proto.transport is not None
         # Written at once: coalescing writes per loop iteration measured slower (2,100 vs 2,950 relays/s).
-        proto.transport.write(_encode(args))
+        proto.transport.write(data)
         # One timer that fails the waiter (cheaper than asyncio.timeout's per-call Timeout and
         # task bookkeeping, a measurable share of a relay): the waiter is then done, and its reply,
         # when it comes, is read and dropped in order.
@@ -177,19 +203,19 @@ class RespClient:
         finally:
             timer.cancel()
 
-    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+    async def run_script(self, source: str, keys: list[str], args: list[Any], *, asking: bool = False) -> Any:
         """EVALSHA, loading the script once if this Redis does not know it yet."""
         sha = self._sha.get(source)
         if sha is None:
             sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args, asking=asking)
         except ResponseError as err:
             if not str(err).startswith("NOSCRIPT"):
                 raise
         await self.execute("SCRIPT", "LOAD", source)
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args, asking=asking)
         except ResponseError as err:
             if str(err).startswith("NOSCRIPT"):
                 raise NoScriptError(str(err)) from None

@@ -14,6 +14,7 @@ matching domain error."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
+from core.connections import is_cluster
 from core.deadline import DEADLINE_REPLY, DeadlineExceeded, script_arg
 from core.errors import MasklineError, NotFound, PoolError
 
@@ -99,11 +101,27 @@ class Scripts:
 
     def __init__(self, redis: aioredis.Redis, library: LuaLibrary) -> None:
         self.library = library
+        self.redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(library.source(name)) for name in library.names
         }
+        # A cluster's masters learn every script up front (SCRIPT LOAD goes to all of them):
+        # redis-py's NOSCRIPT fallback breaks connections when many first calls race on a cluster.
+        self._unloaded = is_cluster(redis)
+        self._loading: asyncio.Lock | None = None
+
+    async def _load_everywhere(self) -> None:
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if self._unloaded:
+                for script in self._scripts.values():
+                    await self.redis.script_load(script.script)
+                self._unloaded = False
 
     async def call(self, name: str, prefix: str, *args: str | int) -> Any:
+        if self._unloaded:
+            await self._load_everywhere()
         try:
             return await self._scripts[name](keys=[prefix], args=[*args, script_arg()])
         except ResponseError as err:

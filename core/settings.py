@@ -19,7 +19,7 @@ ENV_PREFIX = "MASKLINE_"
 EMBEDDED_MODES = ("auto", "always", "never")
 LOG_FORMATS = ("text", "json")
 # What both Redis clients (redis-py and the webhooks' core/resp.py) can connect to, alike.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 # The Auth Token of a fresh checkout: signs the sandbox's webhooks, never opens the API.
 DEV_AUTH_TOKEN = "maskline-dev-auth-token"

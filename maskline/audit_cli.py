@@ -22,6 +22,7 @@ from audit.queries import EXPORT_FORMATS, AuditEvent, export_events
 from audit.retention import prune
 from audit.verify import verify
 from audit.writer import AuditWriter
+from core.connections import redis_client
 from core.errors import InvalidParameter
 from core.events import emit_event
 from core.lease import Lease, run_while_holding
@@ -86,7 +87,7 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     pg = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client(settings.redis_url, max_connections=8)
     try:
         command = args.audit_command
         if command == "writer":

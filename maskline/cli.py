@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from core.connections import redis_client
-from core.resp import RespClient
+from core.resp_cluster import fast_client
 from core.settings import Settings
 from maskline.audit_cli import add_audit_commands
 from maskline.audit_cli import run as run_audit
@@ -253,7 +253,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     try:  # the webhooks' own client must reach the very server redis-py does, or nothing
-        RespClient.like(redis_client(settings.redis_url))
+        fast_client(redis_client(settings.redis_url))
     except ValueError as err:
         print(f"maskline: MASKLINE_REDIS_URL {settings.redis_url!r} cannot be used: {err}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 
+from core.connections import CLUSTER_SCHEMES, redis_client
 from core.settings import Settings
 from maskline.devpostgres import (
     EmbeddedPostgres,
@@ -70,9 +71,15 @@ def _redis_db(url: str) -> int:
 
 async def redis_error(url: str) -> str | None:
     """None when Redis at url answers PING, else why not."""
-    client = aioredis.from_url(url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S)
+    if url.partition("://")[0] in CLUSTER_SCHEMES:
+        client = redis_client(url, max_connections=2)
+    else:
+        client = aioredis.from_url(
+            url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
+        )
     try:
-        await client.ping()
+        async with asyncio.timeout(PROBE_TIMEOUT_S * 2):
+            await client.ping()
         return None
     except Exception as exc:  # any failure means "not usable"; the message says which
         return f"{type(exc).__name__}: {exc}"

@@ -22,7 +22,7 @@ from audit.writer import AuditWriter
 from core.clock import SYSTEM, Clock
 from core.connections import redis_client
 from core.lease import Lease, run_while_holding
-from core.resp import RespClient
+from core.resp_cluster import fast_client
 from core.scripts import Scripts
 from core.settings import Settings
 from maskline.recovery import RECOVERY, Recovery
@@ -123,7 +123,7 @@ def create_app(
         sessions = app[SESSIONS]
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         # The webhooks' own pipelined connection (core/resp.py), to the same Redis as app[REDIS].
-        fast = RespClient.like(app[REDIS])
+        fast = fast_client(app[REDIS])
         callbacks = CallbackDispatcher(
             http, auth_token=settings.twilio_auth_token, timeout_s=settings.callback_timeout_s
         )

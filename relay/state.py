@@ -16,7 +16,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from core import keys
-from core.resp import RespClient
+from core.resp import FastRedis
 from core.settings import Settings
 from pool.registry import NumberRegistry
 from relay.callbacks import CallbackDispatcher, interaction_fields
@@ -56,7 +56,7 @@ class AnswerWriter:
     write lands within a millisecond or so, and until then a retry finds the in-flight marker
     and gets an empty answer, never a second relay."""
 
-    def __init__(self, redis: RespClient, *, ttl_s: int) -> None:
+    def __init__(self, redis: FastRedis, *, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self._pending: list[tuple[str, str]] = []

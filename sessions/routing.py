@@ -22,7 +22,7 @@ from core import keys
 from core.clock import SYSTEM, Clock
 from core.deadline import script_arg
 from core.ids import creation_event_id, new_sid
-from core.resp import RespClient
+from core.resp import FastRedis
 from core.scripts import Scripts, raise_deadline
 from core.settings import Settings
 from sessions.interactions import InteractionStore
@@ -74,7 +74,7 @@ class Router:
         *,
         scripts: Scripts | None = None,
         clock: Clock = SYSTEM,
-        fast: RespClient | None = None,
+        fast: FastRedis | None = None,
         sessions: SessionStore | None = None,
         interactions: InteractionStore | None = None,
         dedupe_ttl_s: int = Settings.dedupe_ttl_s,

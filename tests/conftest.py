@@ -3,13 +3,16 @@
 Servers, in order of preference:
 - MASKLINE_TEST_REDIS_URL / MASKLINE_TEST_DATABASE_URL when set;
 - Redis DB 13 on 127.0.0.1:6379 and database `maskline_test` on 127.0.0.1:5432 (user postgres);
-- embedded servers from the wheels (maskline/devservers.py), also forced with MASKLINE_TEST_FORCE_EMBEDDED=1.
+- embedded servers from the wheels (maskline/devservers.py), also forced with MASKLINE_TEST_FORCE_EMBEDDED=1;
+- MASKLINE_TEST_REDIS=cluster: a 3-master Redis Cluster of the session's own (tests/redis_cluster.py),
+  which `make test-cluster` runs the core, relay and audit tests against.
 The test database is dropped and re-created once per session, then migrated. Before each test the
 test Redis DB is flushed (that DB only) and every table but schema_migrations is truncated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -24,7 +27,9 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from fake_twilio import FakeTwilio
+from redis_cluster import RedisClusterUnderTest
 
+from core.connections import redis_client
 from core.settings import Settings
 from maskline.devservers import EmbeddedServers, database_name, ensure_servers, with_database
 from maskline.migrate import apply_migrations
@@ -103,6 +108,9 @@ async def test_servers(
         data_dir=data_dir,
         embedded="always" if force else "auto",
     )
+    cluster = RedisClusterUnderTest().start() if _wants_cluster() else None
+    if cluster is not None:
+        wanted = dataclasses.replace(wanted, redis_url=cluster.url, redis_url_explicit=True)
     resolved, embedded = await ensure_servers(wanted)
     try:
         await _recreate_database(resolved.database_url)
@@ -110,6 +118,12 @@ async def test_servers(
         yield ServersUnderTest(resolved.redis_url, resolved.database_url, data_dir, embedded)
     finally:
         await embedded.stop()
+        if cluster is not None:
+            cluster.stop()
+
+
+def _wants_cluster() -> bool:
+    return os.environ.get("MASKLINE_TEST_REDIS", "").strip().lower() == "cluster"
 
 
 async def _recreate_database(dsn: str) -> None:
@@ -139,8 +153,8 @@ def database_url(test_servers: ServersUnderTest) -> str:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    await client.flushdb()  # the test DB of the URL only; other DB numbers are never touched
+    client = redis_client(redis_url, max_connections=16)
+    await client.flushdb()  # the test DB of the URL only (every master of a test cluster)
     try:
         yield client
     finally:

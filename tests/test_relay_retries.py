@@ -82,7 +82,7 @@ async def test_unsigned_and_tampered_webhooks_are_refused_and_not_acted_on(relay
         )
     )[0] == 403
     assert await relay.interactions(ks, sess["sid"]) == []
-    assert await relay.redis.keys(keys.seen(ks, "*")) == []
+    assert [k async for k in relay.redis.scan_iter(match=keys.seen(ks, "*"))] == []
 
 
 async def test_signature_over_public_url_without_default_port(settings, redis, pg, fake_twilio) -> None:
