@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # Re-install only when the dependencies change; otherwise `install` is a no-op.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-cluster lint format mypy run bench clean
+.PHONY: install browser test test-cluster lint format mypy run bench clean
 
 install: $(STAMP)
 
@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(ARGS)
+
+# The browser tests drive Debian's chromium (Playwright, executable_path): installed here if missing.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing chromium for the browser tests (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # The core, relay and audit tests again, on a 3-master Redis Cluster the session starts itself.
 CLUSTER_TESTS := tests/test_pool.py tests/test_lifecycle.py tests/test_routing.py tests/test_api.py \
@@ -42,8 +49,9 @@ format: install
 mypy: install
 	$(BIN)/mypy
 
+# The sandbox (maskline dev); `maskline serve` is the production command.
 run: install
-	$(BIN)/maskline serve
+	$(BIN)/maskline dev
 
 bench: install
 	$(BIN)/maskline bench sessions

@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a supervised worker
 
+    from maskline.dev import add_arguments as dev_arguments
+
+    dev_arguments(
+        _add(
+            sub,
+            "dev",
+            "the sandbox: Maskline on the embedded default plus a simulated Twilio with phones in a web "
+            "page, a demo Service and an API key (no Twilio account, no network)",
+        )
+    )
+
     _add(
         sub,
         "migrate",
@@ -172,6 +183,10 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _serve(args, settings)
         if args.command == "bench":
             return await _bench(args, settings)
+        if args.command == "dev":
+            from maskline.dev import run_dev
+
+            return await run_dev(args, settings)
         if args.command == "migrate":
             return await _migrate(settings)
         if args.command == "keys":

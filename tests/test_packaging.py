@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # it builds the wheel, and its site-packages provide the third-party dependencies.
 PYTHON = sys.executable
 PACKAGES = ("core", "pool", "audit", "sessions", "relay", "maskline", "migrations")
-SHIPPED_SUFFIXES = (".py", ".lua", ".sql", ".json")
+SHIPPED_SUFFIXES = (".py", ".lua", ".sql", ".json", ".html")
 SERVE_READY_S = 20
 
 
