@@ -100,7 +100,10 @@ class Sandbox:
         from relay.credentials import create_key
         from relay.state import PG
 
-        self.api_key = await create_key(self.runners[0].app[PG], "sandbox")
+        # Both permissions: the sandbox's one key drives the API and reads the audit log.
+        self.api_key = await create_key(
+            self.runners[0].app[PG], "sandbox", permissions=frozenset({"proxy", "audit"})
+        )
         auth = {"Authorization": aiohttp.encode_basic_auth(*self.api_key)}
         base = self.settings.public_url
         async with aiohttp.ClientSession(headers=auth) as http:
@@ -141,18 +144,19 @@ async def run_dev(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     settings = dataclasses.replace(settings, port=args.port or settings.port)
     sandbox = await Sandbox.start(
-        settings, phones_port=args.phones_port or settings.port + 1, seed=not args.no_seed
+        settings, phones_port=args.phones_port or settings.port + 1, seed=not args.no_seed, audit_writer=True
     )
     try:
         print(f"Maskline sandbox on {sandbox.settings.public_url} (simulated Twilio: {sandbox.phones_url})")
         print(f"  phones:   {sandbox.phones_url}/phones")
+        print(f"  console:  {sandbox.settings.public_url}/console (sign in with the API key below)")
         if sandbox.api_key:
             sid, secret = sandbox.api_key
             print(f"  API key:  {sid}:{secret}")
             print(f"  Service:  {sandbox.service_sid} (proxy numbers {', '.join(DEMO_NUMBERS)})")
             for phone, proxy in sandbox.proxies.items():
                 print(f"  session demo-delivery: phone {phone} texts or calls {proxy}")
-            print(f"            curl -u {sid}:{secret} {sandbox.settings.public_url}/v1/Services")
+            print(f"  API:      curl -u {sid}:{secret} {sandbox.settings.public_url}/v1/Services")
         print("Ctrl-C stops it.", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

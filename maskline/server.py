@@ -33,6 +33,7 @@ from relay.api import interactions as interactions_api
 from relay.api import services as services_api
 from relay.api import sessions as sessions_api
 from relay.callbacks import CallbackDispatcher
+from relay.console import add_console
 from relay.credentials import key_verifier
 from relay.fallbacks import FallbackRecorder
 from relay.middleware import api_error_middleware, auth_middleware
@@ -226,6 +227,7 @@ def create_app(
     app.add_routes(interactions_api.routes)
     app.add_routes(audit_api.routes)
     app.add_routes(WEBHOOK_ROUTES)
+    add_console(app)
     return app
 
 

@@ -130,7 +130,9 @@ class Simulator:
         for msg in messages:
             text = "".join(msg.itertext())
             media = [m.text or "" for m in msg.findall("Media")]
-            self._deliver(msg.get("to") or phone, msg.get("from") or to, text, media, via="TwiML")
+            receiver, sender = msg.get("to") or phone, msg.get("from") or to
+            self._deliver(receiver, sender, text, media, via="TwiML")
+            await self._message_status(msg.get("statusCallback"), receiver, sender)
 
     async def call(self, phone: str, to: str) -> Call:
         """The phone calls `to`: Twilio's voice webhook; `<Dial>` rings the other phone."""
@@ -223,19 +225,7 @@ class Simulator:
         sid = "SM" + secrets.token_hex(16)
         to, from_ = form.get("To", ""), form.get("From", "")
         self._deliver(to, from_, form.get("Body", ""), media, via="Messages API")
-        callback = form.get("StatusCallback")
-        if callback:
-            for status in ("sent", "delivered"):
-                await self.post_signed(
-                    callback,
-                    {
-                        "AccountSid": self.account_sid,
-                        "MessageSid": sid,
-                        "MessageStatus": status,
-                        "To": to,
-                        "From": from_,
-                    },
-                )
+        await self._message_status(form.get("StatusCallback"), to, from_, sid)
         return {
             "sid": sid,
             "account_sid": self.account_sid,
@@ -247,6 +237,22 @@ class Simulator:
             "api_version": "2010-04-01",
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
+
+    async def _message_status(self, callback: str | None, to: str, from_: str, sid: str = "") -> None:
+        """A message's StatusCallback, told `sent` then `delivered` (or `undelivered` when `to`
+        is no sandbox phone), as Twilio tells it."""
+        if not callback:
+            return
+        sid = sid or "SM" + secrets.token_hex(16)
+        for status in ("sent", "delivered" if to in self.phones else "undelivered"):
+            params = {
+                "AccountSid": self.account_sid,
+                "MessageSid": sid,
+                "MessageStatus": status,
+                "To": to,
+                "From": from_,
+            }
+            await self.post_signed(callback, params)
 
     # ------------------------------------------------------------------ HTTP
 

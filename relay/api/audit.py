@@ -121,7 +121,7 @@ def _time(params: Params, name: str) -> datetime | None:
     return None if ms is None else ts_from_ms(ms)
 
 
-async def _parse(request: web.Request, key: ApiKey, params: Params) -> _Query:
+async def parse_query(request: web.Request, key: ApiKey, params: Params) -> _Query:
     services = _many(params, "Service", _SERVICE_SID, "KS followed by 32 hex digits")
     session_sid = _matching(params, "Session", _SESSION_SID, "KC followed by 32 hex digits")
     number = _matching(params, "Number", _NUMBER, "an E.164 phone number such as +14155550100")
@@ -149,7 +149,7 @@ async def _parse(request: web.Request, key: ApiKey, params: Params) -> _Query:
     return _Query(scope, session_sid, number, proxy_number, since, until, types)
 
 
-async def _record(request: web.Request, key: ApiKey, query: _Query, type: str, **extra: Any) -> None:
+async def record_read(request: web.Request, key: ApiKey, query: _Query, type: str, **extra: Any) -> None:
     numbers = [n for n in (query.number, query.proxy_number) if n]
     await emit_event(
         request.app[REDIS],
@@ -159,7 +159,7 @@ async def _record(request: web.Request, key: ApiKey, query: _Query, type: str, *
         data={
             "actor": key.sid,
             "actor_name": key.friendly_name,
-            "via": "api",
+            "via": request.get("via", "api"),  # or "console"
             "filters": query.on_record(),
             "numbers": numbers,
             **extra,
@@ -182,7 +182,7 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     if fmt:
         if fmt.lower() not in EXPORT_FORMATS:
             raise InvalidParameter(f"Format must be one of {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
-        return await _export(request, fmt.lower())
+        return await export_response(request, fmt.lower())
     size = params.int("PageSize", minimum=1, maximum=MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
     page_no = params.int("Page", minimum=0, maximum=10_000_000) or 0
     token = params.str("PageToken", max_len=512) or None
@@ -191,9 +191,9 @@ async def list_events(request: web.Request) -> web.StreamResponse:
             decode_cursor(token)
         except InvalidParameter:
             raise InvalidParameter("PageToken is not one this API returned; use meta.next_page_url") from None
-    query = await _parse(request, key, params)
+    query = await parse_query(request, key, params)
     events, next_token = await query_events(request.app[PG], **query.filters(), limit=size, cursor=token)
-    await _record(request, key, query, "audit.queried", page_size=size, returned=len(events))
+    await record_read(request, key, query, "audit.queried", page_size=size, returned=len(events))
     first = _page_url(request, PageSize=size)
     return json(
         {
@@ -219,19 +219,19 @@ async def list_events(request: web.Request) -> web.StreamResponse:
 
 @routes.get(PATH + ".csv")
 async def export_csv(request: web.Request) -> web.StreamResponse:
-    return await _export(request, "csv")
+    return await export_response(request, "csv")
 
 
 @routes.get(PATH + ".jsonl")
 async def export_jsonl(request: web.Request) -> web.StreamResponse:
-    return await _export(request, "jsonl")
+    return await export_response(request, "jsonl")
 
 
-async def _export(request: web.Request, fmt: str) -> web.StreamResponse:
+async def export_response(request: web.Request, fmt: str) -> web.StreamResponse:
     key = require(request, "audit")
-    query = await _parse(request, key, query_params(request))
+    query = await parse_query(request, key, query_params(request))
     # Recorded before the first byte: an export cut off half-way still was an export.
-    await _record(request, key, query, "audit.exported", format=fmt)
+    await record_read(request, key, query, "audit.exported", format=fmt)
     chunks = export_events(request.app[PG], **query.filters(), fmt=fmt)  # type: ignore[arg-type]
     # Pull the first chunk before answering: a failure there still becomes a JSON error.
     first = await anext(chunks, b"")

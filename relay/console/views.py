@@ -1,0 +1,300 @@
+"""The console's pages under /console: Services and their pool, sessions (search, create, a page
+with participants and a live interaction timeline), the audit log (search, export, verify) and
+API keys. Every page acts as the signed-in key (its permissions and Service scope apply, through
+the same helpers the REST API uses); every POST carries the CSRF token."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import secrets
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import orjson
+from aiohttp import web
+
+from core import keys
+from core.errors import MasklineError
+from core.paging import PageRequest
+from relay.api.common import service_sid, session_sid
+from relay.console import auth
+from relay.console.html import bars, form, h, link, page, table
+from relay.login_limits import TooManyAttempts
+from relay.state import API_KEY, NUMBERS, REDIS, RELAY, SERVICES, SESSIONS, VERIFIER
+from sessions.models import ParticipantRequest
+
+__all__ = ["routes", "console", "console_page"]
+
+routes = web.RouteTableDef()
+Handler = Callable[[web.Request, auth.Console], Awaitable[web.StreamResponse]]
+PRE_COOKIE: Final = "ml_console_pre"  # the sign-in form's own CSRF token (double submit)
+LIST_SIZE: Final = 50
+
+
+def console(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Signed in (else to the sign-in page), CSRF-checked on POST, acting as the key; a
+    MasklineError becomes the page's error box with its Twilio-style code and status."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        who = await auth.signed_in(request)
+        if who is None:
+            raise web.HTTPSeeOther("/console/login")
+        if request.method == "POST":
+            await auth.check_csrf(request, who)
+        request[API_KEY] = who.key
+        request["via"] = "console"  # how audit reads are recorded (relay/api/audit.py)
+        try:
+            return await handler(request, who)
+        except MasklineError as err:
+            box = f'<div class="error" role="alert">{h(err.message)} (code {err.code})</div>'
+            return console_page(
+                who, "Cannot do that", box + '<p><a href="/console">Back to the console</a></p>', err.status
+            )
+
+    return wrapped
+
+
+def console_page(who: auth.Console, title: str, body: str, status: int = 200) -> web.Response:
+    return page(title, body, who=f"{who.key.friendly_name} ({who.key.sid})", csrf=who.csrf, status=status)
+
+
+# ------------------------------------------------------------------------------ sign-in
+
+
+@routes.get("/console/login")
+async def login_page(request: web.Request) -> web.Response:
+    return _login(request)
+
+
+def _login(request: web.Request, error: str = "", status: int = 200) -> web.Response:
+    pre = request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(18)
+    box = f'<div class="error" role="alert">{h(error)}</div>' if error else ""
+    fields = [
+        ("sid", "API key SID (SK...) or Account SID (AC...)", "text"),
+        ("secret", "Secret or Auth Token", "password"),
+    ]
+    response = page(
+        "Sign in", box + form("/console/login", fields, submit="Sign in", csrf=pre), status=status
+    )
+    response.set_cookie(PRE_COOKIE, pre, path="/console", httponly=True, samesite="Strict", max_age=3600)
+    return response
+
+
+@routes.post("/console/login")
+async def login(request: web.Request) -> web.Response:
+    data = await request.post()
+    pre = request.cookies.get(PRE_COOKIE, "")
+    if not pre or data.get("csrf") != pre:
+        return _login(request, "The sign-in form expired; try again.", status=403)
+    sid, secret = str(data.get("sid", "")).strip(), str(data.get("secret", ""))
+    header = "Basic " + base64.b64encode(f"{sid}:{secret}".encode()).decode()
+    try:
+        key = await request.app[VERIFIER].authenticate(header, request.remote or "")
+    except TooManyAttempts as err:
+        return _login(request, err.message, status=429)
+    if key is None:
+        return _login(request, "Unknown key SID or wrong secret.", status=401)
+    response = web.HTTPSeeOther("/console")
+    await auth.start(request, key, response)
+    response.del_cookie(PRE_COOKIE, path="/console")
+    raise response
+
+
+@routes.post("/console/logout")
+@console
+async def logout(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    response = web.HTTPSeeOther("/console/login")
+    await auth.end(request, who, response)
+    raise response
+
+
+# ------------------------------------------------------------------------------ Services and pool
+
+
+@routes.get("/console")
+@console
+async def services(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    found = await request.app[SERVICES].list(PageRequest(size=200), only=who.key.service_sids)
+    rows = [
+        (link(f"/console/services/{s['sid']}", s["unique_name"] or s["sid"]), h(s["sid"]))
+        for s in found.items
+    ]
+    return console_page(who, "Services", table(["Service", "SID"], rows, empty="no Service yet"))
+
+
+@routes.get("/console/services/{ServiceSid}")
+@console
+async def service(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    ks = await service_sid(request)
+    row = await request.app[SERVICES].get(ks)
+    numbers = (await request.app[NUMBERS].list(ks, PageRequest(size=1000))).items
+    per_country: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for n in numbers:
+        per_country[n["iso_country"]][0] += int(n["in_use"])
+        per_country[n["iso_country"]][1] += 1
+    number_rows = [
+        (
+            h(n["phone_number"]),
+            h(n["iso_country"]),
+            h(", ".join(k for k, v in sorted((n.get("capabilities") or {}).items()) if v) or "-"),
+            h(n["in_use"]),
+            "reserved" if n["is_reserved"] else "",
+        )
+        for n in numbers
+    ]
+    base = f"/console/services/{ks}"
+    body = [
+        f'<p class="muted">{h(ks)}</p>',
+        "<h2>Find a session</h2>",
+        form(
+            f"{base}/sessions",
+            [("q", "Unique name, participant number or proxy number", "search")],
+            submit="Search",
+            method="get",
+        ),
+        "<h2>New session</h2>",
+        form(
+            f"{base}/sessions",
+            [
+                ("UniqueName", "Unique name", "text"),
+                ("First", "First participant (E.164)", "tel"),
+                ("Second", "Second participant (E.164)", "tel"),
+            ],
+            submit="Create session",
+            csrf=who.csrf,
+        ),
+        "<h2>Pool utilisation</h2>",
+        '<p class="muted">Live sessions per proxy number (dark) and per country; a number serves many pairs at once.</p>',
+        bars("live sessions per number", [(n["phone_number"], int(n["in_use"]), 0) for n in numbers]),
+        table(
+            ["Country", "Numbers", "Live sessions"],
+            [(h(c), h(v[1]), h(v[0])) for c, v in sorted(per_country.items())],
+        ),
+        table(
+            ["Number", "Country", "Capabilities", "Live sessions", ""], number_rows, caption="Proxy numbers"
+        ),
+    ]
+    return console_page(who, f"Service {row['unique_name'] or ks}", "".join(body))
+
+
+# ------------------------------------------------------------------------------ sessions
+
+
+@routes.get("/console/services/{ServiceSid}/sessions")
+@console
+async def find_sessions(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    ks = await service_sid(request)
+    q = request.query.get("q", "").strip()[:64]
+    sids = (
+        await _matching_sessions(request, ks, q)
+        if q
+        else [
+            s["sid"]
+            for s in (await request.app[SESSIONS].list_sessions(ks, PageRequest(size=LIST_SIZE))).items
+        ]
+    )
+    rows = []
+    for kc in sids[:LIST_SIZE]:
+        s = await request.app[SESSIONS].get_session(ks, kc)
+        rows.append(
+            (
+                link(f"/console/services/{ks}/sessions/{kc}", s.get("unique_name") or kc),
+                h(s.get("status")),
+                h(kc),
+            )
+        )
+    title = f"Sessions matching {q!r}" if q else "Recent sessions"
+    return console_page(who, title, table(["Session", "Status", "SID"], rows, empty="no session found"))
+
+
+async def _matching_sessions(request: web.Request, ks: str, q: str) -> list[str]:
+    if q.startswith("+"):
+        redis = request.app[REDIS]
+        found: list[str] = []
+        for pattern in (keys.pair(ks, q, "*"), keys.pair(ks, "*", q)):
+            async for name in redis.scan_iter(match=pattern, count=1000):
+                holder = str(await redis.get(name) or "")
+                kc = holder.partition(":")[0]
+                if kc and kc not in found:
+                    found.append(kc)
+        return found
+    try:
+        return [await request.app[SESSIONS].resolve(ks, q)]
+    except MasklineError:
+        return []
+
+
+@routes.post("/console/services/{ServiceSid}/sessions")
+@console
+async def create_session(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    ks = await service_sid(request)
+    data = await request.post()
+    people = [str(data.get(f, "")).strip() for f in ("First", "Second")]
+    view = await request.app[SESSIONS].create_session(
+        ks,
+        unique_name=str(data.get("UniqueName", "")).strip()[:191],
+        participants=[ParticipantRequest(identifier=p) for p in people if p],
+    )
+    raise web.HTTPSeeOther(f"/console/services/{ks}/sessions/{view['sid']}")
+
+
+@routes.get("/console/services/{ServiceSid}/sessions/{SessionSid}")
+@console
+async def session_page(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    ks = await service_sid(request)
+    kc = await session_sid(request, ks)
+    store = request.app[SESSIONS]
+    s = await store.get_session(ks, kc)
+    parts = await store.list_participants(ks, kc)
+    people = [
+        (h(p.get("friendly_name")), h(p.get("identifier")), h(p.get("proxy_identifier")), h(p.get("sid")))
+        for p in parts
+    ]
+    timeline = f"/console/services/{ks}/sessions/{kc}/timeline"
+    body = (
+        f'<p>Status <strong id="status">{h(s.get("status"))}</strong>; unique name {h(s.get("unique_name") or "-")}; '
+        f'<span class="muted">{h(kc)}</span></p>'
+        + table(["Name", "Number", "Proxy number", "SID"], people, caption="Participants")
+        + '<h2>Interactions</h2><p class="muted">Newest first; updates live.</p>'
+        + f'<ol class="timeline" id="timeline" aria-live="polite">{await _timeline(request, ks, kc)}</ol>'
+        + f'<p><a href="/console/audit?{urlencode({"Session": kc})}">This session in the audit log</a></p>'
+        + "<script>setInterval(async()=>{const r=await fetch("
+        + orjson.dumps(timeline).decode()
+        + ");if(r.ok)document.getElementById('timeline').innerHTML=await r.text();},2000);</script>"
+    )
+    return console_page(who, f"Session {s.get('unique_name') or kc}", body)
+
+
+@routes.get("/console/services/{ServiceSid}/sessions/{SessionSid}/timeline")
+@console
+async def timeline(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    ks = await service_sid(request)
+    kc = await session_sid(request, ks)
+    return web.Response(
+        text=await _timeline(request, ks, kc), content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def _timeline(request: web.Request, ks: str, kc: str) -> str:
+    found = await request.app[RELAY].interactions.list(ks, kc, PageRequest(size=100))
+    items = []
+    for i in found.items if found is not None else []:
+        data: dict[str, Any] = orjson.loads(i.get("data") or "{}")
+        what = data.get("body") if i.get("type") == "message" else f"call ({data.get('duration', '0')} s)"
+        items.append(
+            f'<li><span class="muted">{h(_when(i.get("created_ms")))} {h(i.get("type"))} '
+            f"{h(i.get('inbound_resource_status'))} -> {h(i.get('outbound_resource_status'))}</span><br>{h(what)}</li>"
+        )
+    return "".join(items) or '<li class="muted">no interaction yet</li>'
+
+
+def _when(ms: object) -> str:
+    try:
+        return datetime.fromtimestamp(int(str(ms)) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return ""
