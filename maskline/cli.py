@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=int, default=1_000_000, help="events stored for the query benchmark"
     )
 
+    b_console = _add(
+        bench_sub, "console", "console page latency with 10,000 live sessions and 1,000,000 audit rows"
+    )
+    b_console.add_argument("--sessions", type=int, default=10_000, help="live sessions in Redis")
+    b_console.add_argument("--audit-rows", type=int, default=1_000_000, help="rows in the audit log")
+    b_console.add_argument("--rounds", type=int, default=40, help="timed requests per page")
+    b_console.add_argument("--redis-db", type=int, default=10, help="Redis DB number the bench may flush")
+
     add_audit_commands(sub)
     add_status_command(sub)
     return parser

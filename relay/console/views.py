@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
+from audit.queries import query_events
 from core import keys
 from core.errors import MasklineError
 from core.paging import PageRequest
@@ -24,7 +25,7 @@ from relay.api.common import service_sid, session_sid
 from relay.console import auth
 from relay.console.html import bars, form, h, link, page, table
 from relay.login_limits import TooManyAttempts
-from relay.state import API_KEY, NUMBERS, REDIS, RELAY, SERVICES, SESSIONS, VERIFIER
+from relay.state import API_KEY, NUMBERS, PG, REDIS, RELAY, SERVICES, SESSIONS, VERIFIER
 from sessions.models import ParticipantRequest
 
 __all__ = ["routes", "console", "console_page"]
@@ -33,6 +34,7 @@ routes = web.RouteTableDef()
 Handler = Callable[[web.Request, auth.Console], Awaitable[web.StreamResponse]]
 PRE_COOKIE: Final = "ml_console_pre"  # the sign-in form's own CSRF token (double submit)
 LIST_SIZE: Final = 50
+SESSION_EVENTS: Final = ("session.created", "participant.added")
 
 
 def console(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -200,7 +202,10 @@ async def find_sessions(request: web.Request, who: auth.Console) -> web.StreamRe
     )
     rows = []
     for kc in sids[:LIST_SIZE]:
-        s = await request.app[SESSIONS].get_session(ks, kc)
+        try:
+            s = await request.app[SESSIONS].get_session(ks, kc)
+        except MasklineError:
+            continue  # no longer in Redis (expired and pruned): the audit log has it
         rows.append(
             (
                 link(f"/console/services/{ks}/sessions/{kc}", s.get("unique_name") or kc),
@@ -213,20 +218,23 @@ async def find_sessions(request: web.Request, who: auth.Console) -> web.StreamRe
 
 
 async def _matching_sessions(request: web.Request, ks: str, q: str) -> list[str]:
-    if q.startswith("+"):
-        redis = request.app[REDIS]
-        found: list[str] = []
-        for pattern in (keys.pair(ks, q, "*"), keys.pair(ks, "*", q)):
-            async for name in redis.scan_iter(match=pattern, count=1000):
-                holder = str(await redis.get(name) or "")
-                kc = holder.partition(":")[0]
-                if kc and kc not in found:
-                    found.append(kc)
-        return found
-    try:
-        return [await request.app[SESSIONS].resolve(ks, q)]
-    except MasklineError:
-        return []
+    """Sessions by unique name; or by number: the live pairs of a participant number (one MGET of
+    (number, proxy) over the pool, exact and immediate), then the audit log's index of numbers
+    (GIN) for sessions where it is the proxy number or that the pool no longer pairs."""
+    if not q.startswith("+"):
+        try:
+            return [await request.app[SESSIONS].resolve(ks, q)]
+        except MasklineError:
+            return []
+    redis = request.app[REDIS]
+    proxies = [str(p) for p in await redis.hvals(keys.number_sids(ks))]
+    holders = await redis.mget([keys.pair(ks, q, p) for p in proxies]) if proxies else []
+    found = [str(h).partition(":")[0] for h in holders if h]
+    events, _ = await query_events(
+        request.app[PG], service_sids={ks}, number=q, types=SESSION_EVENTS, limit=LIST_SIZE * 4
+    )
+    found += [e.session_sid for e in reversed(events) if e.session_sid]
+    return list(dict.fromkeys(found))
 
 
 @routes.post("/console/services/{ServiceSid}/sessions")
