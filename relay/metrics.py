@@ -31,7 +31,7 @@ from prometheus_client import (
 from core import keys
 from relay.state import PG, REDIS, SETTINGS
 
-__all__ = ["routes", "REGISTRY", "observe_webhook", "observe_api"]
+__all__ = ["routes", "REGISTRY", "observe_webhook", "observe_api", "rate_limited"]
 
 log = logging.getLogger("maskline.metrics")
 
@@ -49,6 +49,12 @@ API_REQUESTS: Final = Histogram(
     "API requests by method, route template and HTTP status, and how long they took",
     ["method", "route", "status"],
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RATE_LIMITED: Final = Counter(
+    "maskline_rate_limited_total",
+    "Texts and calls refused by a Service's abuse limits, by kind",
+    ["kind"],
     registry=REGISTRY,
 )
 API_ERRORS: Final = Counter(
@@ -86,6 +92,10 @@ routes = web.RouteTableDef()
 
 def observe_webhook(kind: str, outcome: str, seconds: float) -> None:
     WEBHOOKS.labels(kind, outcome).observe(seconds)
+
+
+def rate_limited(kind: str) -> None:
+    RATE_LIMITED.labels(kind).inc()
 
 
 def observe_api(request: web.Request, status: int, seconds: float, code: int | None = None) -> None:

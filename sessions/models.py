@@ -32,6 +32,8 @@ __all__ = [
     "Route",
     "DEFAULT_OUT_OF_SESSION_MESSAGE",
     "DEFAULT_HELP_MESSAGE",
+    "DEFAULT_RATE_LIMIT_MESSAGE",
+    "LIMIT_OPTIONS",
     "DEFAULT_RECORDING_CONSENT",
 ]
 
@@ -87,6 +89,7 @@ class Outcome(StrEnum):
     MODE = "mode"  # the session's mode refuses this kind (a call to a message-only session)
     KEYWORD = "keyword"  # STOP / START / HELP: never relayed
     BLOCKED = "blocked"  # the recipient opted out of texts from that proxy number
+    RATE_LIMITED = "rate_limited"  # the sender or the proxy number is over the Service's limits
     UNKNOWN_NUMBER = "unknown_number"  # To is no Service's number
 
 
@@ -102,6 +105,7 @@ class Replay(StrEnum):
     HELP = "help"
     OUT_OF_SESSION = "oos"  # the Service's out-of-session message
     MODE = "mode"  # "this number only accepts texts / calls"
+    RATE_LIMITED = "limited"  # the Service's rate-limit reply
     CUSTOM = "custom"  # TwiML from the Service's endpoint: not kept, a retry gets nothing
 
 
@@ -129,6 +133,9 @@ def interaction_record(**values: Any) -> dict[str, str]:
 # -------------------------------------------------------------------------------- relay options
 
 DEFAULT_OUT_OF_SESSION_MESSAGE: Final = "This conversation has ended. Please contact us through the app."
+DEFAULT_RATE_LIMIT_MESSAGE: Final = (
+    "Too many messages or calls in a short time; please wait a moment and try again."
+)
 DEFAULT_HELP_MESSAGE: Final = (
     "This is a masked number for your conversation. Reply STOP to stop texts from it."
 )
@@ -136,6 +143,16 @@ DEFAULT_RECORDING_CONSENT: Final = "This call may be recorded."
 
 # The Service's settings the relay needs, as published in its `svc` hash (sessions/services.py)
 # and returned by route_inbound.lua; `options` is JSON (the Maskline extensions).
+# The Service's abuse limits (options, 0 or absent: none), in the order of the `limits` field of
+# its `svc` hash that route_inbound.lua reads: texts per minute and calls per hour per participant
+# number, then per proxy number.
+LIMIT_OPTIONS: Final = (
+    "texts_per_minute",
+    "calls_per_hour",
+    "proxy_texts_per_minute",
+    "proxy_calls_per_hour",
+)
+
 RELAY_SETTING_FIELDS: Final = (
     "callback_url",
     "intercept_callback_url",
@@ -157,6 +174,7 @@ class RelayOptions:
     recording_consent: str = ""
     out_of_session_message: str = DEFAULT_OUT_OF_SESSION_MESSAGE
     help_message: str = DEFAULT_HELP_MESSAGE
+    rate_limit_message: str = DEFAULT_RATE_LIMIT_MESSAGE
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> RelayOptions:
@@ -181,6 +199,7 @@ class RelayOptions:
                 options.get("out_of_session_message") or DEFAULT_OUT_OF_SESSION_MESSAGE
             ),
             help_message=str(options.get("help_message") or DEFAULT_HELP_MESSAGE),
+            rate_limit_message=str(options.get("rate_limit_message") or DEFAULT_RATE_LIMIT_MESSAGE),
         )
 
     @property

@@ -17,7 +17,7 @@ from core.events import emit_event
 from core.ids import new_sid
 from core.paging import Page, PageRequest, oldest_first_page, oldest_first_sql
 from core.settings import Settings
-from sessions.models import RELAY_SETTING_FIELDS, GeoMatchLevel, NumberSelection
+from sessions.models import LIMIT_OPTIONS, RELAY_SETTING_FIELDS, GeoMatchLevel, NumberSelection
 
 __all__ = ["ServiceStore", "DEFAULT_COOL_OFF_S", "EDITABLE"]
 
@@ -153,8 +153,15 @@ def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | 
         "cool_off_s": row["cool_off_s"],
         "closed_retention_s": closed_retention_s,
         "allowed_countries": "," + ",".join(c.upper() for c in countries) + "," if countries else "",
+        "limits": _limits(row.get("options") or {}),
         **relay,
     }
+
+
+def _limits(options: dict[str, Any]) -> str:
+    """`limits` for route_inbound.lua: the four LIMIT_OPTIONS, comma-separated; "" when none is set."""
+    values = [max(0, int(options.get(name) or 0)) for name in LIMIT_OPTIONS]
+    return ",".join(map(str, values)) if any(values) else ""
 
 
 def _row(record: asyncpg.Record) -> dict[str, Any]:

@@ -32,6 +32,26 @@ SERVICE_EXTENSIONS = {
     ),
     "HelpMessage": ("string", "Maskline: reply to HELP."),
     "BodyPolicy": ("string", "Maskline: message bodies in the audit log: keep, redact or hash."),
+    "TextsPerMinute": (
+        "integer",
+        "Maskline: texts relayed per minute from one participant number (0: no limit).",
+    ),
+    "CallsPerHour": (
+        "integer",
+        "Maskline: calls relayed per hour from one participant number (0: no limit).",
+    ),
+    "ProxyTextsPerMinute": (
+        "integer",
+        "Maskline: texts relayed per minute through one proxy number (0: no limit).",
+    ),
+    "ProxyCallsPerHour": (
+        "integer",
+        "Maskline: calls relayed per hour through one proxy number (0: no limit).",
+    ),
+    "RateLimitMessage": (
+        "string",
+        "Maskline: the reply (or, for a call, what is said) when a limit refuses a text or call.",
+    ),
 }
 
 AUDIT_PATHS = {

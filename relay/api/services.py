@@ -28,6 +28,12 @@ OPTION_PARAMS = {
     "OutOfSessionMessage": ("out_of_session_message", "text"),
     "HelpMessage": ("help_message", "text"),
     "BodyPolicy": ("body_policy", "str"),
+    # Abuse limits (0: none): sessions/models.LIMIT_OPTIONS, counted in route_inbound.lua.
+    "TextsPerMinute": ("texts_per_minute", "int"),
+    "CallsPerHour": ("calls_per_hour", "int"),
+    "ProxyTextsPerMinute": ("proxy_texts_per_minute", "int"),
+    "ProxyCallsPerHour": ("proxy_calls_per_hour", "int"),
+    "RateLimitMessage": ("rate_limit_message", "text"),
 }
 # A message Twilio sends (or <Say>s) in one request: its Body limit.
 MAX_TEXT_CHARS = 1600

@@ -17,6 +17,7 @@ from pool.numbers import mask
 from relay import twiml
 from relay.callbacks import intercept
 from relay.fallbacks import NotRelayed
+from relay.metrics import rate_limited
 from relay.state import RelayState
 from relay.webhooks import out_of_session
 from relay.webhooks.boundary import STORE_FAULTS, answer
@@ -96,6 +97,9 @@ async def _render_text(state: RelayState, route: Route, inbound: Inbound) -> tup
         return Replay.MODE, twiml.reply(CALLS_ONLY_MESSAGE)
     elif route.outcome is Outcome.KEYWORD and route.keyword is Keyword.HELP:
         answer = Replay.HELP, twiml.reply(opts.help_message)
+    elif route.outcome is Outcome.RATE_LIMITED:
+        rate_limited("message")
+        answer = Replay.RATE_LIMITED, twiml.reply(opts.rate_limit_message)
     elif route.outcome in (Outcome.KEYWORD, Outcome.BLOCKED):  # BLOCKED: the recipient opted out
         answer = Replay.EMPTY, twiml.EMPTY
     else:  # still no session after the out-of-session endpoint's answer
@@ -108,6 +112,10 @@ async def _render_call(state: RelayState, route: Route) -> tuple[Replay, str]:
     opts = route.options
     if route.outcome is Outcome.MODE:  # a message-only session
         return Replay.MODE, twiml.say(TEXTS_ONLY_MESSAGE)
+    if route.outcome is Outcome.RATE_LIMITED:
+        rate_limited("voice")
+        _notify(state, route)
+        return Replay.RATE_LIMITED, twiml.say(opts.rate_limit_message)
     if route.outcome is not Outcome.RELAY:
         return Replay.OUT_OF_SESSION, out_of_session.default_answer(opts, "voice")
     if opts.intercept_url and not await _intercepted(state, route):
@@ -129,6 +137,8 @@ def _replay(state: RelayState, route: Route, inbound: Inbound) -> str:
             return twiml.reply(opts.help_message)
         case Replay.MODE:
             return twiml.say(TEXTS_ONLY_MESSAGE) if voice else twiml.reply(CALLS_ONLY_MESSAGE)
+        case Replay.RATE_LIMITED:
+            return twiml.say(opts.rate_limit_message) if voice else twiml.reply(opts.rate_limit_message)
         case Replay.OUT_OF_SESSION:
             return out_of_session.default_answer(opts, inbound.kind)
         case _:  # in flight, empty, the endpoint's own TwiML (not kept), or records gone

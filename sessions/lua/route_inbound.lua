@@ -20,6 +20,9 @@
 --   mode        {session}                      the session's mode refuses this kind
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
+--   rate_limited {...relay fields}             the sender or the proxy number is over the
+--               Service's limits (texts per minute, calls per hour): never relayed; recorded, and
+--               an interaction.rate_limited event besides interaction.created
 --   relay       {session, inbound, outbound, interaction}
 --   (keyword, blocked and relay also carry `interaction`: the record as stored)
 -- Every outcome carries `svc`: the Service's relay settings by name (RELAY_SETTING_FIELDS, false
@@ -100,6 +103,30 @@ if kind == 'message' then
   end
 end
 
+-- Abuse limits (the Service's `limits`: "texts/min,calls/h per participant number,texts/min,
+-- calls/h per proxy number", 0 = none): fixed windows counted here, in the routing call itself.
+-- Every attempt counts, refused ones too: a flood stays refused until its window ends.
+local function over_limit()
+  local raw = redis.call('HGET', P .. 'svc', 'limits')
+  if not raw or raw == '' then return false end
+  local tpm, cph, ptpm, pcph = string.match(raw, '^(%d+),(%d+),(%d+),(%d+)$')
+  if not tpm then return false end
+  local limits, window = { tonumber(cph), tonumber(pcph) }, 3600000
+  if kind == 'message' then limits, window = { tonumber(tpm), tonumber(ptpm) }, 60000 end
+  local slot = math.floor(now / window)
+  local over = false
+  for i, who in ipairs({ 'p:' .. from, 'n:' .. to }) do
+    if limits[i] > 0 then
+      local k = P .. 'rl:' .. kind .. ':' .. who .. ':' .. slot
+      local n = redis.call('INCR', k)
+      if n == 1 then redis.call('PEXPIRE', k, window) end
+      if n > limits[i] then over = true end
+    end
+  end
+  return over
+end
+if outcome == 'relay' and over_limit() then outcome = 'rate_limited' end
+
 -- The session is in use: in-progress, and its TTL counts from now.
 if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
 redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
@@ -122,6 +149,11 @@ ix_view.numbers = { from, to, outbound.identifier, outbound.proxy_identifier }
 ix_view.inbound_identifier = from
 ix_view.outbound_identifier = outbound.identifier
 emit(ARGV[2], 'interaction.created', now, ix_view)
+if outcome == 'rate_limited' then
+  -- its own event (a sibling id of the interaction's event), for the audit log and alerts
+  emit(string.sub(ARGV[2], 1, -2) .. (string.sub(ARGV[2], -1) == '0' and '1' or '0'), 'interaction.rate_limited',
+    now, { interaction_sid = ki, session_sid = sid, kind = kind, numbers = { from, to } })
+end
 -- Until the webhook answers, the relay is in flight: settle_unanswered.lua judges it after its
 -- deadline (a worker killed before answering never relayed it).
 if resource ~= '' then
