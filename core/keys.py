@@ -34,6 +34,7 @@ __all__ = [
     "number_sids",
     "last_proxy",
     "inflight",
+    "blocked",
     "PUBLISHED",
     "REBUILD_LOCK",
 ]
@@ -141,3 +142,9 @@ def last_proxy(service_sid: str, identifier: str) -> str:
 def inflight(service_sid: str) -> str:
     """zset of interaction sids by their webhook's deadline, until answered (settle_unanswered.lua)."""
     return f"ml:{{{service_sid}}}:inflight"
+
+
+def blocked(service_sid: str) -> str:
+    """set of the Service's blocked identifiers (sessions/blocklist.py; create_session.lua,
+    add_participant.lua and route_inbound.lua check it)."""
+    return f"ml:{{{service_sid}}}:blocked"

@@ -20,6 +20,7 @@ from core.resp_cluster import fast_client
 from core.settings import Settings
 from maskline.audit_cli import add_audit_commands
 from maskline.audit_cli import run as run_audit
+from maskline.block_cli import add_block_commands, run_block
 from maskline.logs import configure as configure_logging
 from maskline.numbers_cli import add_numbers_commands
 from maskline.numbers_cli import run as run_numbers
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_commands(sub)
     add_status_command(sub)
+    add_block_commands(sub)
     return parser
 
 
@@ -201,6 +203,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _keys(args, settings)
         if args.command == "numbers":
             return await run_numbers(args, settings)
+        if args.command == "block":
+            return await run_block(args, settings)
         if args.command == "status":
             return await run_status(args, settings)
         if args.command == "audit":

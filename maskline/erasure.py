@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from audit.erase import E164, CatchUp, catch_up, erase_number, scrub_dead_letters
 from core.errors import InvalidParameter
 from pool.numbers import mask
+from sessions.blocklist import forget_identifier
 from sessions.erasure import RedisErasure, erase_number_from_redis
 
 __all__ = ["Copy", "ErasureReport", "number_pattern", "find_copies", "erase_everywhere"]
@@ -201,6 +202,8 @@ async def erase_everywhere(
     if not E164.match(number_e164):  # before anything is touched (erase_number checks it too)
         raise InvalidParameter(f"number must be E.164 (+ and up to 15 digits), got {number_e164!r}")
     redis_counts = await erase_number_from_redis(redis, number_e164)
+    # Block lists hold the number itself (sessions/blocklist.py): it leaves them too.
+    await forget_identifier(redis, pg, number_e164)
     drained = await catch_up(
         redis, pg, consumer=f"erase-{socket.gethostname()}-{os.getpid()}", timeout_s=drain_timeout_s
     )

@@ -29,6 +29,7 @@ from maskline.recovery import RECOVERY, Recovery
 from pool.registry import NumberRegistry
 from relay import health, metrics, openapi
 from relay.api import audit as audit_api
+from relay.api import blocked as blocked_api
 from relay.api import interactions as interactions_api
 from relay.api import services as services_api
 from relay.api import sessions as sessions_api
@@ -39,6 +40,7 @@ from relay.fallbacks import FallbackRecorder
 from relay.middleware import api_error_middleware, auth_middleware
 from relay.outbound import TwilioMessages
 from relay.state import (
+    BLOCKED,
     NUMBERS,
     PG,
     REDIS,
@@ -53,6 +55,7 @@ from relay.state import (
 )
 from relay.twilio_account import TwilioAccount
 from relay.webhooks import ROUTES as WEBHOOK_ROUTES
+from sessions.blocklist import BlockList
 from sessions.expiry import run_sweeper
 from sessions.interactions import InteractionStore
 from sessions.restore import SessionRestorer
@@ -101,6 +104,7 @@ def create_app(
             p, r, account_sid=settings.twilio_account_sid, closed_retention_s=settings.closed_retention_s
         )
         app[NUMBERS] = NumberRegistry(p, r)
+        app[BLOCKED] = BlockList(r, p)
         app[RECOVERY] = Recovery(
             r,
             p,
@@ -226,6 +230,7 @@ def create_app(
     app.add_routes(sessions_api.routes)
     app.add_routes(interactions_api.routes)
     app.add_routes(audit_api.routes)
+    app.add_routes(blocked_api.routes)
     app.add_routes(WEBHOOK_ROUTES)
     add_console(app)
     return app

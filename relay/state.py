@@ -24,6 +24,7 @@ from relay.credentials import ApiKey, KeyVerifier
 from relay.fallbacks import FallbackRecorder
 from relay.outbound import TwilioMessages
 from relay.twilio_account import TwilioAccount
+from sessions.blocklist import BlockList
 from sessions.interactions import InteractionStore
 from sessions.models import Replay, seen_value
 from sessions.routing import Router
@@ -37,6 +38,7 @@ __all__ = [
     "SESSIONS",
     "SERVICES",
     "NUMBERS",
+    "BLOCKED",
     "RELAY",
     "VERIFIER",
     "TWILIO_ACCOUNT",
@@ -121,6 +123,7 @@ PG: web.AppKey[asyncpg.Pool] = web.AppKey("pg", asyncpg.Pool)
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 SERVICES: web.AppKey[ServiceStore] = web.AppKey("services", ServiceStore)
 NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
+BLOCKED: web.AppKey[BlockList] = web.AppKey("blocked", BlockList)
 RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
 VERIFIER: web.AppKey[KeyVerifier] = web.AppKey("verifier", KeyVerifier)
 # The Twilio account's IncomingPhoneNumbers (PhoneNumbers created with Sid=PN...).

@@ -130,12 +130,14 @@ class InteractionStore:
         interaction_sid: str,
         previous_session_sid: str,
         data: dict[str, Any],
+        outcome: str = "out_of_session",
     ) -> None:
-        """An inbound text or call that reached no live session: never relayed, but audited, with
-        the session the pair last belonged to (if any)."""
+        """An inbound text or call that reached no live session (`outcome` out_of_session, or
+        blocked_sender for a sender on the block list): never relayed, but audited, with the
+        session the pair last belonged to (if any)."""
         await self._record_unrelayed(
             service_sid,
-            outcome="out_of_session",
+            outcome=outcome,
             kind=kind,
             from_=from_,
             to=to,

@@ -221,6 +221,7 @@ class Route:
     previous: dict[str, Any] | None = None  # NO_SESSION: the closed session the pair last had
     keyword: Keyword = Keyword.NONE
     replay: Replay = Replay.IN_FLIGHT  # DUPLICATE: the answer given the first time
+    sender_blocked: bool = False  # NO_SESSION because From is on the Service's block list
 
     @property
     def interaction_sid(self) -> str:

@@ -154,7 +154,11 @@ class Router:
             self.dedupe_ttl_s,
         ]
         result = await self._run(service_sid, args)
-        if result["outcome"] == Outcome.NO_SESSION and not result.get("previous"):
+        if (
+            result["outcome"] == Outcome.NO_SESSION
+            and not result.get("previous")
+            and not result.get("sender_blocked")
+        ):
             # The cached owner may be stale (number moved Service): look once more.
             fresh = await self.service_for(to, fresh=True)
             if fresh and fresh != service_sid:
@@ -165,6 +169,7 @@ class Router:
             # Never relayed, but audited, with the session the pair last belonged to (if any).
             await self.interactions.record_out_of_session(
                 service_sid,
+                outcome="blocked_sender" if route.sender_blocked else "out_of_session",
                 kind=kind,
                 from_=from_,
                 to=to,
@@ -201,6 +206,7 @@ class Router:
             previous=previous if isinstance(previous, dict) else None,
             keyword=Keyword(result.get("keyword") or ""),
             replay=Replay(result.get("replay") or ""),
+            sender_blocked=bool(result.get("sender_blocked")),
         )
 
     async def record_not_relayed(

@@ -136,6 +136,9 @@ def _http_url(url: str) -> bool:
         return False
 
 
+SELECT_BLOCKED: Final = "SELECT identifier FROM blocked_identifiers WHERE service_sid = $1"
+
+
 def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | bytes, str | int]:
     """The Service's `svc` hash: what the scripts and the hot path read (RELAY_SETTING_FIELDS by
     name, the allocation settings, the retention of closed sessions)."""
@@ -290,8 +293,11 @@ class ServiceStore:
     async def publish(self, row: dict[str, Any]) -> None:
         """Copy what the hot path needs into Redis (idempotent; run for every Service at start-up)."""
         mapping = service_hash(row, closed_retention_s=self.closed_retention_s)
+        blocked = [r["identifier"] for r in await self.pg.fetch(SELECT_BLOCKED, row["sid"])]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(keys.service_settings(row["sid"]), mapping=mapping)  # type: ignore[arg-type]
+            if blocked:  # the block list's copy (sessions/blocklist.py; never emptied here: no gap)
+                pipe.sadd(keys.blocked(row["sid"]), *blocked)
             pipe.sadd(keys.SERVICES, row["sid"])
             # The audit writer drains every registered stream, including the one the scripts append to.
             pipe.sadd(keys.EVENT_STREAMS, keys.events(row["sid"]))

@@ -118,6 +118,7 @@ def build() -> dict:
                 },
             }
         }
+    _blocked(doc)
     for path, text in WEBHOOKS.items():
         doc["paths"][path] = {
             "post": {
@@ -140,6 +141,67 @@ def build() -> dict:
             }
         }
     return doc
+
+
+BLOCKED_ENTRY = {
+    "type": "object",
+    "description": "Maskline: an identifier on a Service's block list.",
+    "properties": {
+        "sid": {"type": "string", "description": "BL followed by 32 hex digits"},
+        "service_sid": {"type": "string"},
+        "account_sid": {"type": "string"},
+        "identifier": {"type": "string", "description": "E.164"},
+        "date_created": {"type": "string", "format": "date-time"},
+        "url": {"type": "string", "format": "uri"},
+    },
+}
+
+
+def _blocked(doc: dict) -> None:
+    """Maskline's block list: /v1/Services/{ServiceSid}/Blocked[/{Sid}] (Sid or the identifier)."""
+    service = {"name": "ServiceSid", "in": "path", "required": True, "schema": {"type": "string"}}
+    entry = {"application/json": {"schema": {"$ref": "#/components/schemas/maskline.blocked"}}}
+    doc["components"]["schemas"]["maskline.blocked"] = BLOCKED_ENTRY
+    doc["paths"]["/v1/Services/{ServiceSid}/Blocked"] = {
+        "get": {
+            "summary": "Maskline: list the Service's blocked identifiers (paged like every list).",
+            "operationId": "ListBlocked",
+            "parameters": [service],
+            "responses": {"200": {"description": "blocked identifiers (key `blocked`)"}},
+        },
+        "post": {
+            "summary": "Maskline: block an identifier: it can neither join a session (89003) nor reach anyone.",
+            "operationId": "CreateBlocked",
+            "parameters": [service],
+            "requestBody": {
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["Identifier"],
+                            "properties": {"Identifier": {"type": "string", "description": "E.164"}},
+                        }
+                    }
+                }
+            },
+            "responses": {"201": {"description": "blocked", "content": entry}},
+        },
+    }
+    sid = {"name": "Sid", "in": "path", "required": True, "schema": {"type": "string"}}
+    doc["paths"]["/v1/Services/{ServiceSid}/Blocked/{Sid}"] = {
+        "get": {
+            "summary": "Maskline: fetch a blocked identifier by its BL sid or the identifier itself.",
+            "operationId": "FetchBlocked",
+            "parameters": [service, sid],
+            "responses": {"200": {"description": "the entry", "content": entry}},
+        },
+        "delete": {
+            "summary": "Maskline: unblock an identifier.",
+            "operationId": "DeleteBlocked",
+            "parameters": [service, sid],
+            "responses": {"204": {"description": "unblocked"}},
+        },
+    }
 
 
 if __name__ == "__main__":

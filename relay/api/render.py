@@ -20,7 +20,7 @@ def path(*segments: object) -> str:
     return "".join("/" + quote(str(s), safe="") for s in segments)
 
 
-def _ts(value: Any) -> str | None:
+def ts(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -41,8 +41,8 @@ def service(row: dict[str, Any], base: str, account_sid: str) -> dict[str, Any]:
         "geo_match_level": row["geo_match_level"],
         "intercept_callback_url": row.get("intercept_callback_url"),
         "out_of_session_callback_url": row.get("out_of_session_callback_url"),
-        "date_created": _ts(row["date_created"]),
-        "date_updated": _ts(row["date_updated"]),
+        "date_created": ts(row["date_created"]),
+        "date_updated": ts(row["date_updated"]),
         "url": url,
         "links": {
             "sessions": f"{url}/Sessions",
@@ -61,8 +61,8 @@ def phone_number(row: dict[str, Any], base: str, account_sid: str) -> dict[str, 
         "sid": row["sid"],
         "account_sid": account_sid,
         "service_sid": row["service_sid"],
-        "date_created": _ts(row["date_created"]),
-        "date_updated": _ts(row["date_updated"]),
+        "date_created": ts(row["date_created"]),
+        "date_updated": ts(row["date_updated"]),
         "phone_number": row["phone_number"],
         "friendly_name": row.get("friendly_name"),
         "iso_country": row["iso_country"],

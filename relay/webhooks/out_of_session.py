@@ -38,8 +38,8 @@ async def handle(state: RelayState, route: Route, inbound: Inbound) -> tuple[Rep
     the caller."""
     opts = route.options
     default = Replay.OUT_OF_SESSION, default_answer(opts, inbound.kind)
-    if not opts.out_of_session_url or route.service_sid is None:
-        return default
+    if not opts.out_of_session_url or route.service_sid is None or route.sender_blocked:
+        return default  # a blocked sender never reaches the Service's endpoint (nor a new session)
     timeout_s = min(state.settings.callback_timeout_s, state.settings.webhook_deadline_s * 0.5)
     reply = await ask_out_of_session(
         state.http,

@@ -21,6 +21,9 @@ for other in string.gmatch(sess.parts or '', '[^,]+') do
   end
 end
 if count >= 2 then return fail(80609, 'Session ' .. sid .. ' already has two participants (a Session may have at most 2)') end
+if redis.call('SISMEMBER', P .. 'blocked', ident) == 1 then
+  return fail(89003, 'participant ' .. ident .. ' is blocked in this Service')
+end
 local countries = svc_field('allowed_countries', '')
 if countries ~= '' and not string.find(countries, ',' .. region .. ',', 1, true) then
   return fail(89002, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..

@@ -16,7 +16,8 @@
 --   duplicate   {replay, interaction, outbound}  a retry: render the first answer again. The
 --               `seen:` key holds the interaction sid while the first is in flight, then
 --               "<replay>:<KI>" (sessions.models.Replay): never a number or a body.
---   no_session  {previous}                     no live session for the pair (previous: the closed one, if any)
+--   no_session  {previous}                     no live session for the pair (previous: the closed one, if any);
+--               {sender_blocked=true}          From is on the Service's block list: out of session, whatever its pairs
 --   mode        {session}                      the session's mode refuses this kind
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
@@ -56,6 +57,9 @@ if resource ~= '' then
   redis.call('SET', seen, ':' .. ki, 'EX', tonumber(ARGV[10]))
 end
 
+if redis.call('SISMEMBER', P .. 'blocked', from) == 1 then
+  return done({ outcome = 'no_session', sender_blocked = true })
+end
 local holder = redis.call('GET', pair_key(from, to))
 if not holder then return done({ outcome = 'no_session' }) end
 local sid, kp = string.match(holder, '^([^:]+):(.+)$')
