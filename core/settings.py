@@ -83,6 +83,8 @@ class Settings:
     auth_hash_workers: int = 1
     auth_hash_queue: int = 8
     auth_key_fresh_s: float = 60.0
+    # Requests a second allowed per API key (every worker counts in Redis), then 429 (0: no limit).
+    api_rate_limit: int = 1000
     # Whether the URL came from the environment: an explicit URL that does not answer is an
     # error, a default one that does not answer is replaced by an embedded server.
     redis_url_explicit: bool = False

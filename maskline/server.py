@@ -33,6 +33,7 @@ from relay.api import blocked as blocked_api
 from relay.api import interactions as interactions_api
 from relay.api import services as services_api
 from relay.api import sessions as sessions_api
+from relay.api_limits import RequestLimiter
 from relay.callbacks import CallbackDispatcher
 from relay.console import add_console
 from relay.credentials import key_verifier
@@ -40,6 +41,7 @@ from relay.fallbacks import FallbackRecorder
 from relay.middleware import api_error_middleware, auth_middleware
 from relay.outbound import TwilioMessages
 from relay.state import (
+    API_LIMITS,
     BLOCKED,
     NUMBERS,
     PG,
@@ -99,6 +101,7 @@ def create_app(
         app[REDIS] = r
         app[PG] = p
         app[VERIFIER] = key_verifier(settings, p, r)  # login limiter on this Redis, scrypt threads
+        app[API_LIMITS] = RequestLimiter(r, per_second=settings.api_rate_limit)
         app[SESSIONS] = SessionStore(r, scripts=scripts, clock=clock)
         app[SERVICES] = ServiceStore(
             p, r, account_sid=settings.twilio_account_sid, closed_retention_s=settings.closed_retention_s

@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from core.deadline import deadline
 from core.errors import MasklineError, NotFound
 from relay.metrics import observe_api
-from relay.state import API_KEY, SETTINGS, VERIFIER
+from relay.state import API_KEY, API_LIMITS, SETTINGS, VERIFIER
 
 __all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware"]
 
@@ -188,6 +188,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 401,
             )
             response.headers["WWW-Authenticate"] = 'Basic realm="Maskline"'
+            return response
+        wait = await request.app[API_LIMITS].retry_after(key.sid)
+        if wait is not None:
+            response = error_response(
+                20429, f"Too many requests for API key {key.sid}; retry in {wait} s", 429
+            )
+            response.headers["Retry-After"] = str(wait)
             return response
         request[API_KEY] = key
     return await handler(request)

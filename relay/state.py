@@ -19,6 +19,7 @@ from core import keys
 from core.resp import FastRedis
 from core.settings import Settings
 from pool.registry import NumberRegistry
+from relay.api_limits import RequestLimiter
 from relay.callbacks import CallbackDispatcher, interaction_fields
 from relay.credentials import ApiKey, KeyVerifier
 from relay.fallbacks import FallbackRecorder
@@ -41,6 +42,7 @@ __all__ = [
     "BLOCKED",
     "RELAY",
     "VERIFIER",
+    "API_LIMITS",
     "TWILIO_ACCOUNT",
     "ApiKey",
     "API_KEY",
@@ -126,6 +128,7 @@ NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
 BLOCKED: web.AppKey[BlockList] = web.AppKey("blocked", BlockList)
 RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
 VERIFIER: web.AppKey[KeyVerifier] = web.AppKey("verifier", KeyVerifier)
+API_LIMITS: web.AppKey[RequestLimiter] = web.AppKey("api_limits", RequestLimiter)
 # The Twilio account's IncomingPhoneNumbers (PhoneNumbers created with Sid=PN...).
 TWILIO_ACCOUNT: web.AppKey[TwilioAccount] = web.AppKey("twilio_account", TwilioAccount)
 API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)

@@ -6,7 +6,9 @@ sender gets the Service's polite reply (TwiML), nothing is relayed, and every at
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
+import aiohttp
 from relay_harness import (
     COURIER,
     CUSTOMER,
@@ -21,6 +23,7 @@ from relay_harness import (
 )
 
 from audit.writer import AuditWriter
+from relay.credentials import create_key
 from sessions.models import DEFAULT_RATE_LIMIT_MESSAGE
 
 
@@ -105,3 +108,33 @@ async def test_limits_can_be_lifted_and_bad_values_are_refused_with_20422(relay:
     assert third.get("to") == COURIER  # type: ignore[union-attr]
     status, body = await relay.api("GET", f"/v1/Services/{ks}")
     assert body["options"]["texts_per_minute"] == 0
+
+
+async def test_api_requests_past_a_keys_limit_get_429_with_retry_after(
+    settings, redis, pg, fake_twilio
+) -> None:  # type: ignore[no-untyped-def]
+    relay = await Relay(dataclasses.replace(settings, api_rate_limit=5), redis, pg, fake_twilio).start()
+    try:
+        assert relay.http is not None
+        http = relay.http
+
+        async def get() -> tuple[int, str | None, dict]:
+            async with http.get(relay.local + "/v1/Services", headers=relay.auth) as r:
+                return r.status, r.headers.get("Retry-After"), await r.json()
+
+        answers = await asyncio.gather(*(get() for _ in range(30)))
+        refused = [(wait, body) for status, wait, body in answers if status == 429]
+        assert len(refused) >= 20  # at most 5 a second pass (10 if the burst straddles two seconds)
+        assert {body["code"] for _, body in refused} == {20429}
+        assert {wait for wait, _ in refused} == {"1"}
+
+        # Another key has its own budget; the first key's comes back with the next second.
+        sid, secret = await create_key(pg, "other")
+        other = {"Authorization": aiohttp.encode_basic_auth(sid, secret)}
+        async with http.get(relay.local + "/v1/Services", headers=other) as r:
+            assert r.status == 200
+        await asyncio.sleep(1.1)
+        status, _ = await relay.api("GET", "/v1/Services")
+        assert status == 200
+    finally:
+        await relay.stop()

@@ -99,6 +99,8 @@ async def _snapshot(relay: Relay) -> dict[str, Any]:
     r = relay.redis
     stored: dict[str, Any] = {}
     for key in sorted(await r.keys("*")):
+        if key.startswith("ml:apilimit:"):
+            continue  # the API rate limit's request counters: bookkeeping, not a change
         kind = await r.type(key)
         stored[key] = await (r.zrange(key, 0, -1) if kind == "zset" else getattr(r, _READ[kind])(key))
     for table in ("services", "phone_numbers"):
@@ -132,6 +134,7 @@ def _posts(w: dict[str, str]) -> list[str]:
         f"/v1/Services/{ks}/Sessions/{kc}",
         f"/v1/Services/{ks}/Sessions/{kc}/Participants",
         f"/v1/Services/{ks}/Sessions/{kc}/Participants/{kp}/MessageInteractions",
+        f"/v1/Services/{ks}/Blocked",
     ]
 
 
