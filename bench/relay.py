@@ -229,6 +229,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 # ---------------------------------------------------------------------------------------- main
 
 
+async def _with_limits(
+    redis_url: str, worker: subprocess.Popen[bytes], run: Any, duration_s: int
+) -> dict[str, float]:
+    """One more closed-loop run with the Service's abuse limits set (so route_inbound.lua counts
+    every text) but out of reach; then the limits are lifted again."""
+    import redis.asyncio as aioredis
+
+    from core import keys
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        (ks,) = await client.smembers(keys.SERVICES)
+        await client.hset(keys.service_settings(ks), "limits", "1000000,1000000,1000000,1000000")
+        cpu0 = cpu_seconds(worker.pid)
+        result: dict[str, float] = await run()
+        result["cpu_s"] = cpu_seconds(worker.pid) - cpu0
+        result["relayed"] = result["rps"] * duration_s  # as the main run counts it
+        await client.hset(keys.service_settings(ks), "limits", "")
+        return result
+    finally:
+        await client.aclose()
+
+
 async def main(settings: Any, args: argparse.Namespace) -> int:
     from maskline.devservers import with_database
 
@@ -276,7 +299,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         await asyncio.gather(_wait_ready(worker_port, worker), _wait_ready(bare_port, bare))
         url = f"http://127.0.0.1:{worker_port}/twilio/sms"
         per_run = max(20_000, duration_s * 12_000)
-        files = {name: tmp / f"{name}.txt" for name in ("warm", "main", "fixed", "profile", "two")}
+        files = {name: tmp / f"{name}.txt" for name in ("warm", "main", "fixed", "profile", "two", "limits")}
         for run, (name, path) in enumerate(files.items()):
             write_requests(path, url, pairs, per_run if name != "warm" else 3_000, run)
         script = tmp / "wrk.lua"
@@ -302,6 +325,10 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
             worker_port, files["fixed"], duration_s=min(duration_s, 6), connections=64, rate=rate
         )
 
+        limited = await _with_limits(
+            redis_url, worker, lambda: closed_loop(worker_port, files["limits"], duration_s), duration_s
+        )
+
         prof_path = tmp / "profile.txt"
         spy = profile(worker.pid, max(3, duration_s - 2), prof_path)
         await closed_loop(worker_port, files["profile"], duration_s)
@@ -322,6 +349,11 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"errors {fixed['errors']:.0f}   (target p99 < 10 ms)")  # fmt: skip
         print(f"/metrics of the worker: {counted:.0f} sms webhooks answered in the main run, "
               f"the load generator got {relay.get('requests', float('nan')):.0f} answers")  # fmt: skip
+        if relayed and limited["relayed"]:
+            per_text = limited["cpu_s"] / limited["relayed"] * 1e6
+            print(f"with abuse limits on (counted, never reached): {limited['rps']:.0f} req/s "
+                  f"({limited['rps'] / relay['rps'] - 1:+.1%} vs without), CPU per relayed text {per_text:.0f} us "
+                  f"({per_text / (worker_cpu / relayed * 1e6) - 1:+.1%})   (target: cost <= 5 %)")  # fmt: skip
         two = await _two_workers(worker, worker_port, env, closed_loop, files["two"], duration_s, procs)
         if relayed and two["relayed"]:
             per_one, per_two = worker_cpu / relayed * 1e6, two["cpu_s"] / two["relayed"] * 1e6
