@@ -48,6 +48,7 @@ from bench.relay_load import (
     write_requests,
     wrk_run,
 )
+from bench.relay_load import with_limits as _with_limits
 
 __all__ = ["main"]
 
@@ -227,29 +228,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- main
-
-
-async def _with_limits(
-    redis_url: str, worker: subprocess.Popen[bytes], run: Any, duration_s: int
-) -> dict[str, float]:
-    """One more closed-loop run with the Service's abuse limits set (so route_inbound.lua counts
-    every text) but out of reach; then the limits are lifted again."""
-    import redis.asyncio as aioredis
-
-    from core import keys
-
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    try:
-        (ks,) = await client.smembers(keys.SERVICES)
-        await client.hset(keys.service_settings(ks), "limits", "1000000,1000000,1000000,1000000")
-        cpu0 = cpu_seconds(worker.pid)
-        result: dict[str, float] = await run()
-        result["cpu_s"] = cpu_seconds(worker.pid) - cpu0
-        result["relayed"] = result["rps"] * duration_s  # as the main run counts it
-        await client.hset(keys.service_settings(ks), "limits", "")
-        return result
-    finally:
-        await client.aclose()
 
 
 async def main(settings: Any, args: argparse.Namespace) -> int:

@@ -15,10 +15,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 __all__ = ["AUTH_TOKEN", "ACCOUNT_SID", "WRK_SCRIPT", "load", "pyload", "write_requests", "wrk_run"]
-__all__ += ["LOAD_CORES", "pin", "cpu_seconds"]
+__all__ += ["LOAD_CORES", "pin", "cpu_seconds", "with_limits"]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -202,3 +203,24 @@ async def load(
         "errors": float(errors),
         "requests": float(n),
     }
+
+
+async def with_limits(redis_url: str, worker: Any, run: Any, duration_s: int) -> dict[str, float]:
+    """One more closed-loop run with the Service's abuse limits set (so route_inbound.lua counts
+    every text) but out of reach; then the limits are lifted again."""
+    import redis.asyncio as aioredis
+
+    from core import keys
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        (ks,) = await client.smembers(keys.SERVICES)
+        await client.hset(keys.service_settings(ks), "limits", "1000000,1000000,1000000,1000000")
+        cpu0 = cpu_seconds(worker.pid)
+        result: dict[str, float] = await run()
+        result["cpu_s"] = cpu_seconds(worker.pid) - cpu0
+        result["relayed"] = result["rps"] * duration_s  # as the main run counts it
+        await client.hset(keys.service_settings(ks), "limits", "")
+        return result
+    finally:
+        await client.aclose()

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["EMPTY", "XML_DECL", "message", "reply", "say", "dial", "reject", "text_safe"]
+__all__ = ["EMPTY", "XML_DECL", "message", "messages", "reply", "say", "dial", "reject", "text_safe"]
 
 XML_DECL: Final = '<?xml version="1.0" encoding="UTF-8"?>'
 EMPTY: Final = XML_DECL + "<Response />"
@@ -31,6 +31,15 @@ def message(
     *, to: str, from_: str, body: str, media: Sequence[str] = (), status_callback: str | None = None
 ) -> str:
     """Relay a text: `<Message to from [statusCallback]>body<Media>...</Media></Message>`."""
+    return f"{XML_DECL}<Response>{_message(to, from_, body, media, status_callback)}</Response>"
+
+
+def messages(legs: Sequence[tuple[str, str, str, Sequence[str], str | None]]) -> str:
+    """Relay a text to several people: one `<Message>` per (to, from, body, media, statusCallback)."""
+    return f"{XML_DECL}<Response>{''.join(_message(*leg) for leg in legs)}</Response>"
+
+
+def _message(to: str, from_: str, body: str, media: Sequence[str], status_callback: str | None) -> str:
     attrs = f" to={_attr(to)} from={_attr(from_)}"
     if status_callback:
         attrs += f" statusCallback={_attr(status_callback)}"
@@ -38,7 +47,7 @@ def message(
         inner = f"<Body>{text_safe(body)}</Body>" + "".join(f"<Media>{text_safe(m)}</Media>" for m in media)
     else:
         inner = text_safe(body)
-    return f"{XML_DECL}<Response><Message{attrs}>{inner}</Message></Response>"
+    return f"<Message{attrs}>{inner}</Message>"
 
 
 def reply(body: str) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_HELP_MESSAGE",
     "DEFAULT_RATE_LIMIT_MESSAGE",
     "LIMIT_OPTIONS",
+    "MAX_PARTICIPANTS",
     "DEFAULT_RECORDING_CONSENT",
 ]
 
@@ -153,6 +154,9 @@ LIMIT_OPTIONS: Final = (
     "proxy_calls_per_hour",
 )
 
+# A Service's MaxParticipants may raise a session's participants from Twilio's 2 up to this.
+MAX_PARTICIPANTS: Final = 50
+
 RELAY_SETTING_FIELDS: Final = (
     "callback_url",
     "intercept_callback_url",
@@ -175,6 +179,7 @@ class RelayOptions:
     out_of_session_message: str = DEFAULT_OUT_OF_SESSION_MESSAGE
     help_message: str = DEFAULT_HELP_MESSAGE
     rate_limit_message: str = DEFAULT_RATE_LIMIT_MESSAGE
+    name_prefix: bool = True  # sessions of more than two: "[Name] " before a relayed text
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> RelayOptions:
@@ -200,6 +205,7 @@ class RelayOptions:
             ),
             help_message=str(options.get("help_message") or DEFAULT_HELP_MESSAGE),
             rate_limit_message=str(options.get("rate_limit_message") or DEFAULT_RATE_LIMIT_MESSAGE),
+            name_prefix=options.get("name_prefix") is not False,
         )
 
     @property
@@ -222,6 +228,9 @@ class Route:
     keyword: Keyword = Keyword.NONE
     replay: Replay = Replay.IN_FLIGHT  # DUPLICATE: the answer given the first time
     sender_blocked: bool = False  # NO_SESSION because From is on the Service's block list
+    # A text in a session of more than two: (participant, interaction) of every recipient, the
+    # first being `outbound` and `interaction`. Empty otherwise.
+    legs: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
 
     @property
     def interaction_sid(self) -> str:

@@ -207,6 +207,7 @@ class Router:
             keyword=Keyword(result.get("keyword") or ""),
             replay=Replay(result.get("replay") or ""),
             sender_blocked=bool(result.get("sender_blocked")),
+            legs=[(leg["participant"], leg["interaction"]) for leg in result.get("legs") or ()],
         )
 
     async def record_not_relayed(

@@ -17,7 +17,13 @@ from core.events import emit_event
 from core.ids import new_sid
 from core.paging import Page, PageRequest, oldest_first_page, oldest_first_sql
 from core.settings import Settings
-from sessions.models import LIMIT_OPTIONS, RELAY_SETTING_FIELDS, GeoMatchLevel, NumberSelection
+from sessions.models import (
+    LIMIT_OPTIONS,
+    MAX_PARTICIPANTS,
+    RELAY_SETTING_FIELDS,
+    GeoMatchLevel,
+    NumberSelection,
+)
 
 __all__ = ["ServiceStore", "DEFAULT_COOL_OFF_S", "EDITABLE"]
 
@@ -157,6 +163,10 @@ def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | 
         "closed_retention_s": closed_retention_s,
         "allowed_countries": "," + ",".join(c.upper() for c in countries) + "," if countries else "",
         "limits": _limits(row.get("options") or {}),
+        # Participants a session may have (MaxParticipants; Twilio's 2 unless set).
+        "max_participants": min(
+            MAX_PARTICIPANTS, max(2, int((row.get("options") or {}).get("max_participants") or 2))
+        ),
         **relay,
     }
 

@@ -15,7 +15,7 @@ from core.ids import new_event_id, new_event_id_base, new_sid
 from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
 from pool.numbers import parse_participant, parse_proxy_number
-from sessions.models import Mode, ParticipantRequest, Status
+from sessions.models import MAX_PARTICIPANTS, Mode, ParticipantRequest, Status
 from sessions.scripts import SESSION_LUA
 
 __all__ = ["SessionStore"]
@@ -63,8 +63,8 @@ class SessionStore:
         participants: list[ParticipantRequest] | tuple[ParticipantRequest, ...] = (),
         session_sid: str | None = None,
     ) -> dict[str, Any]:
-        if len(participants) > 2:
-            raise PoolError("a Session may have at most 2 participants", code=80609)
+        if len(participants) > MAX_PARTICIPANTS:
+            raise PoolError(f"a Session may have at most {MAX_PARTICIPANTS} participants", code=80609)
         if status not in (Status.OPEN, Status.IN_PROGRESS):
             raise InvalidParameter(
                 f"Status must be open or in-progress when creating a Session, not {status}"

@@ -48,6 +48,14 @@ SERVICE_EXTENSIONS = {
         "integer",
         "Maskline: calls relayed per hour through one proxy number (0: no limit).",
     ),
+    "MaxParticipants": (
+        "integer",
+        "Maskline: participants a Session may have, 2 (Twilio's rule, the default) to 50. A text reaches every other participant.",
+    ),
+    "NamePrefix": (
+        "boolean",
+        "Maskline: in sessions of more than two, start each relayed text with the sender's FriendlyName (default true).",
+    ),
     "RateLimitMessage": (
         "string",
         "Maskline: the reply (or, for a call, what is said) when a limit refuses a text or call.",

@@ -34,6 +34,9 @@ OPTION_PARAMS = {
     "ProxyTextsPerMinute": ("proxy_texts_per_minute", "int"),
     "ProxyCallsPerHour": ("proxy_calls_per_hour", "int"),
     "RateLimitMessage": ("rate_limit_message", "text"),
+    # Sessions of more than two (sessions/models.MAX_PARTICIPANTS at most).
+    "MaxParticipants": ("max_participants", "int"),
+    "NamePrefix": ("name_prefix", "bool"),
 }
 # A message Twilio sends (or <Say>s) in one request: its Body limit.
 MAX_TEXT_CHARS = 1600

@@ -146,6 +146,22 @@ def _replay(state: RelayState, route: Route, inbound: Inbound) -> str:
 
 
 def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
+    if route.legs:  # a session of more than two: every other participant, from their proxy number
+        name = str(route.inbound.get("friendly_name") or "")
+        body = f"[{name}] {inbound.body}" if name and route.options.name_prefix else inbound.body
+        base, path = state.settings.public_url, "/twilio/status/message"
+        return twiml.messages(
+            [
+                (
+                    out["identifier"],
+                    out["proxy_identifier"],
+                    body,
+                    inbound.media,
+                    f"{base}{path}?Service={route.service_sid}&Interaction={ix.get('sid', '')}",
+                )
+                for out, ix in route.legs
+            ]
+        )
     out = route.outbound
     return twiml.message(
         to=out["identifier"],
@@ -184,7 +200,8 @@ def _notify(state: RelayState, route: Route) -> None:
     """The Service's CallbackUrl hears of every recorded interaction (in the background)."""
     url = route.options.callback_url
     if url and route.interaction_sid and route.service_sid:
-        state.callbacks.submit(url, state.callback_fields(route.service_sid, route.interaction))
+        for interaction in [ix for _, ix in route.legs] or [route.interaction]:
+            state.callbacks.submit(url, state.callback_fields(route.service_sid, interaction))
 
 
 async def _intercepted(state: RelayState, route: Route) -> bool:
@@ -200,7 +217,8 @@ async def _intercepted(state: RelayState, route: Route) -> bool:
     )
     if not allowed:
         log.info("interaction %s blocked by the intercept callback", route.interaction_sid)
-        await state.interactions.update(ks, route.interaction_sid, outbound_status="failed")
+        for sid in [ix.get("sid", "") for _, ix in route.legs] or [route.interaction_sid]:
+            await state.interactions.update(ks, sid, outbound_status="failed")
         if opts.callback_url:
             blocked = {**route.interaction, "outbound_resource_status": "failed"}
             state.callbacks.submit(opts.callback_url, state.callback_fields(ks, blocked))

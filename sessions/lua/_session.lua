@@ -76,6 +76,12 @@ end
 
 -- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
 -- session's interaction list. Returns the record as stored.
+-- Leg j (j >= 2) of a text relayed to several participants (a session of more than two): its
+-- interaction sid, derived from the first leg's, so that a retry of the webhook finds every leg.
+local function leg_sid(ki, j)
+  return 'KI' .. string.sub(redis.sha1hex(ki .. ':' .. j), 1, 32)
+end
+
 local function record_interaction(ki, t, now)
   local flat = {}
   for _, f in ipairs(INTERACTION_FIELDS) do

@@ -20,7 +20,11 @@ for other in string.gmatch(sess.parts or '', '[^,]+') do
     return fail(80103, 'participant ' .. ident .. ' is already in Session ' .. sid)
   end
 end
-if count >= 2 then return fail(80609, 'Session ' .. sid .. ' already has two participants (a Session may have at most 2)') end
+local most = tonumber(svc_field('max_participants', '2')) or 2
+if count >= most then
+  return fail(80609, 'Session ' .. sid .. ' already has ' .. count .. ' participants (at most ' .. most ..
+    ' in this Service: MaxParticipants)')
+end
 if redis.call('SISMEMBER', P .. 'blocked', ident) == 1 then
   return fail(89003, 'participant ' .. ident .. ' is blocked in this Service')
 end

@@ -1,4 +1,4 @@
--- Create a session and its participants (0, 1 or 2) in one atomic step.
+-- Create a session and its participants (0 to the Service's max_participants: 2 unless set) in one atomic step.
 -- KEYS[1]  Service prefix "ml:{KS}:"
 -- ARGV[1]  now_ms or '' (server TIME)
 -- ARGV[2]  event id for session.created
@@ -30,6 +30,10 @@ local geo = svc_field('geo_match_level', 'country')
 local selection = svc_field('number_selection_behavior', 'prefer-sticky')
 local countries = svc_field('allowed_countries', '')
 local n = tonumber(ARGV[9])
+local most = tonumber(svc_field('max_participants', '2')) or 2
+if n > most then
+  return fail(80609, 'a Session may have at most ' .. most .. ' participants in this Service (MaxParticipants)')
+end
 local chosen, seen = {}, {}
 for i = 0, n - 1 do
   local b = 10 + i * 6

@@ -24,7 +24,9 @@
 --   rate_limited {...relay fields}             the sender or the proxy number is over the
 --               Service's limits (texts per minute, calls per hour): never relayed; recorded, and
 --               an interaction.rate_limited event besides interaction.created
---   relay       {session, inbound, outbound, interaction}
+--   relay       {session, inbound, outbound, interaction}; a text in a session of more than two
+--               participants also carries `legs`: [{participant, interaction}] for every other
+--               participant who has not opted out (one interaction each; the first is `interaction`)
 --   (keyword, blocked and relay also carry `interaction`: the record as stored)
 -- Every outcome carries `svc`: the Service's relay settings by name (RELAY_SETTING_FIELDS, false
 -- when unset), so the webhook needs no second round trip.
@@ -45,6 +47,18 @@ local function duplicate(value)
     t.interaction = ix
     if ix.outbound_participant_sid and ix.outbound_participant_sid ~= '' then
       t.outbound = participant_view(ix.outbound_participant_sid)
+    end
+    local legs, j = {}, 2
+    while true do  -- the other legs of a text to several participants
+      local leg = hgetall(P .. 'ix:' .. leg_sid(first, j))
+      if not leg then break end
+      legs[#legs + 1] = { participant = participant_view(leg.outbound_participant_sid), interaction = leg }
+      j = j + 1
+    end
+    if #legs > 0 then
+      table.insert(legs, 1, { participant = t.outbound, interaction = ix })
+      t.legs = legs
+      t.inbound = participant_view(ix.inbound_participant_sid)  -- its name prefixes the text again
     end
   end
   return done(t)
@@ -81,13 +95,16 @@ if not live then
 end
 
 local inbound = participant_view(kp)
-local outbound = nil
+local others = {}
 for other in string.gmatch(sess.parts, '[^,]+') do
-  if other ~= kp then outbound = participant_view(other) end
+  if other ~= kp then others[#others + 1] = participant_view(other) end
 end
-if outbound == nil then
+if #others == 0 then
   return done({ outcome = 'no_session', previous = session_view(sid) })
 end
+-- Two participants: the other one. More: a text goes to every other participant (legs below); a
+-- call to the first of them to have joined (docs/relay.md says why).
+local outbound = others[1]
 if (kind == 'voice' and sess.mode == 'message-only') or (kind == 'message' and sess.mode == 'voice-only') then
   return done({ outcome = 'mode', session = sess })
 end
@@ -102,8 +119,20 @@ if kind == 'message' then
     outcome = 'keyword'
   elseif keyword == 'help' then
     outcome = 'keyword'
-  elseif redis.call('EXISTS', P .. 'optout:' .. outbound.identifier .. ':' .. outbound.proxy_identifier) == 1 then
-    outcome = 'blocked'
+  else
+    -- Recipients: every other participant who has not opted out of texts from their proxy number.
+    local recipients = {}
+    for _, o in ipairs(others) do
+      if redis.call('EXISTS', P .. 'optout:' .. o.identifier .. ':' .. o.proxy_identifier) == 0 then
+        recipients[#recipients + 1] = o
+      end
+    end
+    if #recipients == 0 then
+      outcome = 'blocked'
+    else
+      others = recipients
+      outbound = recipients[1]
+    end
   end
 end
 
@@ -138,21 +167,31 @@ sess.last_activity_ms = now
 schedule_expiry(sid, sess)
 
 local message = kind == 'message'
-local ix = record_interaction(ki, {
-  sid = ki, session_sid = sid, type = kind, data = ARGV[9], outcome = outcome, origin = 'inbound',
-  inbound_participant_sid = kp, inbound_resource_sid = resource,
-  inbound_resource_status = message and 'received' or 'in-progress',
-  inbound_resource_type = message and 'Message' or 'Call',
-  outbound_participant_sid = outbound.sid,
-  outbound_resource_status = outcome == 'relay' and 'initiated' or 'failed',
-  outbound_resource_type = message and 'Message' or 'Call',
-  created_ms = now, updated_ms = now,
-}, now)
-local ix_view = hgetall(P .. 'ix:' .. ki)
-ix_view.numbers = { from, to, outbound.identifier, outbound.proxy_identifier }
-ix_view.inbound_identifier = from
-ix_view.outbound_identifier = outbound.identifier
-emit(ARGV[2], 'interaction.created', now, ix_view)
+-- One interaction per recipient: a call, or a text in a two-party session, has one; a text in a
+-- larger session one per other participant (legs 2.. take sids derived from the first's).
+local targets = { outbound }
+if message and #others > 1 and outcome ~= 'blocked' then targets = others end
+local legs, ix = {}, nil
+for j, target in ipairs(targets) do
+  local leg = j == 1 and ki or leg_sid(ki, j)
+  local recorded = record_interaction(leg, {
+    sid = leg, session_sid = sid, type = kind, data = ARGV[9], outcome = outcome, origin = 'inbound',
+    inbound_participant_sid = kp, inbound_resource_sid = resource,
+    inbound_resource_status = message and 'received' or 'in-progress',
+    inbound_resource_type = message and 'Message' or 'Call',
+    outbound_participant_sid = target.sid,
+    outbound_resource_status = outcome == 'relay' and 'initiated' or 'failed',
+    outbound_resource_type = message and 'Message' or 'Call',
+    created_ms = now, updated_ms = now,
+  }, now)
+  if j == 1 then ix = recorded end
+  legs[#legs + 1] = { participant = target, interaction = recorded }
+  local ix_view = hgetall(P .. 'ix:' .. leg)
+  ix_view.numbers = { from, to, target.identifier, target.proxy_identifier }
+  ix_view.inbound_identifier = from
+  ix_view.outbound_identifier = target.identifier
+  emit(j == 1 and ARGV[2] or ('EV' .. string.sub(leg, 3)), 'interaction.created', now, ix_view)
+end
 if outcome == 'rate_limited' then
   -- its own event (a sibling id of the interaction's event), for the audit log and alerts
   emit(string.sub(ARGV[2], 1, -2) .. (string.sub(ARGV[2], -1) == '0' and '1' or '0'), 'interaction.rate_limited',
@@ -161,9 +200,11 @@ end
 -- Until the webhook answers, the relay is in flight: settle_unanswered.lua judges it after its
 -- deadline (a worker killed before answering never relayed it).
 if resource ~= '' then
-  redis.call('ZADD', P .. 'inflight', tonumber(ARGV[#ARGV]) or (now + 5000), ki)
+  for _, leg in ipairs(legs) do
+    redis.call('ZADD', P .. 'inflight', tonumber(ARGV[#ARGV]) or (now + 5000), leg.interaction.sid)
+  end
 end
 return done({
   outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
-  interaction = ix,
+  interaction = ix, legs = #legs > 1 and legs or nil,
 })
