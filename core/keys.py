@@ -35,6 +35,8 @@ __all__ = [
     "last_proxy",
     "inflight",
     "blocked",
+    "scheduled",
+    "due",
     "PUBLISHED",
     "REBUILD_LOCK",
 ]
@@ -148,3 +150,13 @@ def blocked(service_sid: str) -> str:
     """set of the Service's blocked identifiers (sessions/blocklist.py; create_session.lua,
     add_participant.lua and route_inbound.lua check it)."""
     return f"ml:{{{service_sid}}}:blocked"
+
+
+def scheduled(service_sid: str, message_sid: str) -> str:
+    """hash: a scheduled message (sessions/scheduled.py; schedule_message.lua, claim_due.lua)."""
+    return f"ml:{{{service_sid}}}:sm:{message_sid}"
+
+
+def due(service_sid: str) -> str:
+    """zset of scheduled message sids by send_at_ms, until claimed for sending (claim_due.lua)."""
+    return f"ml:{{{service_sid}}}:due"

@@ -31,6 +31,7 @@ from relay import health, metrics, openapi
 from relay.api import audit as audit_api
 from relay.api import blocked as blocked_api
 from relay.api import interactions as interactions_api
+from relay.api import scheduled as scheduled_api
 from relay.api import services as services_api
 from relay.api import sessions as sessions_api
 from relay.api_limits import RequestLimiter
@@ -40,6 +41,7 @@ from relay.credentials import key_verifier
 from relay.fallbacks import FallbackRecorder
 from relay.middleware import api_error_middleware, auth_middleware
 from relay.outbound import TwilioMessages
+from relay.scheduler import Scheduler
 from relay.state import (
     API_LIMITS,
     BLOCKED,
@@ -47,6 +49,7 @@ from relay.state import (
     PG,
     REDIS,
     RELAY,
+    SCHEDULED,
     SERVICES,
     SESSIONS,
     SETTINGS,
@@ -62,6 +65,7 @@ from sessions.expiry import run_sweeper
 from sessions.interactions import InteractionStore
 from sessions.restore import SessionRestorer
 from sessions.routing import Router
+from sessions.scheduled import ScheduledMessages
 from sessions.scripts import SESSION_LUA
 from sessions.services import ServiceStore
 from sessions.store import SessionStore
@@ -103,6 +107,7 @@ def create_app(
         app[VERIFIER] = key_verifier(settings, p, r)  # login limiter on this Redis, scrypt threads
         app[API_LIMITS] = RequestLimiter(r, per_second=settings.api_rate_limit)
         app[SESSIONS] = SessionStore(r, scripts=scripts, clock=clock)
+        app[SCHEDULED] = ScheduledMessages(r, scripts=scripts, clock=clock)
         app[SERVICES] = ServiceStore(
             p, r, account_sid=settings.twilio_account_sid, closed_retention_s=settings.closed_retention_s
         )
@@ -200,6 +205,13 @@ def create_app(
 
             lease = Lease(app[REDIS], "sweeper", ttl_s=settings.lease_ttl_s)
             tasks.append(asyncio.create_task(run_while_holding(lease, sweep, stop)))
+            scheduler = Scheduler(app[RELAY], app[SCHEDULED])
+
+            async def send_due(duty_stop: asyncio.Event, fence: int) -> None:
+                await scheduler.run(duty_stop)
+
+            lease = Lease(app[REDIS], "scheduler", ttl_s=settings.lease_ttl_s)
+            tasks.append(asyncio.create_task(run_while_holding(lease, send_due, stop)))
         if background if recovery is None else recovery:
             tasks.append(asyncio.create_task(app[RECOVERY].run(stop)))
         if audit_writer:
@@ -234,6 +246,7 @@ def create_app(
     app.add_routes(interactions_api.routes)
     app.add_routes(audit_api.routes)
     app.add_routes(blocked_api.routes)
+    app.add_routes(scheduled_api.routes)
     app.add_routes(WEBHOOK_ROUTES)
     add_console(app)
     return app

@@ -29,6 +29,7 @@ from sessions.blocklist import BlockList
 from sessions.interactions import InteractionStore
 from sessions.models import Replay, seen_value
 from sessions.routing import Router
+from sessions.scheduled import ScheduledMessages
 from sessions.services import ServiceStore
 from sessions.store import SessionStore
 
@@ -40,6 +41,7 @@ __all__ = [
     "SERVICES",
     "NUMBERS",
     "BLOCKED",
+    "SCHEDULED",
     "RELAY",
     "VERIFIER",
     "API_LIMITS",
@@ -126,6 +128,7 @@ SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 SERVICES: web.AppKey[ServiceStore] = web.AppKey("services", ServiceStore)
 NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
 BLOCKED: web.AppKey[BlockList] = web.AppKey("blocked", BlockList)
+SCHEDULED: web.AppKey[ScheduledMessages] = web.AppKey("scheduled", ScheduledMessages)
 RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
 VERIFIER: web.AppKey[KeyVerifier] = web.AppKey("verifier", KeyVerifier)
 API_LIMITS: web.AppKey[RequestLimiter] = web.AppKey("api_limits", RequestLimiter)

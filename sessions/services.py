@@ -163,12 +163,19 @@ def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | 
         "closed_retention_s": closed_retention_s,
         "allowed_countries": "," + ",".join(c.upper() for c in countries) + "," if countries else "",
         "limits": _limits(row.get("options") or {}),
+        # How late a scheduled message may still go out (ScheduleLateness; claim_due.lua).
+        "lateness_s": _lateness(row.get("options") or {}),
         # Participants a session may have (MaxParticipants; Twilio's 2 unless set).
         "max_participants": min(
             MAX_PARTICIPANTS, max(2, int((row.get("options") or {}).get("max_participants") or 2))
         ),
         **relay,
     }
+
+
+def _lateness(options: dict[str, Any]) -> int:
+    value = options.get("schedule_lateness_s")
+    return 900 if value is None else max(0, int(value))
 
 
 def _limits(options: dict[str, Any]) -> str:

@@ -48,6 +48,10 @@ SERVICE_EXTENSIONS = {
         "integer",
         "Maskline: calls relayed per hour through one proxy number (0: no limit).",
     ),
+    "ScheduleLateness": (
+        "integer",
+        "Maskline: seconds a scheduled message may be late (after an outage) and still be sent (default 900); later ones expire.",
+    ),
     "MaxParticipants": (
         "integer",
         "Maskline: participants a Session may have, 2 (Twilio's rule, the default) to 50. A text reaches every other participant.",
@@ -127,6 +131,7 @@ def build() -> dict:
             }
         }
     _blocked(doc)
+    _scheduled(doc)
     for path, text in WEBHOOKS.items():
         doc["paths"][path] = {
             "post": {
@@ -208,6 +213,69 @@ def _blocked(doc: dict) -> None:
             "operationId": "DeleteBlocked",
             "parameters": [service, sid],
             "responses": {"204": {"description": "unblocked"}},
+        },
+    }
+
+
+def _scheduled(doc: dict) -> None:
+    """Maskline's scheduled messages: SendAt on MessageInteractions, and the ScheduledMessages list."""
+    create = doc["paths"][
+        "/v1/Services/{ServiceSid}/Sessions/{SessionSid}/Participants/{ParticipantSid}/MessageInteractions"
+    ]
+    form = create["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    form["properties"]["SendAt"] = {
+        "type": "string",
+        "description": "Maskline: send later, at this time (ISO 8601 or epoch seconds, within a year); the answer is "
+        "then a ScheduledMessage (status scheduled). Sooner than a second from now: sent at once.",
+    }
+    path = {"in": "path", "required": True, "schema": {"type": "string"}}
+    service, session = {"name": "ServiceSid", **path}, {"name": "SessionSid", **path}
+    doc["components"]["schemas"]["maskline.scheduled_message"] = {
+        "type": "object",
+        "description": "Maskline: a text scheduled for one participant; canceled when its session closes, expires or "
+        "is deleted, when the participant is removed or replies STOP.",
+        "properties": {
+            name: {"type": "string", "nullable": True}
+            for name in (
+                "sid",
+                "account_sid",
+                "service_sid",
+                "session_sid",
+                "participant_sid",
+                "body",
+                "send_at",
+                "status",
+                "reason",
+                "interaction_sid",
+                "date_created",
+                "date_updated",
+                "url",
+            )
+        },
+    }
+    entry = {"application/json": {"schema": {"$ref": "#/components/schemas/maskline.scheduled_message"}}}
+    base = "/v1/Services/{ServiceSid}/Sessions/{SessionSid}/ScheduledMessages"
+    doc["paths"][base] = {
+        "get": {
+            "summary": "Maskline: the session's scheduled messages (any status), by send time.",
+            "operationId": "ListScheduledMessage",
+            "parameters": [service, session],
+            "responses": {"200": {"description": "key `scheduled_messages`"}},
+        }
+    }
+    sid = {"name": "Sid", **path}
+    doc["paths"][base + "/{Sid}"] = {
+        "get": {
+            "summary": "Maskline: fetch a scheduled message.",
+            "operationId": "FetchScheduledMessage",
+            "parameters": [service, session, sid],
+            "responses": {"200": {"description": "the message", "content": entry}},
+        },
+        "delete": {
+            "summary": "Maskline: cancel a scheduled message that has not gone out (89004 otherwise).",
+            "operationId": "DeleteScheduledMessage",
+            "parameters": [service, session, sid],
+            "responses": {"204": {"description": "canceled"}},
         },
     }
 

@@ -5,6 +5,7 @@ closed_retention_s); once Redis has forgotten the session, the audit log (Postgr
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +17,9 @@ from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.common import session_sid as session_of
 from relay.api.params import check_url, iso, page_args, read_params
-from relay.outbound import TwilioSendError
-from relay.state import PG, RELAY
+from relay.api.scheduled import SOON_MS, scheduled_view, send_at_ms
+from relay.proactive import send_proactive
+from relay.state import PG, RELAY, SCHEDULED
 
 __all__ = ["routes", "interaction_view", "message_interaction_view"]
 
@@ -203,30 +205,15 @@ async def create_message_interaction(request: web.Request) -> web.Response:
         raise InvalidParameter(f"MediaUrl may be given at most {MAX_MEDIA} times")
     if not body and not media:
         raise MissingParameter("Missing required parameter Body (or MediaUrl)", code=21602)
-    state = request.app[RELAY]
     data: dict[str, Any] = {"body": body}
     if media:
         data["media"] = media
-    ix, participant = await state.interactions.record_proactive(ks, session_sid, kp, data)
-    ki = ix["sid"]
-    try:
-        message = await state.messages.send(
-            to=participant["identifier"],
-            from_=participant["proxy_identifier"],
-            body=body,
-            media_urls=media,
-            status_callback=state.url(f"/twilio/status/message?Service={ks}&Interaction={ki}"),
-        )
-    except TwilioSendError:
-        await state.interactions.update(ks, ki, outbound_status="failed")
-        raise
-    updated = await state.interactions.update(
-        ks,
-        ki,
-        outbound_resource_sid=str(message.get("sid") or ""),
-        outbound_status=str(message.get("status") or "queued"),
-    )
-    return json(_message_view(request, ks, kp, updated or ix), status=201)
+    at = send_at_ms(params)
+    if at is not None and at - int(time.time() * 1000) >= SOON_MS:  # Maskline: send it later
+        row = await request.app[SCHEDULED].schedule(ks, session_sid, kp, at, data)
+        return json(scheduled_view(request, ks, row), status=201)
+    ix = await send_proactive(request.app[RELAY], ks, session_sid, kp, data)
+    return json(_message_view(request, ks, kp, ix), status=201)
 
 
 @routes.get(BASE + "/Participants/{ParticipantSid}/MessageInteractions")

@@ -37,6 +37,8 @@ OPTION_PARAMS = {
     # Sessions of more than two (sessions/models.MAX_PARTICIPANTS at most).
     "MaxParticipants": ("max_participants", "int"),
     "NamePrefix": ("name_prefix", "bool"),
+    # Scheduled messages: how late one may still go out (seconds; default 900), else `expired`.
+    "ScheduleLateness": ("schedule_lateness_s", "int"),
 }
 # A message Twilio sends (or <Say>s) in one request: its Body limit.
 MAX_TEXT_CHARS = 1600

@@ -47,8 +47,27 @@ local function retain(keys, ms)
   for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
 end
 
--- Close a live session: release its pairs into cool-off, leave the expiry list, keep the records
--- readable for the retention period. Idempotent: a closed session is left alone (returns false).
+-- Cancel a session's scheduled messages that have not gone out yet (all, or those to participant
+-- `only_kp`): status cancelled with `reason`, off the due list, each with its audit event.
+local function cancel_scheduled(sid, reason, now, only_kp)
+  local index = P .. 'sess:' .. sid .. ':sm'
+  for _, km in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    local key = P .. 'sm:' .. km
+    local status, kp = unpack(redis.call('HMGET', key, 'status', 'participant_sid'))
+    if status == 'scheduled' and (not only_kp or kp == only_kp) then
+      redis.call('HSET', key, 'status', 'canceled', 'reason', reason, 'updated_ms', now)
+      redis.call('ZREM', P .. 'due', km)
+      local view = hgetall(key)
+      local part = hgetall(P .. 'part:' .. kp) or {}
+      view.numbers = { part.identifier, part.proxy_identifier }
+      emit('EV' .. string.sub(redis.sha1hex(km .. ':canceled'), 1, 32), 'scheduled_message.canceled', now, view)
+    end
+  end
+end
+
+-- Close a live session: release its pairs into cool-off, leave the expiry list, cancel its
+-- scheduled messages, keep the records readable for the retention period. Idempotent: a closed
+-- session is left alone (returns false).
 local function close_session(sid, reason, now, event_id)
   local sk = P .. 'sess:' .. sid
   local status = redis.call('HGET', sk, 'status')
@@ -63,11 +82,14 @@ local function close_session(sid, reason, now, event_id)
   end
   redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now,
     'expires_at_ms', 0)
+  cancel_scheduled(sid, 'session_' .. reason, now)
   redis.call('ZREM', P .. 'expiry', sid)
   local uname = redis.call('HGET', sk, 'unique_name')
   if uname and uname ~= '' then keys[#keys + 1] = P .. 'uname:' .. uname end
   keys[#keys + 1] = sk .. ':ix'
   for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do keys[#keys + 1] = P .. 'ix:' .. ki end
+  keys[#keys + 1] = sk .. ':sm'
+  for _, km in ipairs(redis.call('ZRANGE', sk .. ':sm', 0, -1)) do keys[#keys + 1] = P .. 'sm:' .. km end
   retain(keys, keep_ms)
   if event_id then emit(event_id, 'session.closed', now, session_view(sid)) end
   return true

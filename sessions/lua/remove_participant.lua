@@ -18,6 +18,7 @@ end
 if not found then return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid) end
 local cool_off_ms = (tonumber(svc_field('cool_off_s', '0')) or 0) * 1000
 if redis.call('HGET', sk, 'status') ~= 'closed' then release_pair(sid, kp, cool_off_ms) end
+cancel_scheduled(sid, 'participant_removed', now, kp)
 redis.call('HSET', P .. 'part:' .. kp, 'deleted_ms', now, 'updated_ms', now)
 redis.call('PEXPIRE', P .. 'part:' .. kp, math.max(cool_off_ms, 86400000))
 redis.call('HSET', sk, 'parts', table.concat(kept, ','), 'updated_ms', now)

@@ -113,6 +113,7 @@ local outcome = 'relay'
 if kind == 'message' then
   if keyword == 'optout' then
     redis.call('SET', P .. 'optout:' .. from .. ':' .. to, now)
+    cancel_scheduled(sid, 'opted_out', now, kp)
     outcome = 'keyword'
   elseif keyword == 'optin' then
     redis.call('DEL', P .. 'optout:' .. from .. ':' .. to)

@@ -1,0 +1,42 @@
+"""A proactive text to one participant, from their proxy number, through Twilio's Messages API:
+recorded as an interaction first (record_proactive.lua checks the session, the participant and
+their opt-out), then sent, then the interaction updated with Twilio's answer. The API's
+MessageInteractions and the scheduler (relay/scheduler.py) both send this way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.outbound import TwilioSendError
+from relay.state import RelayState
+
+__all__ = ["send_proactive"]
+
+
+async def send_proactive(
+    state: RelayState, service_sid: str, session_sid: str, participant_sid: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """The interaction as updated. Raises MasklineError (nothing sent) or TwilioSendError (the
+    interaction is marked failed)."""
+    ix, participant = await state.interactions.record_proactive(
+        service_sid, session_sid, participant_sid, data
+    )
+    ki = ix["sid"]
+    try:
+        message = await state.messages.send(
+            to=participant["identifier"],
+            from_=participant["proxy_identifier"],
+            body=str(data.get("body") or ""),
+            media_urls=list(data.get("media") or ()),
+            status_callback=state.url(f"/twilio/status/message?Service={service_sid}&Interaction={ki}"),
+        )
+    except TwilioSendError:
+        await state.interactions.update(service_sid, ki, outbound_status="failed")
+        raise
+    updated = await state.interactions.update(
+        service_sid,
+        ki,
+        outbound_resource_sid=str(message.get("sid") or ""),
+        outbound_status=str(message.get("status") or "queued"),
+    )
+    return updated or ix
