@@ -24,6 +24,7 @@ from maskline.block_cli import add_block_commands, run_block
 from maskline.logs import configure as configure_logging
 from maskline.numbers_cli import add_numbers_commands
 from maskline.numbers_cli import run as run_numbers
+from maskline.scheduled_cli import add_scheduled_commands, run_scheduled
 from maskline.status_cli import add_status_command, run_status
 
 __all__ = ["main", "build_parser"]
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_commands(sub)
     add_status_command(sub)
     add_block_commands(sub)
+    add_scheduled_commands(sub)
     return parser
 
 
@@ -203,6 +205,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _keys(args, settings)
         if args.command == "numbers":
             return await run_numbers(args, settings)
+        if args.command == "scheduled":
+            return await run_scheduled(args, settings)
         if args.command == "block":
             return await run_block(args, settings)
         if args.command == "status":

@@ -117,3 +117,28 @@ async def test_a_claim_whose_sender_died_is_failed_never_sent_twice(relay: Relay
     )
     assert after["status"] == "failed" and after["reason"] == "sender_died"
     assert relay.fake.messages == []
+
+
+async def test_operators_list_and_cancel_from_the_command_line(relay: Relay) -> None:
+    from cli_helpers import maskline
+
+    ks, sess = await world(relay)
+    status, _ = await relay.api("POST", f"/v1/Services/{ks}", {"UniqueName": "sched-cli"})
+    status, msg = await _schedule(relay, ks, sess, CUSTOMER, "secret body", time.time() + 600)
+    urls = {"redis_url": relay.settings.redis_url, "database_url": relay.settings.database_url}
+    listed = await maskline("scheduled", "list", "--service", "sched-cli", **urls)
+    assert listed.returncode == 0, listed.stderr
+    assert msg["sid"] in listed.stdout and "scheduled" in listed.stdout
+    assert "secret body" not in listed.stdout and CUSTOMER not in listed.stdout
+    done = await maskline(
+        "scheduled", "cancel", "--service", "sched-cli", "--session", sess["sid"], msg["sid"], **urls
+    )
+    assert done.returncode == 0, done.stderr
+    status, after = await relay.api(
+        "GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}/ScheduledMessages/{msg['sid']}"
+    )
+    assert after["status"] == "canceled" and after["reason"] == "operator"
+    again = await maskline(
+        "scheduled", "cancel", "--service", "sched-cli", "--session", sess["sid"], msg["sid"], **urls
+    )
+    assert again.returncode == 1 and "89004" in again.stdout
