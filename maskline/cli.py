@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=int, default=1_000_000, help="events stored for the query benchmark"
     )
 
+    b_scheduled = _add(
+        bench_sub,
+        "scheduled",
+        "scheduled messages delivered on time, once each; relay throughput while they fire",
+    )
+    b_scheduled.add_argument("--messages", type=int, default=100_000, help="messages to schedule")
+    b_scheduled.add_argument("--spread", type=float, default=300, help="seconds they are spread over")
+    b_scheduled.add_argument("--redis-db", type=int, default=9, help="Redis DB number the bench may flush")
     b_console = _add(
         bench_sub, "console", "console page latency with 10,000 live sessions and 1,000,000 audit rows"
     )

@@ -1,0 +1,193 @@
+"""`maskline bench scheduled`: N scheduled messages spread over S seconds (default 100,000 over 300 s)
+delivered by a worker (`maskline serve`'s app, background duties on: the scheduler under its lease)
+to a fake Twilio that notes when each arrives. Prints the drift (arrival - send_at) p50/p99/max,
+how many arrived twice (target 0) and how many never arrived (target 0), and the relay throughput
+(signed inbound SMS, closed loop) before and while the messages fire (target: <= 10 % lower).
+
+Data: Redis DB --redis-db (default 9, flushed) and Postgres database maskline_bench_relay."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.relay import BENCH_DB, ROOT, _free_port, _prepare, _spawn, _stop, _wait_ready
+from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, pyload, write_requests
+
+__all__ = ["main"]
+
+LOAD_S = 8
+
+
+def _arg(args: argparse.Namespace, name: str, default: Any) -> Any:
+    value = getattr(args, name, None)
+    return default if value is None else value
+
+
+async def _schedule_all(redis_url: str, count: int, spread_s: float, lead_s: float) -> tuple[float, int]:
+    """Schedules `count` texts over the live sessions, send_at spread evenly from now + lead_s.
+    Returns (t0, sessions used)."""
+    import redis.asyncio as aioredis
+
+    from core import keys
+    from sessions.scheduled import ScheduledMessages
+    from sessions.store import SessionStore
+
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        (ks,) = await redis.smembers(keys.SERVICES)
+        sids = await redis.zrange(keys.sessions_by_created(ks), 0, -1)
+        sessions = SessionStore(redis)
+        targets = [(kc, (await sessions.list_participants(ks, kc))[0]["sid"]) for kc in sids]
+        store = ScheduledMessages(redis)
+        t0 = time.time() + lead_s
+        gate = asyncio.Semaphore(64)
+
+        async def one(i: int) -> None:
+            kc, kp = targets[i % len(targets)]
+            at_ms = int((t0 + spread_s * i / count) * 1000)
+            async with gate:
+                await store.schedule(ks, kc, kp, at_ms, {"body": f"sched {i} {at_ms}"})
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return t0, len(targets)
+    finally:
+        await redis.aclose()
+
+
+async def _statuses(redis_url: str) -> Counter[str]:
+    import redis.asyncio as aioredis
+
+    redis = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        found: Counter[str] = Counter()
+        async for key in redis.scan_iter(match="ml:{*}:sm:*", count=5000):
+            found[str(await redis.hget(key, "status"))] += 1
+        return found
+    finally:
+        await redis.aclose()
+
+
+def _spawn_fake(port: int, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.scheduled", "--port", str(port), "--out", str(out)], cwd=ROOT
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def main(settings: Any, args: argparse.Namespace) -> int:
+    from maskline.devservers import with_database
+
+    count = int(_arg(args, "messages", 100_000))
+    spread_s = float(_arg(args, "spread", 300))
+    redis_url = with_database(settings.redis_url, str(_arg(args, "redis_db", 9)))
+    database_url = with_database(settings.database_url, BENCH_DB)
+    tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-scheduled-"))
+    received = tmp / "received.jsonl"
+    print(f"maskline bench scheduled: {count:,} messages over {spread_s:.0f} s")
+    pairs = await _prepare(settings, redis_url, database_url, 2000)
+    port, fake_port = _free_port(), _free_port()
+    fake = _spawn_fake(fake_port, received)
+    env = {
+        **os.environ,
+        "MASKLINE_REDIS_URL": redis_url,
+        "MASKLINE_DATABASE_URL": database_url,
+        "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "MASKLINE_TWILIO_API_URL": f"http://127.0.0.1:{fake_port}",
+        "MASKLINE_EMBEDDED": "never",
+        "MASKLINE_LOG_LEVEL": "WARNING",
+    }
+    worker = _spawn("worker", port, env)
+    try:
+        await _wait_ready(port, worker)
+        await _wait_ready(fake_port, fake)
+        url = f"http://127.0.0.1:{port}/twilio/sms"
+        files = {name: tmp / f"{name}.txt" for name in ("idle", "firing")}
+        for run, path in enumerate(files.values()):
+            write_requests(path, url, pairs, 60_000, 40 + run)
+        lead_s = max(25.0, count / 4000 + LOAD_S + 5)
+        started = time.time()
+        t0, n_sessions = await _schedule_all(redis_url, count, spread_s, lead_s)
+        print(f"scheduled {count:,} messages over {n_sessions:,} sessions in {time.time() - started:.0f} s")
+        idle = await pyload(port, files["idle"], duration_s=LOAD_S, connections=32)
+        await asyncio.sleep(max(0.0, t0 + spread_s / 3 - time.time()))
+        firing = await pyload(port, files["firing"], duration_s=LOAD_S, connections=32)
+        await asyncio.sleep(max(0.0, t0 + spread_s + 20 - time.time()))
+    finally:
+        _stop(worker)
+        fake.send_signal(signal.SIGTERM)
+        fake.wait(timeout=30)
+    arrivals: dict[int, list[float]] = {}
+    drift_ms: list[float] = []
+    for line in received.read_text().splitlines():
+        at, body = json.loads(line)
+        _, i, send_at_ms = body.split()
+        arrivals.setdefault(int(i), []).append(at)
+        drift_ms.append(at * 1000 - int(send_at_ms))
+    twice = sum(1 for v in arrivals.values() if len(v) > 1)
+    missed = count - len(arrivals)
+    statuses = await _statuses(redis_url)
+    print(
+        f"drift (arrival at the fake Twilio - send_at): p50 {_percentile(drift_ms, 0.5):.0f} ms, "
+        f"p99 {_percentile(drift_ms, 0.99):.0f} ms, max {max(drift_ms, default=float('nan')):.0f} ms (target p99 <= 1,000 ms)"
+    )
+    print(f"sent twice: {twice} (target 0); never arrived: {missed} (target 0); statuses: {dict(statuses)}")
+    change = firing["rps"] / idle["rps"] - 1 if idle["rps"] else float("nan")
+    print(
+        f"relay while they fire: {firing['rps']:.0f} req/s vs {idle['rps']:.0f} before ({change:+.1%}; "
+        f"target >= -10 %); p99 {firing['p99_ms']:.1f} ms vs {idle['p99_ms']:.1f} ms"
+    )
+    return 0 if twice == 0 and missed == 0 else 1
+
+
+# ------------------------------------------------------------------------------ the fake Twilio
+
+
+def _fake_twilio(port: int, out: Path) -> None:
+    """Messages API that answers 201 at once and notes (time, Body) of each message; written to
+    `out` on SIGTERM."""
+    from aiohttp import web
+
+    seen: list[tuple[float, str]] = []
+    counter = 0
+
+    async def messages(request: web.Request) -> web.Response:
+        nonlocal counter
+        form = await request.post()
+        seen.append((time.time(), str(form.get("Body", ""))))
+        counter += 1
+        return web.json_response({"sid": f"SM{counter:032x}", "status": "queued"}, status=201)
+
+    async def dump(app: web.Application) -> None:
+        with out.open("w") as f:
+            for at, body in seen:
+                f.write(json.dumps([at, body]) + "\n")
+
+    app = web.Application()
+    app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", messages)
+    app.on_shutdown.append(dump)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m bench.scheduled")
+    cli.add_argument("--port", type=int, required=True)
+    cli.add_argument("--out", required=True)
+    parsed = cli.parse_args()
+    _fake_twilio(parsed.port, Path(parsed.out))
