@@ -31,7 +31,7 @@ from pool.numbers import mask
 from sessions.blocklist import forget_identifier
 from sessions.erasure import RedisErasure, erase_number_from_redis
 
-__all__ = ["Copy", "ErasureReport", "number_pattern", "find_copies", "erase_everywhere"]
+__all__ = ["Copy", "ErasureReport", "number_pattern", "find_copies", "erase_everywhere", "erase_in_words"]
 
 # Separators a number may be written with ("+1 (415) 555-0101", "415.555.0101").
 _SEPARATORS: Final = "[-. ()]{0,2}"
@@ -211,3 +211,14 @@ async def erase_everywhere(
     events = await erase_number(pg, number_e164, actor=actor)
     copies = await find_copies(redis, pg, number_e164)
     return ErasureReport(redis_counts, drained, dead, events, copies)
+
+
+async def erase_in_words(redis: aioredis.Redis, pg: asyncpg.Pool, number_e164: str, actor: str) -> str:
+    """erase_everywhere, its report in one sentence (the console's erasure form)."""
+    report = await erase_everywhere(redis, pg, number_e164, actor=actor)
+    r = report.redis
+    left = f"; WARNING: {len(report.copies)} copy(ies) left" if report.copies else "; no copy left"
+    return (
+        f"{r.sessions_deleted} session(s) deleted from Redis ({r.sessions_closed} live, closed first), "
+        f"{report.events} stored audit event(s) no longer reveal it{left}"
+    )

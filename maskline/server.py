@@ -25,6 +25,7 @@ from core.lease import Lease, run_while_holding
 from core.resp_cluster import fast_client
 from core.scripts import Scripts
 from core.settings import Settings
+from maskline.erasure import erase_in_words
 from maskline.recovery import RECOVERY, Recovery
 from pool.registry import NumberRegistry
 from relay import health, metrics, openapi
@@ -45,6 +46,7 @@ from relay.scheduler import Scheduler
 from relay.state import (
     API_LIMITS,
     BLOCKED,
+    ERASER,
     NUMBERS,
     PG,
     REDIS,
@@ -108,6 +110,11 @@ def create_app(
         app[API_LIMITS] = RequestLimiter(r, per_second=settings.api_rate_limit)
         app[SESSIONS] = SessionStore(r, scripts=scripts, clock=clock)
         app[SCHEDULED] = ScheduledMessages(r, scripts=scripts, clock=clock)
+
+        async def erase(number: str, actor: str) -> str:
+            return await erase_in_words(r, p, number, actor)
+
+        app[ERASER] = erase
         app[SERVICES] = ServiceStore(
             p, r, account_sid=settings.twilio_account_sid, closed_retention_s=settings.closed_retention_s
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ __all__ = [
     "NUMBERS",
     "BLOCKED",
     "SCHEDULED",
+    "ERASER",
+    "Eraser",
     "RELAY",
     "VERIFIER",
     "API_LIMITS",
@@ -129,6 +131,10 @@ SERVICES: web.AppKey[ServiceStore] = web.AppKey("services", ServiceStore)
 NUMBERS: web.AppKey[NumberRegistry] = web.AppKey("numbers", NumberRegistry)
 BLOCKED: web.AppKey[BlockList] = web.AppKey("blocked", BlockList)
 SCHEDULED: web.AppKey[ScheduledMessages] = web.AppKey("scheduled", ScheduledMessages)
+# Erase a number everywhere (number, actor) -> what was done, in words: maskline/erasure.py does it;
+# the process injects it (the console's erasure form), so this floor never imports the process.
+Eraser = Callable[[str, str], Awaitable[str]]
+ERASER: web.AppKey[Eraser] = web.AppKey("eraser")
 RELAY: web.AppKey[RelayState] = web.AppKey("relay", RelayState)
 VERIFIER: web.AppKey[KeyVerifier] = web.AppKey("verifier", KeyVerifier)
 API_LIMITS: web.AppKey[RequestLimiter] = web.AppKey("api_limits", RequestLimiter)

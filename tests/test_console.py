@@ -110,3 +110,33 @@ async def test_a_wrong_secret_is_refused_and_a_revoked_key_is_signed_out(relay: 
             assert r.status == 303 and r.headers["Location"] == "/console/login"
     finally:
         await http.close()
+
+
+async def test_numbers_are_added_and_a_number_erased_only_once_confirmed(relay: Relay) -> None:
+    ks = await relay.service(UniqueName="erasing")
+    sid, secret = await create_key(relay.pg, "compliance", permissions=frozenset({"proxy", "audit"}))
+    http, csrf = await _sign_in(relay, sid, secret)
+    try:
+        for number in (PROXY_A, PROXY_B):
+            url = f"{relay.local}/console/services/{ks}/numbers"
+            async with http.post(url, data={"csrf": csrf, "PhoneNumber": number}) as r:
+                assert r.status == 200 and number in await r.text()
+        async with http.post(url, data={"csrf": csrf, "PhoneNumber": PROXY_A}) as r:
+            assert r.status == 400 and "80601" in await r.text()  # already in a pool
+        sess = await relay.session(ks, CUSTOMER, COURIER)
+        await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "my address is 1 Main St")
+
+        erase = f"{relay.local}/console/audit/erase"
+        async with http.post(erase, data={"csrf": csrf, "Number": CUSTOMER, "Confirm": COURIER}) as r:
+            assert r.status == 400 and "nothing was erased" in await r.text()
+        status, _ = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}")
+        assert status == 200
+        async with http.post(erase, data={"Number": CUSTOMER, "Confirm": CUSTOMER}) as r:
+            assert r.status == 403  # no CSRF token: refused
+        async with http.post(erase, data={"csrf": csrf, "Number": CUSTOMER, "Confirm": CUSTOMER}) as r:
+            page = await r.text()
+            assert r.status == 200 and "Erased" in page and "no copy left" in page
+        status, _ = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}")
+        assert status == 404
+    finally:
+        await http.close()

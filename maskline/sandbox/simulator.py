@@ -44,6 +44,7 @@ class Call:
     action: str | None = None  # <Dial action>: told how the dial ended
     status_callback: str | None = None  # <Number statusCallback>
     status: str = "ringing"  # ringing -> in-progress -> completed | busy | no-answer
+    time_limit_s: float | None = None  # <Dial timeLimit>: hung up after this long, as Twilio does
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Simulator:
     calls: dict[str, Call] = field(default_factory=dict)
     _listeners: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
     _http: aiohttp.ClientSession | None = None
+    _timers: set[asyncio.Task[None]] = field(default_factory=set)
 
     # ------------------------------------------------------------------ phones and events
 
@@ -164,6 +166,8 @@ class Simulator:
         call.ringing = (number.text or "").strip()
         call.caller_id = dial.get("callerId")
         call.action, call.status_callback = dial.get("action"), number.get("statusCallback")
+        limit = dial.get("timeLimit")
+        call.time_limit_s = float(limit) if limit and limit.isdigit() else None
         if call.ringing not in self.phones:
             await self.end(call.sid, "no-answer")
         else:
@@ -180,6 +184,15 @@ class Simulator:
             self._emit(
                 {"kind": "connected", "phone": phone, "sid": sid, "with": call.caller_id or call.proxy}
             )
+        if call.time_limit_s:
+            self._timers.add(asyncio.create_task(self._hang_up_after(sid, call.time_limit_s)))
+
+    async def _hang_up_after(self, sid: str, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if sid in self.calls:
+            caller = self.calls[sid].caller
+            self._emit({"kind": "notice", "phone": caller, "text": f"time limit ({seconds:.0f} s) reached"})
+            await self.end(sid, "completed")
 
     async def end(self, sid: str, outcome: str = "completed") -> None:
         """Hang up (`completed`), decline (`busy`) or let ring out (`no-answer`)."""
@@ -274,6 +287,8 @@ class Simulator:
             return 599, ""
 
     async def aclose(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
         if self._http is not None:
             await self._http.close()
             self._http = None

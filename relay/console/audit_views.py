@@ -19,7 +19,7 @@ from relay.console import auth
 from relay.console.html import form, h, table
 from relay.console.views import console, console_page
 from relay.credentials import create_key, revoke_key
-from relay.state import PG, REDIS
+from relay.state import ERASER, PG, REDIS
 
 __all__ = ["routes"]
 
@@ -87,7 +87,40 @@ async def audit(request: web.Request, who: auth.Console) -> web.StreamResponse:
         if more:
             body.append(f'<p class="muted">The first {SHOWN} events; export for all of them.</p>')
     body.append(verify_form)
+    body.append(
+        "<h2>Erase a number</h2><p>Removes the number from Redis, makes every stored event about it "
+        "unreadable and takes it off block lists (docs/audit.md). It cannot be undone.</p>"
+        + form(
+            "/console/audit/erase",
+            [
+                ("Number", "Number to erase (E.164)", "tel"),
+                ("Confirm", "Type the number again to confirm", "tel"),
+            ],
+            submit="Erase",
+            csrf=who.csrf,
+        )
+    )
     return console_page(who, "Audit log", "".join(body))
+
+
+@routes.post("/console/audit/erase")
+@console
+async def erase(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    _needs_audit(who)
+    if who.key.service_sids is not None:
+        raise web.HTTPForbidden(
+            text="An erasure reaches every Service: only a key that sees every Service may erase."
+        )
+    data = await request.post()
+    number, confirm = str(data.get("Number", "")).strip(), str(data.get("Confirm", "")).strip()
+    back = '<p><a href="/console/audit">Back to the audit log</a></p>'
+    if not number or number != confirm:
+        box = '<div class="error" role="alert">The two numbers differ: nothing was erased.</div>'
+        return console_page(who, "Erase a number", box + back, 400)
+    done = await request.app[ERASER](number, f"console:{who.key.sid}")
+    return console_page(
+        who, "Erase a number", f'<div class="ok" role="status">Erased: {h(done)}.</div>' + back
+    )
 
 
 @routes.get("/console/audit/export.{fmt:csv|jsonl}")

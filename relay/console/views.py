@@ -21,6 +21,7 @@ from audit.queries import query_events
 from core import keys
 from core.errors import MasklineError
 from core.paging import PageRequest
+from relay.api import services as services_api
 from relay.api.common import service_sid, session_sid
 from relay.console import auth
 from relay.console.html import bars, form, h, link, page, table
@@ -170,6 +171,16 @@ async def service(request: web.Request, who: auth.Console) -> web.StreamResponse
             submit="Create session",
             csrf=who.csrf,
         ),
+        "<h2>Add a proxy number</h2>",
+        form(
+            f"{base}/numbers",
+            [
+                ("PhoneNumber", "Number (E.164)", "tel"),
+                ("Sid", "or its PN sid in the Twilio account", "text"),
+            ],
+            submit="Add number",
+            csrf=who.csrf,
+        ),
         "<h2>Pool utilisation</h2>",
         '<p class="muted">Live sessions per proxy number (dark) and per country; a number serves many pairs at once.</p>',
         bars("live sessions per number", [(n["phone_number"], int(n["in_use"]), 0) for n in numbers]),
@@ -185,6 +196,14 @@ async def service(request: web.Request, who: auth.Console) -> web.StreamResponse
 
 
 # ------------------------------------------------------------------------------ sessions
+
+
+@routes.post("/console/services/{ServiceSid}/numbers")
+@console
+async def add_number(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    """The API's own POST PhoneNumbers (its checks, the Twilio account lookup of a PN sid)."""
+    await services_api.add_number(request)
+    raise web.HTTPSeeOther(f"/console/services/{await service_sid(request)}")
 
 
 @routes.get("/console/services/{ServiceSid}/sessions")
