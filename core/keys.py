@@ -37,6 +37,7 @@ __all__ = [
     "blocked",
     "scheduled",
     "due",
+    "exhausted",
     "PUBLISHED",
     "REBUILD_LOCK",
 ]
@@ -160,3 +161,8 @@ def scheduled(service_sid: str, message_sid: str) -> str:
 def due(service_sid: str) -> str:
     """zset of scheduled message sids by send_at_ms, until claimed for sending (claim_due.lua)."""
     return f"ml:{{{service_sid}}}:due"
+
+
+def exhausted(service_sid: str) -> str:
+    """hash hour (epoch hours) -> participants refused for lack of a free number (80207/80208)."""
+    return f"ml:{{{service_sid}}}:exhausted"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
+import orjson
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay
 
 from relay.credentials import create_key
@@ -138,5 +139,22 @@ async def test_numbers_are_added_and_a_number_erased_only_once_confirmed(relay: 
             assert r.status == 200 and "Erased" in page and "no copy left" in page
         status, _ = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}")
         assert status == 404
+    finally:
+        await http.close()
+
+
+async def test_the_pool_page_charts_refusals_for_lack_of_a_free_number(relay: Relay) -> None:
+    ks = await relay.service(UniqueName="tiny-pool")
+    await relay.numbers(ks, PROXY_A)
+    await relay.session(ks, CUSTOMER, COURIER)
+    form = [("Participants", orjson.dumps({"Identifier": CUSTOMER}).decode())]
+    status, body = await relay.api("POST", f"/v1/Services/{ks}/Sessions", form)
+    assert status == 400 and body["code"] == 80208  # the customer already holds the only number
+    sid, secret = await create_key(relay.pg, "operator")
+    http, _ = await _sign_in(relay, sid, secret)
+    try:
+        async with http.get(f"{relay.local}/console/services/{ks}") as r:
+            page = await r.text()
+        assert "refusals per hour" in page and "no request was refused" not in page
     finally:
         await http.close()

@@ -22,6 +22,15 @@ end
 -- Pick a proxy number for `identifier`, or return nil, code, message.
 -- The pair (identifier, proxy) must not exist: it exists while a session holds it and during the
 -- cool-off after that session closed, so a late caller never reaches a stranger.
+-- The pool had no number left for a participant (80207, 80208): counted per hour in
+-- `exhausted` (the console's chart), kept two days. A statistic, written although the script
+-- that called choose_proxy then changes nothing else.
+local function note_exhausted()
+  local hour = math.floor(tonumber(redis.call('TIME')[1]) / 3600)
+  redis.call('HINCRBY', P .. 'exhausted', hour, 1)
+  redis.call('EXPIRE', P .. 'exhausted', 172800)
+end
+
 local function choose_proxy(identifier, region, area, explicit, geo, selection)
   if explicit ~= '' then
     if redis.call('EXISTS', P .. 'num:' .. explicit) == 0 then
@@ -49,6 +58,7 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
     return nil, 80203, 'no proxy number for country ' .. region .. ' in this Service; add one to the pool'
   end
   if redis.call('ZCARD', pool) == 0 then
+    note_exhausted()
     return nil, 80207, 'every proxy number for ' .. scope ..
       ' is reserved; reserved numbers are only given when named with ProxyIdentifier'
   end
@@ -85,6 +95,7 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
     i = i + 256
   end
   if avoid and free(avoid) and redis.call('ZSCORE', pool, avoid) then return avoid end
+  note_exhausted()
   return nil, 80208, 'every proxy number for ' .. scope .. ' is already paired with ' .. identifier ..
     ' in another live or cooling-off session; close a session or add numbers'
 end

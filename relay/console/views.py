@@ -184,6 +184,8 @@ async def service(request: web.Request, who: auth.Console) -> web.StreamResponse
         "<h2>Pool utilisation</h2>",
         '<p class="muted">Live sessions per proxy number (dark) and per country; a number serves many pairs at once.</p>',
         bars("live sessions per number", [(n["phone_number"], int(n["in_use"]), 0) for n in numbers]),
+        "<h3>Pool exhausted, last 24 hours</h3>",
+        await _exhaustion_chart(request, ks),
         table(
             ["Country", "Numbers", "Live sessions"],
             [(h(c), h(v[1]), h(v[0])) for c, v in sorted(per_country.items())],
@@ -196,6 +198,18 @@ async def service(request: web.Request, who: auth.Console) -> web.StreamResponse
 
 
 # ------------------------------------------------------------------------------ sessions
+
+
+async def _exhaustion_chart(request: web.Request, ks: str) -> str:
+    """Requests refused for lack of a free number (80207, 80208), per hour (pool/lua/_pool.lua)."""
+    raw = await request.app[REDIS].hgetall(keys.exhausted(ks))
+    counts = {int(h): int(n) for h, n in raw.items()}
+    now_hour = int(datetime.now(UTC).timestamp()) // 3600
+    hours = range(now_hour - 23, now_hour + 1)
+    if not any(counts.get(h) for h in hours):
+        return '<p class="muted">no request was refused for lack of a free number</p>'
+    label = [datetime.fromtimestamp(h * 3600, UTC).strftime("%d %H:00") for h in hours]
+    return bars("refusals per hour (UTC)", [(label[i], counts.get(h, 0), 0) for i, h in enumerate(hours)])
 
 
 @routes.post("/console/services/{ServiceSid}/numbers")
