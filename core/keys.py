@@ -38,6 +38,7 @@ __all__ = [
     "scheduled",
     "due",
     "exhausted",
+    "cooling",
     "PUBLISHED",
     "REBUILD_LOCK",
 ]
@@ -166,3 +167,8 @@ def due(service_sid: str) -> str:
 def exhausted(service_sid: str) -> str:
     """hash hour (epoch hours) -> participants refused for lack of a free number (80207/80208)."""
     return f"ml:{{{service_sid}}}:exhausted"
+
+
+def cooling(service_sid: str) -> str:
+    """zset "proxy KP" -> when the pair's cool-off ends (release_pair; the console counts them)."""
+    return f"ml:{{{service_sid}}}:cooling"

@@ -143,10 +143,14 @@ async def test_numbers_are_added_and_a_number_erased_only_once_confirmed(relay: 
         await http.close()
 
 
-async def test_the_pool_page_charts_refusals_for_lack_of_a_free_number(relay: Relay) -> None:
+async def test_the_pool_page_shows_cooling_pairs_and_charts_refusals_for_lack_of_a_free_number(
+    relay: Relay,
+) -> None:
     ks = await relay.service(UniqueName="tiny-pool")
     await relay.numbers(ks, PROXY_A)
-    await relay.session(ks, CUSTOMER, COURIER)
+    first = await relay.session(ks, CUSTOMER, COURIER)
+    status, _ = await relay.api("POST", f"/v1/Services/{ks}/Sessions/{first['sid']}", {"Status": "closed"})
+    assert status == 200  # both pairs now cool off (default 4 h)
     form = [("Participants", orjson.dumps({"Identifier": CUSTOMER}).decode())]
     status, body = await relay.api("POST", f"/v1/Services/{ks}/Sessions", form)
     assert status == 400 and body["code"] == 80208  # the customer already holds the only number
@@ -156,5 +160,7 @@ async def test_the_pool_page_charts_refusals_for_lack_of_a_free_number(relay: Re
         async with http.get(f"{relay.local}/console/services/{ks}") as r:
             page = await r.text()
         assert "refusals per hour" in page and "no request was refused" not in page
+        row = re.search(r"<tr><td>US</td><td>1</td><td>0</td><td>(\d+)</td></tr>", page)
+        assert row and row.group(1) == "2"  # per country: 1 number, 0 pairs in use, 2 cooling
     finally:
         await http.close()

@@ -113,7 +113,17 @@ local function release_pair(sid, kp, cool_off_ms)
   if not f[1] then return end
   local pk = pair_key(f[1], f[2])
   if redis.call('GET', pk) == sid .. ':' .. kp and redis.call('PTTL', pk) == -1 then
-    if cool_off_ms > 0 then redis.call('PEXPIRE', pk, cool_off_ms) else redis.call('DEL', pk) end
+    if cool_off_ms > 0 then
+      redis.call('PEXPIRE', pk, cool_off_ms)
+      -- The console's count of cooling pairs per number: "proxy KP" until the cool-off ends (no
+      -- participant number here: erasure need not look for it).
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('ZREMRANGEBYSCORE', P .. 'cooling', '-inf', now)
+      redis.call('ZADD', P .. 'cooling', now + cool_off_ms, f[2] .. ' ' .. kp)
+    else
+      redis.call('DEL', pk)
+    end
     bump_in_use(f[2], -1)
   end
 end

@@ -136,16 +136,19 @@ async def service(request: web.Request, who: auth.Console) -> web.StreamResponse
     ks = await service_sid(request)
     row = await request.app[SERVICES].get(ks)
     numbers = (await request.app[NUMBERS].list(ks, PageRequest(size=1000))).items
-    per_country: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    cooling = await _cooling(request, ks)
+    per_country: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for n in numbers:
         per_country[n["iso_country"]][0] += int(n["in_use"])
         per_country[n["iso_country"]][1] += 1
+        per_country[n["iso_country"]][2] += cooling.get(n["phone_number"], 0)
     number_rows = [
         (
             h(n["phone_number"]),
             h(n["iso_country"]),
             h(", ".join(k for k, v in sorted((n.get("capabilities") or {}).items()) if v) or "-"),
             h(n["in_use"]),
+            h(cooling.get(n["phone_number"], 0)),
             "reserved" if n["is_reserved"] else "",
         )
         for n in numbers
@@ -182,22 +185,38 @@ async def service(request: web.Request, who: auth.Console) -> web.StreamResponse
             csrf=who.csrf,
         ),
         "<h2>Pool utilisation</h2>",
-        '<p class="muted">Live sessions per proxy number (dark) and per country; a number serves many pairs at once.</p>',
-        bars("live sessions per number", [(n["phone_number"], int(n["in_use"]), 0) for n in numbers]),
+        '<p class="muted">Per proxy number: pairs held by live sessions (dark) and pairs cooling off after their '
+        "session closed (light); a number serves many pairs at once, one per participant.</p>",
+        bars(
+            "pairs in use and cooling per number",
+            [(n["phone_number"], int(n["in_use"]), cooling.get(n["phone_number"], 0)) for n in numbers],
+        ),
         "<h3>Pool exhausted, last 24 hours</h3>",
         await _exhaustion_chart(request, ks),
         table(
-            ["Country", "Numbers", "Live sessions"],
-            [(h(c), h(v[1]), h(v[0])) for c, v in sorted(per_country.items())],
+            ["Country", "Numbers", "Pairs in use", "Cooling"],
+            [(h(c), h(v[1]), h(v[0]), h(v[2])) for c, v in sorted(per_country.items())],
         ),
         table(
-            ["Number", "Country", "Capabilities", "Live sessions", ""], number_rows, caption="Proxy numbers"
+            ["Number", "Country", "Capabilities", "Pairs in use", "Cooling", ""],
+            number_rows,
+            caption="Proxy numbers",
         ),
     ]
     return console_page(who, f"Service {row['unique_name'] or ks}", "".join(body))
 
 
 # ------------------------------------------------------------------------------ sessions
+
+
+async def _cooling(request: web.Request, ks: str) -> dict[str, int]:
+    """Pairs cooling off per proxy number (pool/lua/_pool.lua release_pair: `ml:{KS}:cooling`)."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    members = await request.app[REDIS].zrangebyscore(keys.cooling(ks), now_ms, "+inf")
+    counts: dict[str, int] = defaultdict(int)
+    for member in members:
+        counts[str(member).partition(" ")[0]] += 1
+    return counts
 
 
 async def _exhaustion_chart(request: web.Request, ks: str) -> str:

@@ -13,4 +13,5 @@ local sid = string.match(holder, '^([^:]+):')
 local status = redis.call('HGET', P .. 'sess:' .. sid, 'status')
 if status and status ~= 'closed' then return 0 end
 redis.call('DEL', pk)
+redis.call('ZREM', P .. 'cooling', ARGV[2] .. ' ' .. (string.match(holder, ':(.+)$') or ''))
 return 1
