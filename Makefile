@@ -33,7 +33,8 @@ browser:
 CLUSTER_TESTS := tests/test_pool.py tests/test_lifecycle.py tests/test_routing.py tests/test_api.py \
 	tests/test_relay_webhooks.py tests/test_relay_messages.py tests/test_relay_callbacks.py \
 	tests/test_relay_retries.py tests/test_interactions_history.py tests/test_audit_writer.py \
-	tests/test_erasure.py tests/test_recovery.py tests/test_lease.py
+	tests/test_erasure.py tests/test_recovery.py tests/test_lease.py tests/test_scheduled.py \
+	tests/test_multiparty.py tests/test_blocklist.py tests/test_abuse_limits.py tests/test_console.py
 
 test-cluster: install
 	MASKLINE_TEST_REDIS=cluster $(BIN)/python -m pytest $(CLUSTER_TESTS) $(ARGS)
