@@ -188,6 +188,7 @@ async def test_a_session_made_in_the_console_relays_shows_live_and_is_in_the_aud
 
     # The session page's timeline shows it without a reload.
     await page.locator("#timeline li", has_text="order 42: ring twice").wait_for(timeout=10_000)
+    await page.locator("#status", has_text="in-progress").wait_for(timeout=5_000)  # refreshed too
     await page.screenshot(path=str(artifacts / "console-session.png"), full_page=True)
     session_sid = page.url.rsplit("/", 1)[1]
 

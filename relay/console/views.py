@@ -325,7 +325,8 @@ async def session_page(request: web.Request, who: auth.Console) -> web.StreamRes
         + f'<p><a href="/console/audit?{urlencode({"Session": kc})}">This session in the audit log</a></p>'
         + "<script>setInterval(async()=>{const r=await fetch("
         + orjson.dumps(timeline).decode()
-        + ");if(r.ok)document.getElementById('timeline').innerHTML=await r.text();},2000);</script>"
+        + ");if(r.ok){document.getElementById('timeline').innerHTML=await r.text();"
+        + "document.getElementById('status').textContent=r.headers.get('X-Session-Status')||'';}},2000);</script>"
     )
     return console_page(who, f"Session {s.get('unique_name') or kc}", body)
 
@@ -333,10 +334,14 @@ async def session_page(request: web.Request, who: auth.Console) -> web.StreamRes
 @routes.get("/console/services/{ServiceSid}/sessions/{SessionSid}/timeline")
 @console
 async def timeline(request: web.Request, who: auth.Console) -> web.StreamResponse:
+    """The timeline's items, and the session's status in X-Session-Status (the page refreshes both)."""
     ks = await service_sid(request)
     kc = await session_sid(request, ks)
+    status = str((await request.app[SESSIONS].get_session(ks, kc)).get("status") or "")
     return web.Response(
-        text=await _timeline(request, ks, kc), content_type="text/html", headers={"Cache-Control": "no-store"}
+        text=await _timeline(request, ks, kc),
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "X-Session-Status": status},
     )
 
 
