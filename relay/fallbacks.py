@@ -51,6 +51,7 @@ class FallbackRecorder:
         self.lost = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def submit(self, item: NotRelayed) -> None:
         if len(self.pending) >= self.max_pending:
@@ -72,9 +73,15 @@ class FallbackRecorder:
     async def stop(self) -> None:
         """Try once more to record what is pending (a clean stop loses nothing the store takes)."""
         if self._task is not None:
+            # Told twice: a flag it checks when woken, and a cancel. A client library that
+            # swallows the CancelledError (redis-py's cluster client can, mid-command) leaves the
+            # task waiting again; the flag and the wake-up end it, and the wait is bounded anyway.
+            self._stopping = True
+            self._wake.set()
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_FLUSH_S)
+            if not done:
+                log.warning("fallback recorder did not stop within %.0f s; leaving it", STOP_FLUSH_S)
         with contextlib.suppress(Exception):
             # Bounded: a Redis that accepts connections and never answers must not hold shutdown.
             async with asyncio.timeout(STOP_FLUSH_S):
@@ -108,7 +115,7 @@ class FallbackRecorder:
         return done
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             while self.pending:
