@@ -50,6 +50,7 @@ __all__ = [
     "TWILIO_ACCOUNT",
     "ApiKey",
     "API_KEY",
+    "VIA",
     "RelayState",
     "AnswerWriter",
 ]
@@ -141,3 +142,5 @@ API_LIMITS: web.AppKey[RequestLimiter] = web.AppKey("api_limits", RequestLimiter
 # The Twilio account's IncomingPhoneNumbers (PhoneNumbers created with Sid=PN...).
 TWILIO_ACCOUNT: web.AppKey[TwilioAccount] = web.AppKey("twilio_account", TwilioAccount)
 API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)
+# How a request reached the stores: "api" (the default) or "console" (recorded on audit reads).
+VIA: web.RequestKey[str] = web.RequestKey("via", str)

@@ -29,7 +29,7 @@ from core.errors import Forbidden, InvalidParameter, NotFound
 from core.events import emit_event
 from relay.api.common import base_url, json, require
 from relay.api.params import Params, query_params
-from relay.state import PG, REDIS, ApiKey
+from relay.state import PG, REDIS, VIA, ApiKey
 
 __all__ = ["routes"]
 
@@ -159,7 +159,7 @@ async def record_read(request: web.Request, key: ApiKey, query: _Query, type: st
         data={
             "actor": key.sid,
             "actor_name": key.friendly_name,
-            "via": request.get("via", "api"),  # or "console"
+            "via": request.get(VIA, "api"),  # or "console"
             "filters": query.on_record(),
             "numbers": numbers,
             **extra,

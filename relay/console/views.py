@@ -26,7 +26,7 @@ from relay.api.common import service_sid, session_sid
 from relay.console import auth
 from relay.console.html import bars, form, h, link, page, table
 from relay.login_limits import TooManyAttempts
-from relay.state import API_KEY, NUMBERS, PG, REDIS, RELAY, SERVICES, SESSIONS, VERIFIER
+from relay.state import API_KEY, NUMBERS, PG, REDIS, RELAY, SERVICES, SESSIONS, VERIFIER, VIA
 from sessions.models import ParticipantRequest
 
 __all__ = ["routes", "console", "console_page"]
@@ -50,7 +50,7 @@ def console(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRes
         if request.method == "POST":
             await auth.check_csrf(request, who)
         request[API_KEY] = who.key
-        request["via"] = "console"  # how audit reads are recorded (relay/api/audit.py)
+        request[VIA] = "console"  # how audit reads are recorded (relay/api/audit.py)
         try:
             return await handler(request, who)
         except MasklineError as err:
