@@ -47,20 +47,50 @@ local function retain(keys, ms)
   for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
 end
 
+-- A scheduled message's new status: `status`, `reason` and the field/value pairs given after
+-- `now` written, then its `scheduled_message.<status>` event with the participant's numbers (an
+-- id derived from the message and the status: one event per status). Returns the message.
+local function settle_scheduled(km, status, reason, now, ...)
+  local key = P .. 'sm:' .. km
+  redis.call('HSET', key, 'status', status, 'reason', reason, 'updated_ms', now, ...)
+  local view = hgetall(key)
+  local part = hgetall(P .. 'part:' .. view.participant_sid) or {}
+  view.numbers = { part.identifier, part.proxy_identifier }
+  emit('EV' .. string.sub(redis.sha1hex(km .. ':' .. status), 1, 32), 'scheduled_message.' .. status, now, view)
+  view.numbers = nil
+  return view
+end
+
+-- The checks before a text to participant `kp` of session `sid`, sent now or later (`verb`:
+-- "sent", "scheduled"): the session exists, the participant is in it, the session is live, and
+-- the participant has not replied STOP to their proxy number. Returns the session and the
+-- participant, or nil and the failure reply (20404, 80607, 21610).
+local function text_target(sid, kp, verb)
+  local sess = hgetall(P .. 'sess:' .. sid)
+  if not sess then return nil, fail(20404, 'Session ' .. sid .. ' was not found') end
+  local part = hgetall(P .. 'part:' .. kp)
+  if not part or part.session_sid ~= sid or
+     not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
+    return nil, fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
+  end
+  if sess.status == 'closed' then
+    return nil, fail(80607, 'Session ' .. sid .. ' is closed; a message cannot be ' .. verb .. ' in a closed Session')
+  end
+  if redis.call('EXISTS', P .. 'optout:' .. part.identifier .. ':' .. part.proxy_identifier) == 1 then
+    return nil, fail(21610, 'Attempt to send to unsubscribed recipient: the participant replied STOP to this proxy number')
+  end
+  return sess, part
+end
+
 -- Cancel a session's scheduled messages that have not gone out yet (all, or those to participant
--- `only_kp`): status cancelled with `reason`, off the due list, each with its audit event.
+-- `only_kp`): status canceled with `reason`, off the due list, each with its audit event.
 local function cancel_scheduled(sid, reason, now, only_kp)
   local index = P .. 'sess:' .. sid .. ':sm'
   for _, km in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    local key = P .. 'sm:' .. km
-    local status, kp = unpack(redis.call('HMGET', key, 'status', 'participant_sid'))
+    local status, kp = unpack(redis.call('HMGET', P .. 'sm:' .. km, 'status', 'participant_sid'))
     if status == 'scheduled' and (not only_kp or kp == only_kp) then
-      redis.call('HSET', key, 'status', 'canceled', 'reason', reason, 'updated_ms', now)
       redis.call('ZREM', P .. 'due', km)
-      local view = hgetall(key)
-      local part = hgetall(P .. 'part:' .. kp) or {}
-      view.numbers = { part.identifier, part.proxy_identifier }
-      emit('EV' .. string.sub(redis.sha1hex(km .. ':canceled'), 1, 32), 'scheduled_message.canceled', now, view)
+      settle_scheduled(km, 'canceled', reason, now)
     end
   end
 end

@@ -7,19 +7,12 @@
 
 local now = now_ms(ARGV[1])
 local sid, km = ARGV[2], ARGV[3]
-local key = P .. 'sm:' .. km
-local m = hgetall(key)
+local m = hgetall(P .. 'sm:' .. km)
 if not m or m.session_sid ~= sid then
   return fail(20404, 'ScheduledMessage ' .. km .. ' was not found in Session ' .. sid)
 end
 if m.status ~= 'scheduled' then
   return fail(89004, 'ScheduledMessage ' .. km .. ' is ' .. m.status .. ', no longer scheduled: it cannot be canceled')
 end
-redis.call('HSET', key, 'status', 'canceled', 'reason', ARGV[4], 'updated_ms', now)
 redis.call('ZREM', P .. 'due', km)
-local view = hgetall(key)
-local part = hgetall(P .. 'part:' .. m.participant_sid) or {}
-view.numbers = { part.identifier, part.proxy_identifier }
-emit('EV' .. string.sub(redis.sha1hex(km .. ':canceled'), 1, 32), 'scheduled_message.canceled', now, view)
-view.numbers = nil
-return cjson.encode(view)
+return cjson.encode(settle_scheduled(km, 'canceled', ARGV[4], now))

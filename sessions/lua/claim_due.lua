@@ -11,19 +11,11 @@
 
 local now = now_ms(ARGV[1])
 local lateness_ms = (tonumber(svc_field('lateness_s', '900')) or 900) * 1000
-local function finish(km, status, reason)
-  local key = P .. 'sm:' .. km
-  redis.call('HSET', key, 'status', status, 'reason', reason, 'updated_ms', now)
-  redis.call('ZREM', P .. 'sending', km)
-  local view = hgetall(key)
-  local part = hgetall(P .. 'part:' .. view.participant_sid) or {}
-  view.numbers = { part.identifier, part.proxy_identifier }
-  emit('EV' .. string.sub(redis.sha1hex(km .. ':' .. status), 1, 32), 'scheduled_message.' .. status, now, view)
-end
 
 -- Claims whose sender died: unknown whether Twilio took the message; never sent twice.
 for _, km in ipairs(redis.call('ZRANGEBYSCORE', P .. 'sending', '-inf', now)) do
-  finish(km, 'failed', 'sender_died')
+  redis.call('ZREM', P .. 'sending', km)
+  settle_scheduled(km, 'failed', 'sender_died', now)
 end
 
 local claimed = {}
@@ -32,7 +24,7 @@ for _, km in ipairs(redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT'
   local m = hgetall(P .. 'sm:' .. km)
   if m and m.status == 'scheduled' then
     if now - tonumber(m.send_at_ms) > lateness_ms then
-      finish(km, 'expired', 'late')
+      settle_scheduled(km, 'expired', 'late', now)
     else
       redis.call('HSET', P .. 'sm:' .. km, 'status', 'sending', 'updated_ms', now)
       redis.call('ZADD', P .. 'sending', now + tonumber(ARGV[3]), km)

@@ -9,12 +9,7 @@
 
 local now = now_ms(ARGV[1])
 local km, status = ARGV[2], ARGV[3]
-local key = P .. 'sm:' .. km
-if redis.call('HGET', key, 'status') ~= 'sending' then return 0 end
-redis.call('HSET', key, 'status', status, 'reason', ARGV[4], 'interaction_sid', ARGV[5], 'updated_ms', now)
+if redis.call('HGET', P .. 'sm:' .. km, 'status') ~= 'sending' then return 0 end
 redis.call('ZREM', P .. 'sending', km)
-local view = hgetall(key)
-local part = hgetall(P .. 'part:' .. view.participant_sid) or {}
-view.numbers = { part.identifier, part.proxy_identifier }
-emit('EV' .. string.sub(redis.sha1hex(km .. ':' .. status), 1, 32), 'scheduled_message.' .. status, now, view)
+settle_scheduled(km, status, ARGV[4], now, 'interaction_sid', ARGV[5])
 return 1

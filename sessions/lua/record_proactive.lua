@@ -14,19 +14,8 @@
 local now = now_ms(ARGV[1])
 local sid, kp, ki = ARGV[3], ARGV[4], ARGV[5]
 local sk = P .. 'sess:' .. sid
-local sess = hgetall(sk)
-if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
-local part = hgetall(P .. 'part:' .. kp)
-if not part or part.session_sid ~= sid or
-   not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
-  return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
-end
-if sess.status == 'closed' then
-  return fail(80607, 'Session ' .. sid .. ' is closed; a message cannot be sent in a closed Session')
-end
-if redis.call('EXISTS', P .. 'optout:' .. part.identifier .. ':' .. part.proxy_identifier) == 1 then
-  return fail(21610, 'Attempt to send to unsubscribed recipient: the participant replied STOP to this proxy number')
-end
+local sess, part = text_target(sid, kp, 'sent')
+if not sess then return part end
 if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
 redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
 sess.last_activity_ms = now

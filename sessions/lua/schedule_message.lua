@@ -11,19 +11,8 @@
 local now = now_ms(ARGV[1])
 local sid, kp, km = ARGV[3], ARGV[4], ARGV[5]
 local sk = P .. 'sess:' .. sid
-local sess = hgetall(sk)
-if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
-local part = hgetall(P .. 'part:' .. kp)
-if not part or part.session_sid ~= sid or
-   not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
-  return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
-end
-if sess.status == 'closed' then
-  return fail(80607, 'Session ' .. sid .. ' is closed; a message cannot be scheduled in a closed Session')
-end
-if redis.call('EXISTS', P .. 'optout:' .. part.identifier .. ':' .. part.proxy_identifier) == 1 then
-  return fail(21610, 'Attempt to send to unsubscribed recipient: the participant replied STOP to this proxy number')
-end
+local sess, part = text_target(sid, kp, 'scheduled')
+if not sess then return part end
 local key = P .. 'sm:' .. km
 redis.call('HSET', key, 'sid', km, 'session_sid', sid, 'participant_sid', kp, 'data', ARGV[7],
   'send_at_ms', ARGV[6], 'status', 'scheduled', 'reason', '', 'interaction_sid', '', 'created_ms', now,
