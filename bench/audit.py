@@ -63,14 +63,15 @@ SELECT audit_ensure_partition(now() - m * interval '1 month') FROM generate_seri
 """
 
 
-async def _fresh_database(database_url: str) -> str:
+async def _fresh_database(database_url: str, name: str = BENCH_DB) -> str:
+    """The bench's own database `name`, dropped, created again and migrated; returns its URL."""
     admin = await asyncpg.connect(with_database(database_url, "postgres"))
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {BENCH_DB}")
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {name}")
     finally:
         await admin.close()
-    url = with_database(database_url, BENCH_DB)
+    url = with_database(database_url, name)
     await apply_migrations(url)
     return url
 

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import dataclasses
 import re
-import socket
 import statistics
 import time
 from typing import Final
@@ -24,11 +23,19 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from bench.audit import ENSURE_MONTHS, FILL_EVENTS, FILL_SUBJECTS, PARTICIPANTS, PROXIES, SERVICES
+from bench.audit import (
+    ENSURE_MONTHS,
+    FILL_EVENTS,
+    FILL_SUBJECTS,
+    PARTICIPANTS,
+    PROXIES,
+    SERVICES,
+    _fresh_database,
+)
+from bench.relay import _free_port
 from core.connections import redis_client
 from core.settings import Settings
 from maskline.devservers import with_database
-from maskline.migrate import apply_migrations
 from maskline.sandbox.simulator import Simulator
 from maskline.server import create_app
 from relay.credentials import create_key
@@ -44,18 +51,6 @@ ACCOUNT_SID: Final = "AC" + "be" * 16
 AUTH_TOKEN: Final = "bench-console-token"
 
 
-async def _fresh_database(database_url: str) -> str:
-    admin = await asyncpg.connect(with_database(database_url, "postgres"))
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {BENCH_DB}")
-    finally:
-        await admin.close()
-    url = with_database(database_url, BENCH_DB)
-    await apply_migrations(url)
-    return url
-
-
 async def _fill_audit(pg: asyncpg.Pool, rows: int) -> None:
     await pg.execute(ENSURE_MONTHS)
     await pg.execute(FILL_SUBJECTS, PARTICIPANTS, PROXIES)
@@ -64,12 +59,6 @@ async def _fill_audit(pg: asyncpg.Pool, rows: int) -> None:
             FILL_EVENTS, PARTICIPANTS, PROXIES, SERVICES, start, min(start + FILL_CHUNK, rows) - 1
         )
     await pg.execute("ANALYZE audit_events")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _signed_in(base: str, sid: str, secret: str) -> aiohttp.ClientSession:
@@ -100,7 +89,9 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
     redis_url = with_database(settings.redis_url, str(args.redis_db))
     redis = redis_client(redis_url)
     await redis.flushdb()  # the bench's own DB only
-    pg = await asyncpg.create_pool(await _fresh_database(settings.database_url), min_size=2, max_size=8)
+    pg = await asyncpg.create_pool(
+        await _fresh_database(settings.database_url, BENCH_DB), min_size=2, max_size=8
+    )
     port, phones = _free_port(), _free_port()
     conf = dataclasses.replace(
         settings,

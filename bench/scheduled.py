@@ -21,17 +21,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.relay import BENCH_DB, ROOT, _free_port, _prepare, _spawn, _stop, _wait_ready
+from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _spawn, _stop, _wait_ready
 from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, pyload, write_requests
 
 __all__ = ["main"]
 
 LOAD_S = 8
-
-
-def _arg(args: argparse.Namespace, name: str, default: Any) -> Any:
-    value = getattr(args, name, None)
-    return default if value is None else value
 
 
 async def _schedule_all(redis_url: str, count: int, spread_s: float, lead_s: float) -> tuple[float, int]:
