@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["PrivateRedis"]
+__all__ = ["PrivateRedis", "launch"]
 
 
 def _binary() -> str:
@@ -34,6 +34,22 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def launch(args: list[str], port: int) -> subprocess.Popen[bytes]:
+    """Start redis-server with `args` and wait (up to 10 s) until it answers PING on `port`."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
 class PrivateRedis:
     def __init__(self, *, appendonly: bool = False, unixsocket: bool = False) -> None:
         self.port = _free_port()
@@ -51,17 +67,8 @@ class PrivateRedis:
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         if self.socket_path:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
+        self.process = launch(args, self.port)
+        return self
 
     def pause(self) -> None:
         """Stall it: connections stay open, commands queue, nothing answers (SIGSTOP)."""

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from private_redis import _binary
+from private_redis import _binary, launch
 
 __all__ = ["RedisClusterUnderTest"]
 
@@ -65,17 +65,7 @@ class RedisClusterUnderTest:
         args = [_binary(), "--port", str(node.port), "--bind", "127.0.0.1", "--dir", node.directory]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", ""]
         args += ["--appendonly", "no", "--cluster-node-timeout", "2000"]
-        node.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", node.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"cluster node on port {node.port} did not start")
+        node.process = launch(args, node.port)
 
     def _form(self) -> None:
         masters = self.nodes[: self.masters]
