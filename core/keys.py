@@ -36,6 +36,7 @@ __all__ = [
     "inflight",
     "blocked",
     "scheduled",
+    "session_scheduled",
     "due",
     "exhausted",
     "cooling",
@@ -157,6 +158,11 @@ def blocked(service_sid: str) -> str:
 def scheduled(service_sid: str, message_sid: str) -> str:
     """hash: a scheduled message (sessions/scheduled.py; schedule_message.lua, claim_due.lua)."""
     return f"ml:{{{service_sid}}}:sm:{message_sid}"
+
+
+def session_scheduled(service_sid: str, session_sid: str) -> str:
+    """zset of a session's scheduled message sids by send time, every status (schedule_message.lua)."""
+    return f"ml:{{{service_sid}}}:sess:{session_sid}:sm"
 
 
 def due(service_sid: str) -> str:

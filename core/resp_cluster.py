@@ -93,7 +93,7 @@ class ClusterRespClient:
         if self._refreshing is None:
             self._refreshing = asyncio.Lock()
         async with self._refreshing:
-            known = [a for a in dict.fromkeys([*self._nodes, *self.startup])]
+            known = list(dict.fromkeys([*self._nodes, *self.startup]))
             random.shuffle(known)  # spread the load; a dead node is skipped below
             errors = []
             for address in known:

@@ -61,7 +61,7 @@ class ScheduledMessages:
 
     async def list(self, service_sid: str, session_sid: str) -> list[dict[str, Any]]:
         """Every scheduled message of the session (any status), by send time."""
-        sids = await self.redis.zrange(keys.session(service_sid, session_sid) + ":sm", 0, -1)
+        sids = await self.redis.zrange(keys.session_scheduled(service_sid, session_sid), 0, -1)
         if not sids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
