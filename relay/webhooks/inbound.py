@@ -149,7 +149,6 @@ def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
     if route.legs:  # a session of more than two: every other participant, from their proxy number
         name = str(route.inbound.get("friendly_name") or "")
         body = f"[{name}] {inbound.body}" if name and route.options.name_prefix else inbound.body
-        base, path = state.settings.public_url, "/twilio/status/message"
         return twiml.messages(
             [
                 (
@@ -157,7 +156,7 @@ def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
                     out["proxy_identifier"],
                     body,
                     inbound.media,
-                    f"{base}{path}?Service={route.service_sid}&Interaction={ix.get('sid', '')}",
+                    _status_url(state, route, "/twilio/status/message", ix.get("sid", "")),
                 )
                 for out, ix in route.legs
             ]
@@ -188,12 +187,13 @@ def _relay_call(state: RelayState, route: Route) -> str:
     )
 
 
-def _status_query(route: Route) -> str:
-    return f"Service={route.service_sid}&Interaction={route.interaction_sid}"
+def _status_query(route: Route, interaction_sid: str | None = None) -> str:
+    """Which interaction a Twilio callback is about: the route's, or one leg's (`interaction_sid`)."""
+    return f"Service={route.service_sid}&Interaction={interaction_sid or route.interaction_sid}"
 
 
-def _status_url(state: RelayState, route: Route, path: str) -> str:
-    return f"{state.settings.public_url}{path}?{_status_query(route)}"
+def _status_url(state: RelayState, route: Route, path: str, interaction_sid: str | None = None) -> str:
+    return f"{state.settings.public_url}{path}?{_status_query(route, interaction_sid)}"
 
 
 def _notify(state: RelayState, route: Route) -> None:
