@@ -59,11 +59,10 @@ CATALOGUE: Final[dict[int, tuple[int, str]]] = {
     # Maskline's own (no Twilio code has this meaning).
     89001: (400, "Participant Refused"),  # emergency, short code, premium-rate, shared-cost, non-geographic
     89002: (400, "Participant Country Not Allowed"),  # not in the Service's AllowedCountries
-    89003: (400, "Participant Blocked"),
-    89004: (
-        400,
-        "Scheduled Message Not Pending",
-    ),  # sent, sending, failed, canceled or expired already  # on the Service's block list (/v1/Services/{KS}/Blocked)
+    89003: (400, "Participant Blocked"),  # on the Service's block list (/v1/Services/{KS}/Blocked)
+    89004: (400, "Scheduled Message Not Pending"),  # sent, sending, failed, canceled or expired already
+    89005: (400, "Fallback Number Not In Service"),  # FallbackNumber is no phone number of the Service
+    89006: (400, "Fallback Number Not Assignable"),  # ProxyIdentifier names the shared FallbackNumber
 }
 MASKLINE_CODES: Final = range(89000, 89100)
 INVALID_PARAMETER: Final = 20422

@@ -22,11 +22,14 @@ async def send_proactive(
         service_sid, session_sid, participant_sid, data
     )
     ki = ix["sid"]
+    body = str(data.get("body") or "")
+    if pin := participant.get("pin"):  # PIN mode: the PIN to start a reply with, as relayed texts
+        body = f"PIN {pin}: {body}"
     try:
         message = await state.messages.send(
             to=participant["identifier"],
             from_=participant["proxy_identifier"],
-            body=str(data.get("body") or ""),
+            body=body,
             media_urls=list(data.get("media") or ()),
             status_callback=state.url(f"/twilio/status/message?Service={service_sid}&Interaction={ki}"),
         )

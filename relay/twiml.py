@@ -10,7 +10,18 @@ from collections.abc import Sequence
 from typing import Final
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["EMPTY", "XML_DECL", "message", "messages", "reply", "say", "dial", "reject", "text_safe"]
+__all__ = [
+    "EMPTY",
+    "XML_DECL",
+    "message",
+    "messages",
+    "reply",
+    "say",
+    "gather",
+    "dial",
+    "reject",
+    "text_safe",
+]
 
 XML_DECL: Final = '<?xml version="1.0" encoding="UTF-8"?>'
 EMPTY: Final = XML_DECL + "<Response />"
@@ -58,6 +69,15 @@ def reply(body: str) -> str:
 def say(text: str, *, hangup: bool = True) -> str:
     tail = "<Hangup />" if hangup else ""
     return f"{XML_DECL}<Response><Say>{text_safe(text)}</Say>{tail}</Response>"
+
+
+def gather(prompt: str, *, num_digits: int, action: str, then: str) -> str:
+    """Ask for digits: `<Gather numDigits action method=POST><Say>prompt</Say></Gather>`; Twilio
+    posts the Digits to `action`, or, when none come, goes on to `<Say>then</Say><Hangup/>`."""
+    return (
+        f'{XML_DECL}<Response><Gather numDigits="{num_digits}" action={_attr(action)} method="POST">'
+        f"<Say>{text_safe(prompt)}</Say></Gather><Say>{text_safe(then)}</Say><Hangup /></Response>"
+    )
 
 
 def reject() -> str:

@@ -118,11 +118,16 @@ async def _erase_in_service(
         if _text(status) != "closed":
             counts.sessions_closed += 1
 
-    # 4. What the session deletes left: removed participants, cooling pairs, last:, optout:.
+    # 4. What the session deletes left: removed participants, cooling pairs, last:, optout:, PINs.
     lasts = await _named_keys(redis, tag + "last:*" + ident, prefix + "last:", number, proxy=False)
     optouts = await _named_keys(
         redis, tag + "optout:*" + ident + ":*", prefix + "optout:", number, proxy=True
     )
+    # PIN mode: the number's live PINs on a shared number, its wrong tries and its lock-out.
+    for kind in ("pins", "pintries", "pinlock"):
+        pairs += await _named_keys(
+            redis, tag + kind + ":*" + ident + ":*", prefix + kind + ":", number, proxy=True
+        )
     counts.participants += await _delete(redis, participants)
     counts.pairs += await _delete(redis, pairs)
     counts.last += await _delete(redis, lasts)

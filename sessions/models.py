@@ -6,6 +6,7 @@ Lua scripts receive them as constants (sessions/scripts.py) and write and read t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -35,6 +36,8 @@ __all__ = [
     "DEFAULT_RATE_LIMIT_MESSAGE",
     "LIMIT_OPTIONS",
     "MAX_PARTICIPANTS",
+    "PIN_DIGITS",
+    "leading_pin",
     "DEFAULT_RECORDING_CONSENT",
 ]
 
@@ -91,6 +94,7 @@ class Outcome(StrEnum):
     KEYWORD = "keyword"  # STOP / START / HELP: never relayed
     BLOCKED = "blocked"  # the recipient opted out of texts from that proxy number
     RATE_LIMITED = "rate_limited"  # the sender or the proxy number is over the Service's limits
+    PIN = "pin"  # PIN mode, no session chosen: ask for the PIN (Route.pin says why) or refuse
     UNKNOWN_NUMBER = "unknown_number"  # To is no Service's number
 
 
@@ -156,6 +160,18 @@ LIMIT_OPTIONS: Final = (
 
 # A Service's MaxParticipants may raise a session's participants from Twilio's 2 up to this.
 MAX_PARTICIPANTS: Final = 50
+
+# PIN mode (a Service's FallbackNumber): a participant's PIN on the shared number, and a text to
+# it that starts with one ("1234 on my way": the PIN, then a space or the end).
+PIN_DIGITS: Final = 4
+_LEADING_PIN: Final = re.compile(rf"\s*(\d{{{PIN_DIGITS}}})(?:\s+|$)")
+
+
+def leading_pin(body: str) -> tuple[str, str]:
+    """(the PIN a text starts with, the rest of the text), or ("", body)."""
+    found = _LEADING_PIN.match(body)
+    return (found.group(1), body[found.end() :]) if found else ("", body)
+
 
 RELAY_SETTING_FIELDS: Final = (
     "callback_url",
@@ -231,6 +247,9 @@ class Route:
     # A text in a session of more than two: (participant, interaction) of every recipient, the
     # first being `outbound` and `interaction`. Empty otherwise.
     legs: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    # PIN mode (To is the Service's shared FallbackNumber): "" when not, else for Outcome.PIN
+    # needed | wrong | locked, and "unknown" for a NO_SESSION sender holding no PIN on it.
+    pin: str = ""
 
     @property
     def interaction_sid(self) -> str:

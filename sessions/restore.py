@@ -42,6 +42,7 @@ PARTICIPANT_FIELDS: Final = (
     "friendly_name",
     "created_ms",
     "updated_ms",
+    "pin",
 )
 # Scripts in flight at once (each one a few dozen Redis commands).
 DEFAULT_CONCURRENCY: Final = 32

@@ -112,21 +112,24 @@ class Router:
         body: str,
         media: Sequence[str] = (),
         interaction_sid: str | None = None,
+        pin: str = "",
     ) -> Route:
         """`interaction_sid`: the sid to record the text under (the webhook mints it, so that a
-        text it answers with fallback TwiML is recorded under the same sid: record_not_relayed)."""
+        text it answers with fallback TwiML is recorded under the same sid: record_not_relayed).
+        `pin`: the PIN the text starts with (models.leading_pin), read in PIN mode only."""
         data: dict[str, Any] = {"body": body}
         if media:
             data["media"] = list(media[:MAX_MEDIA])
         keyword = classify_keyword(body)
         ki = interaction_sid or new_sid("KI")
-        return await self._route_inbound(from_, to, "message", message_sid, ki, data, keyword)
+        return await self._route_inbound(from_, to, "message", message_sid, ki, data, keyword, pin)
 
     async def route_call(
-        self, *, from_: str, to: str, call_sid: str, interaction_sid: str | None = None
+        self, *, from_: str, to: str, call_sid: str, interaction_sid: str | None = None, pin: str = ""
     ) -> Route:
+        """`pin`: the Digits the caller entered at the PIN prompt (PIN mode), else ""."""
         ki = interaction_sid or new_sid("KI")
-        return await self._route_inbound(from_, to, "voice", call_sid, ki, {}, Keyword.NONE)
+        return await self._route_inbound(from_, to, "voice", call_sid, ki, {}, Keyword.NONE, pin)
 
     async def _route_inbound(
         self,
@@ -137,6 +140,7 @@ class Router:
         ki: str,
         data: dict[str, Any],
         keyword: Keyword,
+        pin: str,
     ) -> Route:
         service_sid = await self.service_for(to)
         if service_sid is None:
@@ -152,12 +156,14 @@ class Router:
             keyword.value,
             orjson.dumps(data).decode(),
             self.dedupe_ttl_s,
+            pin,
         ]
         result = await self._run(service_sid, args)
         if (
             result["outcome"] == Outcome.NO_SESSION
             and not result.get("previous")
             and not result.get("sender_blocked")
+            and not result.get("pin")
         ):
             # The cached owner may be stale (number moved Service): look once more.
             fresh = await self.service_for(to, fresh=True)
@@ -208,6 +214,7 @@ class Router:
             replay=Replay(result.get("replay") or ""),
             sender_blocked=bool(result.get("sender_blocked")),
             legs=[(leg["participant"], leg["interaction"]) for leg in result.get("legs") or ()],
+            pin=str(result.get("pin") or ""),
         )
 
     async def record_not_relayed(

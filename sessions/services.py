@@ -165,6 +165,8 @@ def service_hash(row: dict[str, Any], *, closed_retention_s: int) -> dict[str | 
         "limits": _limits(row.get("options") or {}),
         # How late a scheduled message may still go out (ScheduleLateness; claim_due.lua).
         "lateness_s": _lateness(row.get("options") or {}),
+        # PIN mode's shared number (FallbackNumber; _pool.lua's choose_or_pin, route_inbound.lua).
+        "fallback_number": (row.get("options") or {}).get("fallback_number") or "",
         # Participants a session may have (MaxParticipants; Twilio's 2 unless set).
         "max_participants": min(
             MAX_PARTICIPANTS, max(2, int((row.get("options") or {}).get("max_participants") or 2))

@@ -4,6 +4,7 @@ holds under any concurrency. Reads are plain hash reads."""
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
@@ -15,12 +16,19 @@ from core.ids import new_event_id, new_event_id_base, new_sid
 from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
 from pool.numbers import parse_participant, parse_proxy_number
-from sessions.models import MAX_PARTICIPANTS, Mode, ParticipantRequest, Status
+from sessions.models import MAX_PARTICIPANTS, PIN_DIGITS, Mode, ParticipantRequest, Status
 from sessions.scripts import SESSION_LUA
 
 __all__ = ["SessionStore"]
 
 _SESSION_SID: Final = re.compile(r"KC[0-9a-f]{32}")
+# PIN mode (the Service's FallbackNumber): candidates drawn per participant, the script takes the
+# first one the participant holds on the shared number in no live or cooling session.
+_PIN_CANDIDATES: Final = 8
+
+
+def pin_candidates() -> str:
+    return ",".join(f"{secrets.randbelow(10**PIN_DIGITS):0{PIN_DIGITS}d}" for _ in range(_PIN_CANDIDATES))
 
 
 class SessionStore:
@@ -40,7 +48,15 @@ class SessionStore:
             proxy = parse_proxy_number(req.proxy_identifier).e164
         elif req.proxy_identifier_sid:
             proxy = await self._number_for_sid(service_sid, req.proxy_identifier_sid)
-        return [new_sid("KP"), number.e164, number.region, number.area, proxy, req.friendly_name]
+        return [
+            new_sid("KP"),
+            number.e164,
+            number.region,
+            number.area,
+            proxy,
+            req.friendly_name,
+            pin_candidates(),
+        ]
 
     async def _number_for_sid(self, service_sid: str, pn_sid: str) -> str:
         e164 = await self.redis.hget(keys.number_sids(service_sid), pn_sid)

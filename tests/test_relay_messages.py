@@ -188,6 +188,16 @@ def test_reply_say_reject_and_empty_match_twilio_library() -> None:
     assert _tree(twiml.EMPTY) == _tree(VoiceResponse().to_xml())
 
 
+def test_gather_twiml_matches_twilio_library() -> None:
+    action = "https://relay.example/twilio/voice?a=1&b=<2>"
+    voice = VoiceResponse()
+    gather = voice.gather(num_digits=4, action=action, method="POST")
+    gather.say(HOSTILE)
+    voice.say("bye")
+    voice.hangup()
+    assert _tree(twiml.gather(HOSTILE, num_digits=4, action=action, then="bye")) == _tree(voice.to_xml())
+
+
 def test_control_characters_never_break_the_twiml() -> None:
     xml = twiml.message(to=COURIER, from_=PROXY_A, body="bell\x07 and nul\x00 and tab\t ok")
     assert ET.fromstring(xml).find("Message").text == "bell and nul and tab\t ok"

@@ -60,6 +60,12 @@ SERVICE_EXTENSIONS = {
         "boolean",
         "Maskline: in sessions of more than two, start each relayed text with the sender's FriendlyName (default true).",
     ),
+    "FallbackNumber": (
+        "string",
+        "Maskline: PIN mode. A phone number of this Service (E.164) shared by participants the pool has no "
+        "number left for (instead of error 80208): each gets it with a PIN (Participant `pin`); calls and "
+        "texts to it find the session by the PIN. Empty turns it off. docs/relay.md.",
+    ),
     "RateLimitMessage": (
         "string",
         "Maskline: the reply (or, for a call, what is said) when a limit refuses a text or call.",
@@ -114,6 +120,13 @@ def build() -> dict:
     service = doc["components"]["schemas"]["proxy.v1.service"]["properties"]
     service["cool_off"] = {"type": "integer", "description": SERVICE_EXTENSIONS["CoolOff"][1]}
     service["allowed_countries"] = {"type": "array", "items": {"type": "string"}, "nullable": True}
+    participant = doc["components"]["schemas"]["proxy.v1.service.session.participant"]["properties"]
+    participant["pin"] = {
+        "type": "string",
+        "nullable": True,
+        "description": "Maskline: the participant's PIN on the Service's shared FallbackNumber (its "
+        "proxy_identifier) when the pool had no number left for it; null otherwise.",
+    }
     service["options"] = {
         "type": "object",
         "description": "Maskline: relay and audit options of the Service.",

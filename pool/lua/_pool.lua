@@ -3,8 +3,15 @@
 -- allocate numbers (create_session, add_participant, update_session...).
 -- Keys (core/keys.py): `num:{E164}` hash, `pool:{REGION}[:{AREA}]` zset (score = live sessions),
 -- `regions` hash (counts), `pair:{identifier}:{proxy}` string "KC:KP", `last:{identifier}`.
+-- PIN mode (the Service's shared FallbackNumber, when the pool has no number left for a
+-- participant): the pair is `pair:{identifier}:{shared}#{PIN}`, and `pins:{identifier}:{shared}`
+-- is the set of the participant's live PINs on that number.
 
-local function pair_key(identifier, proxy) return P .. 'pair:' .. identifier .. ':' .. proxy end
+local function pair_key(identifier, proxy, pin)
+  if pin and pin ~= '' then return P .. 'pair:' .. identifier .. ':' .. proxy .. '#' .. pin end
+  return P .. 'pair:' .. identifier .. ':' .. proxy
+end
+local function pins_key(identifier, proxy) return P .. 'pins:' .. identifier .. ':' .. proxy end
 
 -- Adjust a number's count of live sessions, in its hash and in the pool zsets it belongs to.
 -- ZADD XX INCR never adds a number that left the pool (reserved, or removed meanwhile).
@@ -32,6 +39,11 @@ local function note_exhausted()
 end
 
 local function choose_proxy(identifier, region, area, explicit, geo, selection)
+  local shared = svc_field('fallback_number', '')
+  if explicit ~= '' and explicit == shared then
+    return nil, 89006, 'ProxyIdentifier ' .. explicit .. ' is the Service\'s shared FallbackNumber: it is ' ..
+      'given, with a PIN, only when no other number is free for the participant'
+  end
   if explicit ~= '' then
     if redis.call('EXISTS', P .. 'num:' .. explicit) == 0 then
       return nil, 80605, 'ProxyIdentifier ' .. explicit .. ' is not a phone number of this Service'
@@ -63,7 +75,7 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
       ' is reserved; reserved numbers are only given when named with ProxyIdentifier'
   end
 
-  local function free(num) return redis.call('EXISTS', pair_key(identifier, num)) == 0 end
+  local function free(num) return num ~= shared and redis.call('EXISTS', pair_key(identifier, num)) == 0 end
 
   local last = redis.call('GET', P .. 'last:' .. identifier)
   if selection == 'prefer-sticky' and last and redis.call('ZSCORE', pool, last) and free(last) then
@@ -100,19 +112,41 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
     ' in another live or cooling-off session; close a session or add numbers'
 end
 
-local function hold_pair(identifier, proxy, sid, kp)
-  redis.call('SET', pair_key(identifier, proxy), sid .. ':' .. kp)
-  redis.call('SET', P .. 'last:' .. identifier, proxy, 'EX', 2592000)
+-- choose_proxy, or PIN mode: when every number is paired with `identifier` (80208) and the
+-- Service has a FallbackNumber, the shared number and the first of `pins` (candidates, comma
+-- separated, drawn at random by the caller) that `identifier` holds on it in no live or cooling
+-- session. Returns proxy, pin ('' for a number of its own) or nil, code, message.
+local function choose_or_pin(identifier, region, area, explicit, geo, selection, pins)
+  local proxy, code, msg = choose_proxy(identifier, region, area, explicit, geo, selection)
+  if proxy then return proxy, '' end
+  local shared = svc_field('fallback_number', '')
+  if code ~= 80208 or shared == '' or redis.call('EXISTS', P .. 'num:' .. shared) == 0 then
+    return nil, code, msg
+  end
+  for pin in string.gmatch(pins or '', '%d+') do
+    if redis.call('EXISTS', pair_key(identifier, shared, pin)) == 0 then return shared, pin end
+  end
+  return nil, code, msg .. ', and no PIN on the FallbackNumber is free for it'
+end
+
+local function hold_pair(identifier, proxy, sid, kp, pin)
+  redis.call('SET', pair_key(identifier, proxy, pin), sid .. ':' .. kp)
+  if pin and pin ~= '' then
+    redis.call('SADD', pins_key(identifier, proxy), pin)
+  else
+    redis.call('SET', P .. 'last:' .. identifier, proxy, 'EX', 2592000)
+  end
   bump_in_use(proxy, 1)
 end
 
 -- Release a participant's pair into cool-off: the key keeps pointing at the closed session for
 -- cool_off_ms, then vanishes. Only the holder releases (a pair re-used after cool-off is not ours).
 local function release_pair(sid, kp, cool_off_ms)
-  local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier')
+  local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier', 'pin')
   if not f[1] then return end
-  local pk = pair_key(f[1], f[2])
+  local pk = pair_key(f[1], f[2], f[3])
   if redis.call('GET', pk) == sid .. ':' .. kp and redis.call('PTTL', pk) == -1 then
+    if f[3] and f[3] ~= '' then redis.call('SREM', pins_key(f[1], f[2]), f[3]) end
     if cool_off_ms > 0 then
       redis.call('PEXPIRE', pk, cool_off_ms)
       -- The console's count of cooling pairs per number: "proxy KP" until the cool-off ends (no

@@ -107,6 +107,9 @@ def participant(p: dict[str, Any], service_sid: str, base: str, account_sid: str
         "identifier": p["identifier"],
         "proxy_identifier": p["proxy_identifier"],
         "proxy_identifier_sid": p.get("proxy_identifier_sid"),
+        # Maskline extension: the participant's PIN on the Service's shared FallbackNumber (PIN
+        # mode, when the pool had no number left for it); null otherwise.
+        "pin": p.get("pin") or None,
         "date_deleted": iso(p.get("deleted_ms")),
         "date_created": iso(p.get("created_ms")),
         "date_updated": iso(p.get("updated_ms")),

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from core.errors import Forbidden, InvalidParameter, MissingParameter
+from core.errors import Forbidden, InvalidParameter, MissingParameter, NotFound
 from pool.numbers import parse_proxy_number
 from relay.api import render
 from relay.api.common import account_sid, api_key, base_url, json, require, service_sid
@@ -86,6 +86,9 @@ def _service_fields(params: Params, current_options: dict[str, Any] | None = Non
         if key == "body_policy" and value not in ("keep", "redact", "hash"):
             raise InvalidParameter("BodyPolicy must be one of keep, redact, hash")
         options[key] = value
+    if "FallbackNumber" in params:  # PIN mode's shared number ("" to turn it off)
+        shared = params.str("FallbackNumber", max_len=64)
+        options["fallback_number"] = parse_proxy_number(shared).e164 if shared else None
     if options != (current_options or {}):
         fields["options"] = options
     return fields
@@ -99,7 +102,14 @@ async def create_service(request: web.Request) -> web.Response:
     params = await read_params(request)
     if not params.str("UniqueName", max_len=MAX_UNIQUE_NAME):
         raise MissingParameter("Missing required parameter UniqueName")
-    row = await request.app[SERVICES].create(_service_fields(params))
+    fields = _service_fields(params)
+    if (fields.get("options") or {}).get("fallback_number"):
+        raise InvalidParameter(
+            "FallbackNumber must be a phone number of this Service: create the Service, add the "
+            "number (PhoneNumbers), then set FallbackNumber",
+            code=89005,
+        )
+    row = await request.app[SERVICES].create(fields)
     return json(render.service(row, base_url(request), account_sid(request)), status=201)
 
 
@@ -134,8 +144,22 @@ async def update_service(request: web.Request) -> web.Response:
     store = request.app[SERVICES]
     current = await store.get(sid)
     params = await read_params(request)
-    row = await store.update(sid, _service_fields(params, current.get("options")))
+    fields = _service_fields(params, current.get("options"))
+    fallback = (fields.get("options") or {}).get("fallback_number")
+    if fallback and fallback != (current.get("options") or {}).get("fallback_number"):
+        await _fallback_in_service(request, sid, fallback)
+    row = await store.update(sid, fields)
     return json(render.service(row, base_url(request), account_sid(request)))
+
+
+async def _fallback_in_service(request: web.Request, sid: str, number: str) -> None:
+    try:
+        await request.app[NUMBERS].get(sid, number)
+    except NotFound:
+        raise InvalidParameter(
+            f"FallbackNumber {number} is not a phone number of this Service; add it (PhoneNumbers) first",
+            code=89005,
+        ) from None
 
 
 @routes.delete("/v1/Services/{ServiceSid}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from core.ids import new_sid
 from relay.webhooks.boundary import Form
-from sessions.models import Route
+from sessions.models import PIN_DIGITS, Route, leading_pin
 from sessions.routing import MAX_MEDIA, Router
 
 __all__ = ["Inbound"]
@@ -23,6 +23,8 @@ class Inbound:
     body: str
     media: tuple[str, ...]
     form: Form
+    # PIN mode: the PIN a text starts with, or the Digits a call's <Gather> posted; else "".
+    pin: str = ""
     # Minted here, so a text answered with fallback TwiML is recorded under the sid its route
     # script would have used (relay/fallbacks.py).
     interaction_sid: str = field(default_factory=lambda: new_sid("KI"))
@@ -35,18 +37,26 @@ class Inbound:
         except ValueError:
             count = 0
         media = tuple(url for i in range(count) if (url := form.get(f"MediaUrl{i}")))
-        return cls(
-            "message", form.get("From", ""), form.get("To", ""), sid, form.get("Body", ""), media, form
-        )
+        body = form.get("Body", "")
+        pin = leading_pin(body)[0] if body[:1].isspace() or body[:1].isdigit() else ""
+        return cls("message", form.get("From", ""), form.get("To", ""), sid, body, media, form, pin)
 
     @classmethod
     def call(cls, form: Form) -> Inbound:
-        return cls("voice", form.get("From", ""), form.get("To", ""), form.get("CallSid", ""), "", (), form)
+        digits = form.get("Digits", "")
+        pin = digits if len(digits) == PIN_DIGITS and digits.isdigit() else ("0" if digits else "")
+        return cls(
+            "voice", form.get("From", ""), form.get("To", ""), form.get("CallSid", ""), "", (), form, pin
+        )
 
     async def route(self, router: Router) -> Route:
         if self.kind == "voice":
             return await router.route_call(
-                from_=self.from_, to=self.to, call_sid=self.sid, interaction_sid=self.interaction_sid
+                from_=self.from_,
+                to=self.to,
+                call_sid=self.sid,
+                interaction_sid=self.interaction_sid,
+                pin=self.pin,
             )
         return await router.route_text(
             from_=self.from_,
@@ -55,4 +65,5 @@ class Inbound:
             body=self.body,
             media=self.media,
             interaction_sid=self.interaction_sid,
+            pin=self.pin,
         )

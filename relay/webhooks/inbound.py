@@ -9,7 +9,7 @@ takes a detour, through the Service's out-of-session endpoint (out_of_session.py
 from __future__ import annotations
 
 import logging
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -22,7 +22,7 @@ from relay.state import RelayState
 from relay.webhooks import out_of_session
 from relay.webhooks.boundary import STORE_FAULTS, answer
 from relay.webhooks.forms import Inbound
-from sessions.models import Keyword, Outcome, Replay, Route
+from sessions.models import PIN_DIGITS, Keyword, Outcome, Replay, Route, leading_pin
 
 __all__ = ["routes"]
 
@@ -33,6 +33,12 @@ routes = web.RouteTableDef()
 TEXTS_ONLY_MESSAGE: Final = "This number only accepts text messages."
 CALLS_ONLY_MESSAGE: Final = "This number only accepts calls."
 CALL_APOLOGY: Final = "Sorry, we cannot connect your call right now. Please try again in a few minutes."
+# PIN mode (docs/relay.md): what a sender to the shared FallbackNumber is told.
+PIN_PROMPT: Final = "Please enter the PIN of your conversation."
+PIN_WRONG: Final = "That PIN is not right."
+PIN_NONE: Final = "We did not get a PIN. Goodbye."
+PIN_TEXT_HOWTO: Final = "Start your message with the PIN of your conversation, for example: 1234 on my way"
+PIN_LOCKED: Final = "Too many wrong PINs. Please try again later."
 
 
 @routes.post("/twilio/sms")
@@ -71,6 +77,14 @@ async def _handle(state: RelayState, inbound: Inbound) -> str:
     if route.outcome is Outcome.DUPLICATE:
         # A retry: the first answer again; while the first is still in flight, nothing (no double relay).
         return _replay(state, route, inbound)
+    if route.outcome is Outcome.PIN:
+        # Nothing chosen, nothing remembered: the next attempt (a <Gather>'s Digits come with the
+        # same CallSid) is routed afresh.
+        return _pin_answer(state, route, inbound)
+    if route.outcome is Outcome.NO_SESSION and route.pin == "unknown":
+        # No PIN on the shared number: never connected, never sent to the out-of-session endpoint.
+        state.answers.remember(ks, inbound.sid, Replay.OUT_OF_SESSION, inbound.interaction_sid)
+        return out_of_session.default_answer(route.options, inbound.kind)
     if route.outcome is Outcome.NO_SESSION:
         detour = await out_of_session.handle(state, route, inbound)
         if isinstance(detour, Route):
@@ -145,16 +159,40 @@ def _replay(state: RelayState, route: Route, inbound: Inbound) -> str:
             return twiml.EMPTY
 
 
+def _pin_answer(state: RelayState, route: Route, inbound: Inbound) -> str:
+    """PIN mode, no session chosen: ask for the PIN (again), or refuse while locked out."""
+    if route.pin == "locked":
+        return twiml.say(PIN_LOCKED) if inbound.kind == "voice" else twiml.reply(PIN_LOCKED)
+    wrong = f"{PIN_WRONG} " if route.pin == "wrong" else ""
+    if inbound.kind == "message":
+        return twiml.reply(wrong + PIN_TEXT_HOWTO)
+    action = f"{state.settings.public_url}/twilio/voice"
+    return twiml.gather(wrong + PIN_PROMPT, num_digits=PIN_DIGITS, action=action, then=PIN_NONE)
+
+
+def _text_body(route: Route, inbound: Inbound, out: dict[str, Any]) -> str:
+    """The text as relayed to participant `out`: without the PIN the sender started it with (PIN
+    mode), with the sender's name in a session of more than two, and with the recipient's own PIN
+    in front when the recipient is in PIN mode (the PIN to start a reply with)."""
+    body = inbound.body
+    if inbound.pin and inbound.pin == route.inbound.get("pin"):
+        body = leading_pin(body)[1]
+    name = str(route.inbound.get("friendly_name") or "")
+    if route.legs and name and route.options.name_prefix:
+        body = f"[{name}] {body}"
+    if pin := out.get("pin"):
+        body = f"PIN {pin}: {body}"
+    return body
+
+
 def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
     if route.legs:  # a session of more than two: every other participant, from their proxy number
-        name = str(route.inbound.get("friendly_name") or "")
-        body = f"[{name}] {inbound.body}" if name and route.options.name_prefix else inbound.body
         return twiml.messages(
             [
                 (
                     out["identifier"],
                     out["proxy_identifier"],
-                    body,
+                    _text_body(route, inbound, out),
                     inbound.media,
                     _status_url(state, route, "/twilio/status/message", ix.get("sid", "")),
                 )
@@ -165,7 +203,7 @@ def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
     return twiml.message(
         to=out["identifier"],
         from_=out["proxy_identifier"],
-        body=inbound.body,
+        body=_text_body(route, inbound, out),
         media=inbound.media,
         status_callback=_status_url(state, route, "/twilio/status/message"),
     )

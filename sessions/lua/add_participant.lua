@@ -3,7 +3,8 @@
 -- ARGV[1]  now_ms or ''
 -- ARGV[2]  event id for participant.added
 -- ARGV[3]  session sid
--- ARGV[4..9] participant: sid (KP...), identifier, region, area, ProxyIdentifier or '', friendly_name
+-- ARGV[4..10] participant: sid (KP...), identifier, region, area, ProxyIdentifier or '', friendly_name,
+--          candidate PINs (comma separated: PIN mode, _pool.lua's choose_or_pin)
 -- Returns JSON: the participant, or {e=code, m=message}.
 
 local now = now_ms(ARGV[1])
@@ -33,13 +34,14 @@ if countries ~= '' and not string.find(countries, ',' .. region .. ',', 1, true)
   return fail(89002, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
     string.sub(countries, 2, -2) .. ')')
 end
-local proxy, code, msg = choose_proxy(ident, region, area, explicit,
-  svc_field('geo_match_level', 'country'), svc_field('number_selection_behavior', 'prefer-sticky'))
-if not proxy then return fail(code, msg) end
-hold_pair(ident, proxy, sid, kp)
+local proxy, pin, msg = choose_or_pin(ident, region, area, explicit,
+  svc_field('geo_match_level', 'country'), svc_field('number_selection_behavior', 'prefer-sticky'), ARGV[10])
+if not proxy then return fail(pin, msg) end
+hold_pair(ident, proxy, sid, kp, pin)
 redis.call('HSET', P .. 'part:' .. kp, 'sid', kp, 'session_sid', sid, 'identifier', ident,
   'proxy_identifier', proxy, 'proxy_identifier_sid', redis.call('HGET', P .. 'num:' .. proxy, 'sid'),
   'friendly_name', name, 'created_ms', now, 'updated_ms', now)
+if pin ~= '' then redis.call('HSET', P .. 'part:' .. kp, 'pin', pin) end
 local parts = sess.parts or ''
 if parts == '' then parts = kp else parts = parts .. ',' .. kp end
 redis.call('HSET', sk, 'parts', parts, 'updated_ms', now)

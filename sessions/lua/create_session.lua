@@ -8,8 +8,9 @@
 -- ARGV[6]  status (open | in-progress)
 -- ARGV[7]  ttl_s or '' (Service DefaultTtl)
 -- ARGV[8]  date_expiry_ms or ''
--- ARGV[9]  number of participants n; then 6 values per participant:
---          sid (KP...), identifier (E.164), region, area, ProxyIdentifier or '', friendly_name
+-- ARGV[9]  number of participants n; then 7 values per participant:
+--          sid (KP...), identifier (E.164), region, area, ProxyIdentifier or '', friendly_name,
+--          candidate PINs (comma separated: PIN mode, _pool.lua's choose_or_pin)
 -- Returns JSON: the session view ({sid=..., participants=[...]}) or {e=code, m=message}.
 -- Nothing is written unless every participant got a number: all checks run before any write.
 
@@ -36,7 +37,7 @@ if n > most then
 end
 local chosen, seen = {}, {}
 for i = 0, n - 1 do
-  local b = 10 + i * 6
+  local b = 10 + i * 7
   local kp, ident, region, area, explicit = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   if seen[ident] then return fail(80103, 'participant ' .. ident .. ' appears twice in this Session') end
   seen[ident] = true
@@ -47,19 +48,20 @@ for i = 0, n - 1 do
     return fail(89002, 'participants from ' .. region .. ' are not allowed in this Service (allowed: ' ..
       string.sub(countries, 2, -2) .. ')')
   end
-  local proxy, code, msg = choose_proxy(ident, region, area, explicit, geo, selection)
-  if not proxy then return fail(code, msg) end
-  chosen[#chosen + 1] = { kp = kp, ident = ident, proxy = proxy, name = ARGV[b + 5] }
+  local proxy, pin, msg = choose_or_pin(ident, region, area, explicit, geo, selection, ARGV[b + 6])
+  if not proxy then return fail(pin, msg) end
+  chosen[#chosen + 1] = { kp = kp, ident = ident, proxy = proxy, name = ARGV[b + 5], pin = pin }
 end
 
 local ttl = ARGV[7]
 if ttl == '' then ttl = svc_field('default_ttl_s', '0') end
 local parts = {}
 for _, c in ipairs(chosen) do
-  hold_pair(c.ident, c.proxy, sid, c.kp)
+  hold_pair(c.ident, c.proxy, sid, c.kp, c.pin)
   redis.call('HSET', P .. 'part:' .. c.kp, 'sid', c.kp, 'session_sid', sid, 'identifier', c.ident,
     'proxy_identifier', c.proxy, 'proxy_identifier_sid', redis.call('HGET', P .. 'num:' .. c.proxy, 'sid'),
     'friendly_name', c.name, 'created_ms', now, 'updated_ms', now)
+  if c.pin ~= '' then redis.call('HSET', P .. 'part:' .. c.kp, 'pin', c.pin) end
   parts[#parts + 1] = c.kp
 end
 local sk = P .. 'sess:' .. sid

@@ -9,8 +9,9 @@
 --          live     {sid, fields = {unique_name, status, mode, ttl, date_expiry_ms, created_ms,
 --                   updated_ms, started_ms, last_activity_ms, last_interaction_ms},
 --                   participants = [{sid, identifier, proxy_identifier, friendly_name, created_ms,
---                   updated_ms}]}
---          cooling  {sid, participants = [{sid, identifier, proxy_identifier, until_ms}]}
+--                   updated_ms, pin}]}
+--          cooling  {sid, participants = [{sid, identifier, proxy_identifier, until_ms, pin}]}
+--          (pin: '' unless the participant is in PIN mode on the Service's FallbackNumber)
 -- Returns JSON {outcome, restored = [participant sids], skipped = [{sid, proxy, why}]}:
 --   restored  the session hash, the participants whose pair was free (or already theirs), their
 --             pairs (in_use counts, last:), uname (unless another session has it), the sessions
@@ -33,7 +34,7 @@ end
 if ARGV[2] == 'cooling' then
   for _, p in ipairs(s.participants) do
     local left = math.floor((tonumber(p.until_ms) or 0) - now)
-    if left > 0 and redis.call('SET', pair_key(p.identifier, p.proxy_identifier), sid .. ':' .. p.sid,
+    if left > 0 and redis.call('SET', pair_key(p.identifier, p.proxy_identifier, p.pin), sid .. ':' .. p.sid,
         'PX', left, 'NX') then
       restored[#restored + 1] = p.sid
     end
@@ -47,14 +48,14 @@ local f = s.fields
 local at = expires_at(f)
 if at > 0 and at <= now then return done('expired') end
 for _, p in ipairs(s.participants) do
-  local pk = pair_key(p.identifier, p.proxy_identifier)
+  local pk = pair_key(p.identifier, p.proxy_identifier, p.pin)
   if redis.call('GET', pk) == sid .. ':' .. p.sid and redis.call('PTTL', pk) >= 0 then return done('closed') end
 end
 
 local parts = {}
 for _, p in ipairs(s.participants) do
-  local kp, ident, proxy = p.sid, p.identifier, p.proxy_identifier
-  local holder = redis.call('GET', pair_key(ident, proxy))
+  local kp, ident, proxy, pin = p.sid, p.identifier, p.proxy_identifier, p.pin or ''
+  local holder = redis.call('GET', pair_key(ident, proxy, pin))
   local pn = redis.call('HGET', P .. 'num:' .. proxy, 'sid')
   if not pn then
     skipped[#skipped + 1] = { sid = kp, proxy = proxy, why = 'not_in_pool' }
@@ -62,10 +63,11 @@ for _, p in ipairs(s.participants) do
     skipped[#skipped + 1] = { sid = kp, proxy = proxy, why = 'held' }
   else
     -- A pair already ours (PTTL -1, checked above) kept its in_use count with it.
-    if not holder then hold_pair(ident, proxy, sid, kp) end
+    if not holder then hold_pair(ident, proxy, sid, kp, pin) end
     redis.call('HSET', P .. 'part:' .. kp, 'sid', kp, 'session_sid', sid, 'identifier', ident,
       'proxy_identifier', proxy, 'proxy_identifier_sid', pn, 'friendly_name', p.friendly_name,
       'created_ms', p.created_ms, 'updated_ms', p.updated_ms)
+    if pin ~= '' then redis.call('HSET', P .. 'part:' .. kp, 'pin', pin) end
     parts[#parts + 1] = kp
     restored[#restored + 1] = kp
   end

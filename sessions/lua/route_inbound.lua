@@ -11,13 +11,20 @@
 -- ARGV[8]  keyword: '' | optout | optin | help   (decided by the caller from the body)
 -- ARGV[9]  interaction data (JSON text: body, media, ... as Twilio Proxy shows `data`)
 -- ARGV[10] seconds to remember a MessageSid / CallSid (Twilio retries within minutes)
--- ARGV[11] the caller's deadline (core/lua/_lib.lua)
+-- ARGV[11] the PIN the sender gave, or '': a text's leading 4 digits, a call's Gather Digits
+--          (only read when To is the Service's shared FallbackNumber: PIN mode)
+-- ARGV[12] the caller's deadline (core/lua/_lib.lua)
 -- Returns JSON with `outcome`:
 --   duplicate   {replay, interaction, outbound}  a retry: render the first answer again. The
 --               `seen:` key holds the interaction sid while the first is in flight, then
 --               "<replay>:<KI>" (sessions.models.Replay): never a number or a body.
 --   no_session  {previous}                     no live session for the pair (previous: the closed one, if any);
 --               {sender_blocked=true}          From is on the Service's block list: out of session, whatever its pairs
+--               {pin='unknown'}                To is the shared FallbackNumber and From holds no PIN on it
+--   pin         {pin=needed|wrong|locked, attempts}  PIN mode, no session chosen: ask for the PIN
+--               (needed, wrong) or refuse (locked); wrong and locked attempts emit pin.failed /
+--               pin.locked. The MessageSid / CallSid is forgotten: the next request is routed afresh
+--               (a call's Gather posts again with the same CallSid and the Digits)
 --   mode        {session}                      the session's mode refuses this kind
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
@@ -58,8 +65,9 @@ local function duplicate(value)
     if #legs > 0 then
       table.insert(legs, 1, { participant = t.outbound, interaction = ix })
       t.legs = legs
-      t.inbound = participant_view(ix.inbound_participant_sid)  -- its name prefixes the text again
     end
+    -- (its name prefixes the text again; its PIN is left out of it again)
+    if (ix.inbound_participant_sid or '') ~= '' then t.inbound = participant_view(ix.inbound_participant_sid) end
   end
   return done(t)
 end
@@ -74,7 +82,51 @@ end
 if redis.call('SISMEMBER', P .. 'blocked', from) == 1 then
   return done({ outcome = 'no_session', sender_blocked = true })
 end
+-- PIN mode: `to` is the Service's shared FallbackNumber. From's live PINs on it decide: none,
+-- never connected; locked out after wrong PINs, refused; the PIN given, that session; one live PIN
+-- and no right PIN given, that session (a text's leading digits are then its own words);
+-- otherwise ask for the PIN, counting a wrong one (PIN_TRIES in a row lock From out for PIN_LOCK_MS).
+local PIN_TRIES, PIN_LOCK_MS = 5, 900000
+local function by_pin(given)
+  local pins = redis.call('SMEMBERS', pins_key(from, to))
+  if #pins == 0 then return nil, { outcome = 'no_session', pin = 'unknown' } end
+  local lock, tries = P .. 'pinlock:' .. from .. ':' .. to, P .. 'pintries:' .. from .. ':' .. to
+  if redis.call('EXISTS', lock) == 1 then
+    if given ~= '' then emit(ARGV[2], 'pin.locked', now, { kind = kind, numbers = { from, to } }) end
+    return nil, { outcome = 'pin', pin = 'locked' }
+  end
+  if given ~= '' then
+    local h = redis.call('GET', pair_key(from, to, given))
+    if h then
+      redis.call('DEL', tries)
+      return h
+    end
+  end
+  if #pins == 1 and (given == '' or kind == 'message') then
+    return redis.call('GET', pair_key(from, to, pins[1]))
+  end
+  if given == '' then return nil, { outcome = 'pin', pin = 'needed' } end
+  local n = redis.call('INCR', tries)
+  redis.call('PEXPIRE', tries, PIN_LOCK_MS)
+  local status = 'wrong'
+  if n >= PIN_TRIES then
+    redis.call('SET', lock, now, 'PX', PIN_LOCK_MS)
+    redis.call('DEL', tries)
+    status = 'locked'
+  end
+  emit(ARGV[2], 'pin.failed', now, { kind = kind, attempt = n, locked = status == 'locked', numbers = { from, to } })
+  return nil, { outcome = 'pin', pin = status, attempts = n }
+end
+
 local holder = redis.call('GET', pair_key(from, to))
+if not holder and to == redis.call('HGET', P .. 'svc', 'fallback_number') then
+  local answer
+  holder, answer = by_pin(ARGV[11])
+  if answer then
+    if resource ~= '' then redis.call('DEL', P .. 'seen:' .. resource) end
+    return done(answer)
+  end
+end
 if not holder then return done({ outcome = 'no_session' }) end
 local sid, kp = string.match(holder, '^([^:]+):(.+)$')
 local sk = P .. 'sess:' .. sid

@@ -22,20 +22,20 @@ if sess.status == 'closed' then
   -- Re-open only if every pair is still ours (cooling off) or free; never steal a pair.
   local parts = {}
   for kp in string.gmatch(sess.parts or '', '[^,]+') do
-    local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier')
+    local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier', 'pin')
     if not f[1] then return fail(80604, 'participant ' .. kp .. ' of Session ' .. sid .. ' is gone; create a new Session') end
-    local holder = redis.call('GET', pair_key(f[1], f[2]))
+    local holder = redis.call('GET', pair_key(f[1], f[2], f[3]))
     if holder and holder ~= sid .. ':' .. kp then
       return fail(80604, 'proxy number ' .. f[2] .. ' is now paired with ' .. f[1] .. ' in another Session; create a new Session')
     end
     if redis.call('EXISTS', P .. 'num:' .. f[2]) == 0 then
       return fail(80604, 'proxy number ' .. f[2] .. ' left the pool; create a new Session')
     end
-    parts[#parts + 1] = { kp = kp, ident = f[1], proxy = f[2] }
+    parts[#parts + 1] = { kp = kp, ident = f[1], proxy = f[2], pin = f[3] }
   end
   for _, p in ipairs(parts) do
     redis.call('PERSIST', P .. 'part:' .. p.kp)
-    hold_pair(p.ident, p.proxy, sid, p.kp)
+    hold_pair(p.ident, p.proxy, sid, p.kp, p.pin)
   end
   for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or ''), sk .. ':ix' }) do redis.call('PERSIST', k) end
   for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do redis.call('PERSIST', P .. 'ix:' .. ki) end
