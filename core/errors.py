@@ -38,6 +38,7 @@ CATALOGUE: Final[dict[int, tuple[int, str]]] = {
     20503: (503, "Service unavailable"),
     21602: (400, "Message body is required"),
     21610: (400, "Attempt to send to unsubscribed recipient"),
+    63016: (400, "Outside messaging window. For WhatsApp, use a Message Template instead"),
     80103: (400, "Participant Already In Session"),
     80203: (400, "No Available Proxy For Country"),
     80205: (400, "No Proxies For Service"),
@@ -63,6 +64,7 @@ CATALOGUE: Final[dict[int, tuple[int, str]]] = {
     89004: (400, "Scheduled Message Not Pending"),  # sent, sending, failed, canceled or expired already
     89005: (400, "Fallback Number Not In Service"),  # FallbackNumber is no phone number of the Service
     89006: (400, "Fallback Number Not Assignable"),  # ProxyIdentifier names the shared FallbackNumber
+    89007: (400, "Proxy Number Not WhatsApp Capable"),  # ProxyIdentifier for a WhatsApp participant
 }
 MASKLINE_CODES: Final = range(89000, 89100)
 INVALID_PARAMETER: Final = 20422

@@ -40,6 +40,8 @@ __all__ = [
     "due",
     "exhausted",
     "cooling",
+    "pins",
+    "whatsapp_window",
     "PUBLISHED",
     "REBUILD_LOCK",
 ]
@@ -178,3 +180,13 @@ def exhausted(service_sid: str) -> str:
 def cooling(service_sid: str) -> str:
     """zset "proxy KP" -> when the pair's cool-off ends (release_pair; the console counts them)."""
     return f"ml:{{{service_sid}}}:cooling"
+
+
+def pins(service_sid: str, identifier: str, shared: str) -> str:
+    """PIN mode: the participant's live PINs on the shared FallbackNumber (set; _pool.lua pins_key)."""
+    return f"ml:{{{service_sid}}}:pins:{identifier}:{shared}"
+
+
+def whatsapp_window(service_sid: str, identifier: str, proxy: str) -> str:
+    """A WhatsApp participant wrote to `proxy` within 24 h (route_inbound.lua; expires with the window)."""
+    return f"ml:{{{service_sid}}}:wa:{identifier}:{proxy}"

@@ -64,7 +64,7 @@ from core.errors import (
     PoolError,
 )
 
-__all__ = ["Number", "parse_participant", "parse_proxy_number", "mask"]
+__all__ = ["Number", "parse_participant", "parse_proxy_number", "mask", "split_channel", "WHATSAPP"]
 
 INVALID_NUMBER: Final = INVALID_PARAMETER  # Twilio's Invalid Parameter, naming Identifier
 REFUSED_NUMBER: Final = PARTICIPANT_REFUSED
@@ -123,6 +123,17 @@ class _Rejected(Exception):
         super().__init__(reason)
         self.reason = reason
         self.refused = refused  # True: a real but refused number (89001); False: not a number (20422)
+
+
+# Twilio's channel address prefix for a WhatsApp user ("whatsapp:+14155550123").
+WHATSAPP: Final = "whatsapp:"
+
+
+def split_channel(raw: str) -> tuple[str, str]:
+    """("whatsapp:", "+1...") for a WhatsApp channel address, ("", raw) for anything else."""
+    if isinstance(raw, str) and raw[:9].lower() == WHATSAPP:
+        return WHATSAPP, raw[9:]
+    return "", raw
 
 
 def parse_participant(raw: str, *, allowed_countries: frozenset[str] | None = None) -> Number:

@@ -131,6 +131,7 @@ class NumberRegistry:
             number.region,
             number.area,
             "1" if row["is_reserved"] else "0",
+            "1" if (row.get("capabilities") or {}).get("whatsapp") else "0",
         )
         await self.redis.set(keys.proxy_owner(number.e164), row["service_sid"])
         return int(in_use)

@@ -66,12 +66,21 @@ class TwilioMessages:
         body: str,
         media_urls: Sequence[str] = (),
         status_callback: str | None = None,
+        content_sid: str = "",
+        content_variables: str = "",
     ) -> dict[str, Any]:
-        """The created Message resource (Twilio's JSON). Raises TwilioSendError."""
+        """The created Message resource (Twilio's JSON). Raises TwilioSendError. A template
+        (`content_sid`, Twilio's Content API: what WhatsApp requires outside its 24-hour window)
+        is sent without Body and MediaUrl, as Twilio asks."""
         form: list[tuple[str, str]] = [("To", to), ("From", from_)]
-        if body:
-            form.append(("Body", body))
-        form.extend(("MediaUrl", url) for url in media_urls)
+        if content_sid:
+            form.append(("ContentSid", content_sid))
+            if content_variables:
+                form.append(("ContentVariables", content_variables))
+        else:
+            if body:
+                form.append(("Body", body))
+            form.extend(("MediaUrl", url) for url in media_urls)
         if status_callback:
             form.append(("StatusCallback", status_callback))
         try:

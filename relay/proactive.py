@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pool.numbers import split_channel
 from relay.outbound import TwilioSendError
 from relay.state import RelayState
 
@@ -25,11 +26,14 @@ async def send_proactive(
     body = str(data.get("body") or "")
     if pin := participant.get("pin"):  # PIN mode: the PIN to start a reply with, as relayed texts
         body = f"PIN {pin}: {body}"
+    channel = split_channel(participant["identifier"])[0]  # WhatsApp: "whatsapp:" on both sides
     try:
         message = await state.messages.send(
             to=participant["identifier"],
-            from_=participant["proxy_identifier"],
+            from_=channel + participant["proxy_identifier"],
             body=body,
+            content_sid=str(data.get("content_sid") or ""),
+            content_variables=str(data.get("content_variables") or ""),
             media_urls=list(data.get("media") or ()),
             status_callback=state.url(f"/twilio/status/message?Service={service_sid}&Interaction={ki}"),
         )

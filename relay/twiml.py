@@ -46,12 +46,14 @@ def message(
 
 
 def messages(legs: Sequence[tuple[str, str, str, Sequence[str], str | None]]) -> str:
-    """Relay a text to several people: one `<Message>` per (to, from, body, media, statusCallback)."""
+    """Relay a text to several people: one `<Message>` per (to, from, body, media, statusCallback);
+    a leg with an empty `to` is a reply to the sender."""
     return f"{XML_DECL}<Response>{''.join(_message(*leg) for leg in legs)}</Response>"
 
 
 def _message(to: str, from_: str, body: str, media: Sequence[str], status_callback: str | None) -> str:
-    attrs = f" to={_attr(to)} from={_attr(from_)}"
+    # No `to`: a reply to the sender, from the number they wrote to.
+    attrs = f" to={_attr(to)} from={_attr(from_)}" if to else ""
     if status_callback:
         attrs += f" statusCallback={_attr(status_callback)}"
     if media:

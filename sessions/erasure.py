@@ -124,7 +124,8 @@ async def _erase_in_service(
         redis, tag + "optout:*" + ident + ":*", prefix + "optout:", number, proxy=True
     )
     # PIN mode: the number's live PINs on a shared number, its wrong tries and its lock-out.
-    for kind in ("pins", "pintries", "pinlock"):
+    # WhatsApp: its 24-hour windows with proxy numbers (`wa:whatsapp:+1...:{proxy}`).
+    for kind in ("pins", "pintries", "pinlock", "wa"):
         pairs += await _named_keys(
             redis, tag + kind + ":*" + ident + ":*", prefix + kind + ":", number, proxy=True
         )

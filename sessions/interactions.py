@@ -106,7 +106,7 @@ class InteractionStore:
     async def record_proactive(
         self, service_sid: str, session_sid: str, participant_sid: str, data: dict[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(interaction, participant). Raises NotFound / PoolError (80607, 21610)."""
+        """(interaction, participant). Raises NotFound / PoolError (80607, 21610, 63016)."""
         result = await self.scripts.call_json(
             "record_proactive",
             keys.service_prefix(service_sid),
@@ -116,6 +116,7 @@ class InteractionStore:
             participant_sid,
             new_sid("KI"),
             orjson.dumps(data).decode(),
+            "1" if data.get("content_sid") else "",
         )
         return result["interaction"], result["participant"]
 

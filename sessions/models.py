@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_OUT_OF_SESSION_MESSAGE",
     "DEFAULT_HELP_MESSAGE",
     "DEFAULT_RATE_LIMIT_MESSAGE",
+    "DEFAULT_WHATSAPP_WINDOW_MESSAGE",
     "LIMIT_OPTIONS",
     "MAX_PARTICIPANTS",
     "PIN_DIGITS",
@@ -94,6 +95,7 @@ class Outcome(StrEnum):
     KEYWORD = "keyword"  # STOP / START / HELP: never relayed
     BLOCKED = "blocked"  # the recipient opted out of texts from that proxy number
     RATE_LIMITED = "rate_limited"  # the sender or the proxy number is over the Service's limits
+    OUTSIDE_WINDOW = "outside_window"  # every recipient is on WhatsApp outside its 24-hour window
     PIN = "pin"  # PIN mode, no session chosen: ask for the PIN (Route.pin says why) or refuse
     UNKNOWN_NUMBER = "unknown_number"  # To is no Service's number
 
@@ -111,6 +113,7 @@ class Replay(StrEnum):
     OUT_OF_SESSION = "oos"  # the Service's out-of-session message
     MODE = "mode"  # "this number only accepts texts / calls"
     RATE_LIMITED = "limited"  # the Service's rate-limit reply
+    WINDOW = "window"  # the Service's WhatsApp-window reply
     CUSTOM = "custom"  # TwiML from the Service's endpoint: not kept, a retry gets nothing
 
 
@@ -145,6 +148,10 @@ DEFAULT_HELP_MESSAGE: Final = (
     "This is a masked number for your conversation. Reply STOP to stop texts from it."
 )
 DEFAULT_RECORDING_CONSENT: Final = "This call may be recorded."
+DEFAULT_WHATSAPP_WINDOW_MESSAGE: Final = (
+    "Your message was not delivered: the other person has not written on WhatsApp in the last "
+    "24 hours. They will get your messages once they write again."
+)
 
 # The Service's settings the relay needs, as published in its `svc` hash (sessions/services.py)
 # and returned by route_inbound.lua; `options` is JSON (the Maskline extensions).
@@ -196,6 +203,8 @@ class RelayOptions:
     help_message: str = DEFAULT_HELP_MESSAGE
     rate_limit_message: str = DEFAULT_RATE_LIMIT_MESSAGE
     name_prefix: bool = True  # sessions of more than two: "[Name] " before a relayed text
+    # The reply to a text that reached no WhatsApp recipient inside its 24-hour window.
+    whatsapp_window_message: str = DEFAULT_WHATSAPP_WINDOW_MESSAGE
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> RelayOptions:
@@ -222,6 +231,9 @@ class RelayOptions:
             help_message=str(options.get("help_message") or DEFAULT_HELP_MESSAGE),
             rate_limit_message=str(options.get("rate_limit_message") or DEFAULT_RATE_LIMIT_MESSAGE),
             name_prefix=options.get("name_prefix") is not False,
+            whatsapp_window_message=str(
+                options.get("whatsapp_window_message") or DEFAULT_WHATSAPP_WINDOW_MESSAGE
+            ),
         )
 
     @property
@@ -250,6 +262,8 @@ class Route:
     # PIN mode (To is the Service's shared FallbackNumber): "" when not, else for Outcome.PIN
     # needed | wrong | locked, and "unknown" for a NO_SESSION sender holding no PIN on it.
     pin: str = ""
+    # RELAY: recipients left out because they are on WhatsApp outside their 24-hour window.
+    outside_window: int = 0
 
     @property
     def interaction_sid(self) -> str:

@@ -215,6 +215,7 @@ class Router:
             sender_blocked=bool(result.get("sender_blocked")),
             legs=[(leg["participant"], leg["interaction"]) for leg in result.get("legs") or ()],
             pin=str(result.get("pin") or ""),
+            outside_window=int(result.get("outside_window") or 0),
         )
 
     async def record_not_relayed(

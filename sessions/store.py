@@ -15,7 +15,7 @@ from core.errors import InvalidParameter, NotFound, PoolError
 from core.ids import new_event_id, new_event_id_base, new_sid
 from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
-from pool.numbers import parse_participant, parse_proxy_number
+from pool.numbers import parse_participant, parse_proxy_number, split_channel
 from sessions.models import MAX_PARTICIPANTS, PIN_DIGITS, Mode, ParticipantRequest, Status
 from sessions.scripts import SESSION_LUA
 
@@ -42,7 +42,10 @@ class SessionStore:
     # -- participants' arguments -------------------------------------------------------------
     async def _participant_args(self, service_sid: str, req: ParticipantRequest) -> list[str]:
         # The Service's country allow-list is enforced inside the script, atomically with the rest.
-        number = parse_participant(req.identifier)
+        # A WhatsApp participant ("whatsapp:+E164") keeps its channel in its identifier: pairs are
+        # per channel address; the pool script gives it a WhatsApp-capable number.
+        channel, address = split_channel(req.identifier)
+        number = parse_participant(address)
         proxy = ""
         if req.proxy_identifier:
             proxy = parse_proxy_number(req.proxy_identifier).e164
@@ -50,7 +53,7 @@ class SessionStore:
             proxy = await self._number_for_sid(service_sid, req.proxy_identifier_sid)
         return [
             new_sid("KP"),
-            number.e164,
+            channel + number.e164,
             number.region,
             number.area,
             proxy,

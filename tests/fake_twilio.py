@@ -225,7 +225,7 @@ class FakeTwilio:
             return _error(400)
         if not (form.get("From") or form.get("MessagingServiceSid")):
             return _error(400, 21603, "A 'From' phone number is required.")
-        if not (form.get("Body") or form.get("MediaUrl")):
+        if not (form.get("Body") or form.get("MediaUrl") or form.get("ContentSid")):
             return _error(400, 21602, "Message body is required.")
         sid = "SM" + secrets.token_hex(16)
         now = format_datetime(datetime.now(UTC), usegmt=True)  # Twilio dates are RFC 2822

@@ -66,6 +66,10 @@ SERVICE_EXTENSIONS = {
         "number left for (instead of error 80208): each gets it with a PIN (Participant `pin`); calls and "
         "texts to it find the session by the PIN. Empty turns it off. docs/relay.md.",
     ),
+    "WhatsAppWindowMessage": (
+        "string",
+        "Maskline: the reply to a text that reached no WhatsApp recipient inside WhatsApp's 24-hour window.",
+    ),
     "RateLimitMessage": (
         "string",
         "Maskline: the reply (or, for a call, what is said) when a limit refuses a text or call.",
@@ -145,6 +149,12 @@ def build() -> dict:
         }
     _blocked(doc)
     _scheduled(doc)
+    numbers = doc["paths"]["/v1/Services/{ServiceSid}/PhoneNumbers"]["post"]["requestBody"]["content"]
+    numbers["application/x-www-form-urlencoded"]["schema"]["properties"]["WhatsApp"] = {
+        "type": "boolean",
+        "description": "Maskline: the number is a WhatsApp sender of the account; WhatsApp participants "
+        "(whatsapp:+E164) get numbers added with WhatsApp=true. Shown as capabilities.whatsapp.",
+    }
     for path, text in WEBHOOKS.items():
         doc["paths"][path] = {
             "post": {
@@ -241,6 +251,15 @@ def _scheduled(doc: dict) -> None:
         "description": "Maskline: send later, at this time (ISO 8601 or epoch seconds, within a year); the answer is "
         "then a ScheduledMessage (status scheduled). Sooner than a second from now: sent at once.",
     }
+    form["properties"]["ContentSid"] = {
+        "type": "string",
+        "description": "Maskline: send a Content API template (HX...) instead of Body/MediaUrl, as Twilio's Messages "
+        "API does; what WhatsApp requires outside its 24-hour window (free-form then gets 63016).",
+    }
+    form["properties"]["ContentVariables"] = {
+        "type": "string",
+        "description": 'Maskline: the template\'s variables, a JSON object (e.g. {"1": "10:00"}); needs ContentSid.',
+    }
     path = {"in": "path", "required": True, "schema": {"type": "string"}}
     service, session = {"name": "ServiceSid", **path}, {"name": "SessionSid", **path}
     doc["components"]["schemas"]["maskline.scheduled_message"] = {
@@ -256,6 +275,8 @@ def _scheduled(doc: dict) -> None:
                 "session_sid",
                 "participant_sid",
                 "body",
+                "content_sid",
+                "content_variables",
                 "send_at",
                 "status",
                 "reason",

@@ -13,16 +13,33 @@ local function pair_key(identifier, proxy, pin)
 end
 local function pins_key(identifier, proxy) return P .. 'pins:' .. identifier .. ':' .. proxy end
 
+-- The pool scopes a number belongs to: its region, its region:area (NANP), and `whatsapp` for a
+-- number that can carry WhatsApp (`wa` = '1'): WhatsApp participants get numbers from that scope,
+-- whatever their country. Each scope has a zset `pool:{scope}` and counts in `regions`.
+local function number_scopes(region, area, wa)
+  local scopes = { region }
+  if area and area ~= '' then scopes[#scopes + 1] = region .. ':' .. area end
+  if wa == '1' then scopes[#scopes + 1] = 'whatsapp' end
+  return scopes
+end
+
+-- A WhatsApp participant ("whatsapp:+E164", Twilio's channel address) or a phone number.
+local function is_whatsapp(identifier) return string.sub(identifier, 1, 9) == 'whatsapp:' end
+-- The phone number under a channel address (block lists hold phone numbers).
+local function bare(identifier)
+  if is_whatsapp(identifier) then return string.sub(identifier, 10) end
+  return identifier
+end
+
 -- Adjust a number's count of live sessions, in its hash and in the pool zsets it belongs to.
 -- ZADD XX INCR never adds a number that left the pool (reserved, or removed meanwhile).
 local function bump_in_use(proxy, delta)
   local nk = P .. 'num:' .. proxy
-  local f = redis.call('HMGET', nk, 'region', 'area')
+  local f = redis.call('HMGET', nk, 'region', 'area', 'wa')
   if not f[1] then return end
   redis.call('HINCRBY', nk, 'in_use', delta)
-  redis.call('ZADD', P .. 'pool:' .. f[1], 'XX', 'INCR', delta, proxy)
-  if f[2] and f[2] ~= '' then
-    redis.call('ZADD', P .. 'pool:' .. f[1] .. ':' .. f[2], 'XX', 'INCR', delta, proxy)
+  for _, scope in ipairs(number_scopes(f[1], f[2], f[3])) do
+    redis.call('ZADD', P .. 'pool:' .. scope, 'XX', 'INCR', delta, proxy)
   end
 end
 
@@ -48,6 +65,10 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
     if redis.call('EXISTS', P .. 'num:' .. explicit) == 0 then
       return nil, 80605, 'ProxyIdentifier ' .. explicit .. ' is not a phone number of this Service'
     end
+    if is_whatsapp(identifier) and redis.call('HGET', P .. 'num:' .. explicit, 'wa') ~= '1' then
+      return nil, 89007, 'ProxyIdentifier ' .. explicit .. ' cannot carry WhatsApp (add it with WhatsApp=true) ' ..
+        'and ' .. identifier .. ' is a WhatsApp participant'
+    end
     if redis.call('EXISTS', pair_key(identifier, explicit)) == 1 then
       return nil, 80604, 'this participant already holds proxy number ' .. explicit ..
         ' in another live or cooling-off session; choose another ProxyIdentifier'
@@ -55,6 +76,7 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
     return explicit
   end
 
+  if is_whatsapp(identifier) then region, area = 'whatsapp', '' end
   local pool, scope = P .. 'pool:' .. region, region
   if geo == 'area-code' and area ~= '' then
     pool, scope = pool .. ':' .. area, region .. ':' .. area
@@ -63,6 +85,9 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
   if total == 0 then
     if redis.call('HLEN', P .. 'regions') == 0 then
       return nil, 80205, 'this Service has no proxy numbers; add some to its pool (PhoneNumbers)'
+    end
+    if region == 'whatsapp' then
+      return nil, 80203, 'no proxy number of this Service can carry WhatsApp; add one with WhatsApp=true'
     end
     if scope ~= region then
       return nil, 80206, 'no proxy number in area code ' .. area .. ' (GeoMatchLevel=area-code); add one to the pool'

@@ -7,13 +7,11 @@
 
 local num = ARGV[1]
 local nk = P .. 'num:' .. num
-local f = redis.call('HMGET', nk, 'region', 'area', 'reserved', 'in_use')
+local f = redis.call('HMGET', nk, 'region', 'area', 'reserved', 'in_use', 'wa')
 if not f[1] then return -1 end
 local in_use = tonumber(f[4]) or 0
 if in_use > 0 then return in_use end
-local scopes = { f[1] }
-if f[2] ~= '' then scopes[2] = f[1] .. ':' .. f[2] end
-for _, s in ipairs(scopes) do
+for _, s in ipairs(number_scopes(f[1], f[2], f[5])) do
   redis.call('HINCRBY', P .. 'regions', s, -1)
   if f[3] == '1' then redis.call('HINCRBY', P .. 'regions', s .. ':r', -1) end
   redis.call('ZREM', P .. 'pool:' .. s, num)

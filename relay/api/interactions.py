@@ -5,9 +5,11 @@ closed_retention_s); once Redis has forgotten the session, the audit log (Postgr
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Any, Final
 
+import orjson
 from aiohttp import web
 
 from audit.queries import interactions_from_audit
@@ -16,7 +18,7 @@ from core.paging import PageRequest, page_of
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.common import session_sid as session_of
-from relay.api.params import check_url, iso, page_args, read_params
+from relay.api.params import Params, check_url, iso, page_args, read_params
 from relay.api.scheduled import SOON_MS, scheduled_view, send_at_ms
 from relay.proactive import send_proactive
 from relay.state import PG, RELAY, SCHEDULED
@@ -32,6 +34,8 @@ MAX_BODY_CHARS = 1600
 MAX_MEDIA = 10
 # The most interactions of one session read back from the audit log or filtered in memory.
 MAX_LOGGED = 10_000
+# A Content API template's sid (ContentSid).
+_CONTENT_SID: Final = re.compile(r"HX[0-9a-fA-F]{32}")
 
 
 def _resource_url(api_url: str, account: str, kind: str, sid: str) -> str | None:
@@ -203,17 +207,42 @@ async def create_message_interaction(request: web.Request) -> web.Response:
     media = [check_url("MediaUrl", url) for url in params.list("MediaUrl") if url]
     if len(media) > MAX_MEDIA:
         raise InvalidParameter(f"MediaUrl may be given at most {MAX_MEDIA} times")
-    if not body and not media:
-        raise MissingParameter("Missing required parameter Body (or MediaUrl)", code=21602)
+    template = _template(params)
+    if not body and not media and not template:
+        raise MissingParameter("Missing required parameter Body (or MediaUrl, or ContentSid)", code=21602)
     data: dict[str, Any] = {"body": body}
     if media:
         data["media"] = media
+    data.update(template)
     at = send_at_ms(params)
     if at is not None and at - int(time.time() * 1000) >= SOON_MS:  # Maskline: send it later
         row = await request.app[SCHEDULED].schedule(ks, session_sid, kp, at, data)
         return json(scheduled_view(request, ks, row), status=201)
     ix = await send_proactive(request.app[RELAY], ks, session_sid, kp, data)
     return json(_message_view(request, ks, kp, ix), status=201)
+
+
+def _template(params: Params) -> dict[str, str]:
+    """A Content API template (Maskline extension, Twilio's Messages API parameters): `ContentSid`
+    (HX...) and optional `ContentVariables` (a JSON object). WhatsApp needs one outside its 24-hour
+    window; Body and MediaUrl are then not sent."""
+    sid = params.str("ContentSid", max_len=64)
+    if not sid:
+        if "ContentVariables" in params:
+            raise InvalidParameter("ContentVariables needs ContentSid (the template to fill in)")
+        return {}
+    if not _CONTENT_SID.fullmatch(sid):
+        raise InvalidParameter(f"ContentSid {sid!r} is not a Content SID (HX followed by 32 hex digits)")
+    template = {"content_sid": sid}
+    if raw := params.str("ContentVariables", max_len=MAX_BODY_CHARS, text=True):
+        try:
+            variables = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            variables = None
+        if not isinstance(variables, dict):
+            raise InvalidParameter('ContentVariables must be a JSON object, e.g. {"1": "10:00"}')
+        template["content_variables"] = raw
+    return template
 
 
 @routes.get(BASE + "/Participants/{ParticipantSid}/MessageInteractions")

@@ -54,6 +54,8 @@ def scheduled_view(request: web.Request, ks: str, row: dict[str, Any]) -> dict[s
         "participant_sid": row["participant_sid"],
         "body": data.get("body") or None,
         "media_url": data.get("media") or [],
+        "content_sid": data.get("content_sid") or None,
+        "content_variables": data.get("content_variables") or None,
         "send_at": iso(row.get("send_at_ms")),
         "status": row.get("status"),
         "reason": row.get("reason") or None,

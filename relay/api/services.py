@@ -8,6 +8,7 @@ from aiohttp import web
 
 from core.errors import Forbidden, InvalidParameter, MissingParameter, NotFound
 from pool.numbers import parse_proxy_number
+from pool.registry import DEFAULT_CAPABILITIES
 from relay.api import render
 from relay.api.common import account_sid, api_key, base_url, json, require, service_sid
 from relay.api.params import Params, page_args, read_params
@@ -34,6 +35,8 @@ OPTION_PARAMS = {
     "ProxyTextsPerMinute": ("proxy_texts_per_minute", "int"),
     "ProxyCallsPerHour": ("proxy_calls_per_hour", "int"),
     "RateLimitMessage": ("rate_limit_message", "text"),
+    # The reply to a text that reached no WhatsApp recipient inside its 24-hour window.
+    "WhatsAppWindowMessage": ("whatsapp_window_message", "text"),
     # Sessions of more than two (sessions/models.MAX_PARTICIPANTS at most).
     "MaxParticipants": ("max_participants", "int"),
     "NamePrefix": ("name_prefix", "bool"),
@@ -191,6 +194,11 @@ async def add_number(request: web.Request) -> web.Response:
         raise MissingParameter(
             "Missing required parameter PhoneNumber (E.164, e.g. +14155550100) or Sid (PN...)"
         )
+    capabilities = incoming.proxy_capabilities if incoming else dict(DEFAULT_CAPABILITIES)
+    if params.bool("WhatsApp"):
+        # Maskline extension: the number is a WhatsApp sender of the account (Twilio's
+        # IncomingPhoneNumbers do not say so): WhatsApp participants get numbers like it.
+        capabilities["whatsapp"] = True
     row = await request.app[NUMBERS].add(
         sid,
         number,
@@ -198,7 +206,7 @@ async def add_number(request: web.Request) -> web.Response:
         friendly_name=params.str("FriendlyName", max_len=64)
         or (incoming.friendly_name if incoming else None),
         sid=incoming.sid if incoming else None,
-        capabilities=incoming.proxy_capabilities if incoming else None,
+        capabilities=capabilities,
     )
     return json(render.phone_number(row, base_url(request), account_sid(request)), status=201)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.ids import new_sid
+from pool.numbers import split_channel
 from relay.webhooks.boundary import Form
 from sessions.models import PIN_DIGITS, Route, leading_pin
 from sessions.routing import MAX_MEDIA, Router
@@ -39,7 +40,10 @@ class Inbound:
         media = tuple(url for i in range(count) if (url := form.get(f"MediaUrl{i}")))
         body = form.get("Body", "")
         pin = leading_pin(body)[0] if body[:1].isspace() or body[:1].isdigit() else ""
-        return cls("message", form.get("From", ""), form.get("To", ""), sid, body, media, form, pin)
+        # WhatsApp: From stays a channel address ("whatsapp:+1...", the participant's identifier),
+        # To is the proxy number ("whatsapp:+1..." -> "+1...").
+        to = split_channel(form.get("To", ""))[1]
+        return cls("message", form.get("From", ""), to, sid, body, media, form, pin)
 
     @classmethod
     def call(cls, form: Form) -> Inbound:

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from pool.numbers import mask
+from pool.numbers import mask, split_channel
 from relay import twiml
 from relay.callbacks import intercept
 from relay.fallbacks import NotRelayed
@@ -114,6 +114,8 @@ async def _render_text(state: RelayState, route: Route, inbound: Inbound) -> tup
     elif route.outcome is Outcome.RATE_LIMITED:
         rate_limited("message")
         answer = Replay.RATE_LIMITED, twiml.reply(opts.rate_limit_message)
+    elif route.outcome is Outcome.OUTSIDE_WINDOW:  # Twilio would refuse it (63016): the sender is told
+        answer = Replay.WINDOW, twiml.reply(opts.whatsapp_window_message)
     elif route.outcome in (Outcome.KEYWORD, Outcome.BLOCKED):  # BLOCKED: the recipient opted out
         answer = Replay.EMPTY, twiml.EMPTY
     else:  # still no session after the out-of-session endpoint's answer
@@ -153,6 +155,8 @@ def _replay(state: RelayState, route: Route, inbound: Inbound) -> str:
             return twiml.say(TEXTS_ONLY_MESSAGE) if voice else twiml.reply(CALLS_ONLY_MESSAGE)
         case Replay.RATE_LIMITED:
             return twiml.say(opts.rate_limit_message) if voice else twiml.reply(opts.rate_limit_message)
+        case Replay.WINDOW:
+            return twiml.reply(opts.whatsapp_window_message)
         case Replay.OUT_OF_SESSION:
             return out_of_session.default_answer(opts, inbound.kind)
         case _:  # in flight, empty, the endpoint's own TwiML (not kept), or records gone
@@ -185,24 +189,32 @@ def _text_body(route: Route, inbound: Inbound, out: dict[str, Any]) -> str:
     return body
 
 
+def _sender(out: dict[str, Any]) -> str:
+    """The `from` of a text to participant `out`: their proxy number, on their channel (WhatsApp:
+    "whatsapp:+1...")."""
+    channel = split_channel(out["identifier"])[0]
+    return channel + str(out["proxy_identifier"])
+
+
 def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
-    if route.legs:  # a session of more than two: every other participant, from their proxy number
-        return twiml.messages(
-            [
-                (
-                    out["identifier"],
-                    out["proxy_identifier"],
-                    _text_body(route, inbound, out),
-                    inbound.media,
-                    _status_url(state, route, "/twilio/status/message", ix.get("sid", "")),
-                )
-                for out, ix in route.legs
-            ]
-        )
+    if route.legs or route.outside_window:  # a session of more than two: every other participant
+        legs: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
+            (
+                out["identifier"],
+                _sender(out),
+                _text_body(route, inbound, out),
+                inbound.media,
+                _status_url(state, route, "/twilio/status/message", ix.get("sid", "")),
+            )
+            for out, ix in route.legs or [(route.outbound, route.interaction)]
+        ]
+        if route.outside_window:  # some were left out (WhatsApp's window): the sender is told
+            legs.append(("", "", route.options.whatsapp_window_message, (), None))
+        return twiml.messages(legs)
     out = route.outbound
     return twiml.message(
         to=out["identifier"],
-        from_=out["proxy_identifier"],
+        from_=_sender(out),
         body=_text_body(route, inbound, out),
         media=inbound.media,
         status_callback=_status_url(state, route, "/twilio/status/message"),

@@ -26,7 +26,7 @@ if count >= most then
   return fail(80609, 'Session ' .. sid .. ' already has ' .. count .. ' participants (at most ' .. most ..
     ' in this Service: MaxParticipants)')
 end
-if redis.call('SISMEMBER', P .. 'blocked', ident) == 1 then
+if redis.call('SISMEMBER', P .. 'blocked', bare(ident)) == 1 then
   return fail(89003, 'participant ' .. ident .. ' is blocked in this Service')
 end
 local countries = svc_field('allowed_countries', '')

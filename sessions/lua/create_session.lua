@@ -41,7 +41,7 @@ for i = 0, n - 1 do
   local kp, ident, region, area, explicit = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
   if seen[ident] then return fail(80103, 'participant ' .. ident .. ' appears twice in this Session') end
   seen[ident] = true
-  if redis.call('SISMEMBER', P .. 'blocked', ident) == 1 then
+  if redis.call('SISMEMBER', P .. 'blocked', bare(ident)) == 1 then
     return fail(89003, 'participant ' .. ident .. ' is blocked in this Service')
   end
   if countries ~= '' and not string.find(countries, ',' .. region .. ',', 1, true) then

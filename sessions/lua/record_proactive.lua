@@ -6,16 +6,27 @@
 -- ARGV[3]  session sid (KC)
 -- ARGV[4]  participant sid (KP)
 -- ARGV[5]  interaction sid (KI)
--- ARGV[6]  data (JSON text: {"body": ..., "media": [...]})
+-- ARGV[6]  data (JSON text: {"body": ..., "media": [...]} or {"content_sid": ..., "content_variables": ...})
+-- ARGV[7]  '1' a WhatsApp template (ContentSid: allowed outside the 24-hour window), '' free-form
 -- Returns JSON {interaction = the record, participant = its hash} or {e, m}:
 --   20404 no such session / participant in it; 80607 the session is closed;
---   21610 the participant opted out of texts from their proxy number.
+--   21610 the participant opted out of texts from their proxy number;
+--   63016 a free-form message to a WhatsApp participant outside its 24-hour window (no message
+--         from them to their proxy number in 24 h): refused as Twilio would, audited
+--         (`message.refused`), nothing else written.
 
 local now = now_ms(ARGV[1])
 local sid, kp, ki = ARGV[3], ARGV[4], ARGV[5]
 local sk = P .. 'sess:' .. sid
 local sess, part = text_target(sid, kp, 'sent')
 if not sess then return part end
+if ARGV[7] ~= '1' and is_whatsapp(part.identifier) and
+   redis.call('EXISTS', P .. 'wa:' .. part.identifier .. ':' .. part.proxy_identifier) == 0 then
+  emit(ARGV[2], 'message.refused', now, { session_sid = sid, participant_sid = kp, code = 63016,
+    numbers = { part.identifier, part.proxy_identifier } })
+  return fail(63016, 'Outside messaging window: participant ' .. kp .. ' has not written to ' ..
+    part.proxy_identifier .. ' on WhatsApp in the last 24 hours; send a WhatsApp template (ContentSid) instead')
+end
 if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
 redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
 sess.last_activity_ms = now

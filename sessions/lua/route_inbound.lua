@@ -28,13 +28,17 @@
 --   mode        {session}                      the session's mode refuses this kind
 --   keyword     {keyword, ...relay fields}     STOP / START / HELP: never relayed; recorded
 --   blocked     {...relay fields}              the recipient opted out of texts from that number
+--   outside_window {...relay fields}          every recipient is a WhatsApp participant outside its
+--               24-hour window (no message from them to their proxy number in 24 h): never
+--               relayed (Twilio would refuse it: 63016); recorded, the sender is told
 --   rate_limited {...relay fields}             the sender or the proxy number is over the
 --               Service's limits (texts per minute, calls per hour): never relayed; recorded, and
 --               an interaction.rate_limited event besides interaction.created
 --   relay       {session, inbound, outbound, interaction}; a text in a session of more than two
 --               participants also carries `legs`: [{participant, interaction}] for every other
 --               participant who has not opted out (one interaction each; the first is `interaction`)
---   (keyword, blocked and relay also carry `interaction`: the record as stored)
+--   (keyword, blocked and relay also carry `interaction`: the record as stored; relay carries
+--   `outside_window`: how many other recipients were left out for their closed WhatsApp window)
 -- Every outcome carries `svc`: the Service's relay settings by name (RELAY_SETTING_FIELDS, false
 -- when unset), so the webhook needs no second round trip.
 
@@ -79,8 +83,13 @@ if resource ~= '' then
   redis.call('SET', seen, ':' .. ki, 'EX', tonumber(ARGV[10]))
 end
 
-if redis.call('SISMEMBER', P .. 'blocked', from) == 1 then
+if redis.call('SISMEMBER', P .. 'blocked', bare(from)) == 1 then
   return done({ outcome = 'no_session', sender_blocked = true })
+end
+-- A WhatsApp user who writes to a number opens (or renews) WhatsApp's 24-hour window for free-form
+-- messages from that number to them.
+if kind == 'message' and is_whatsapp(from) then
+  redis.call('SET', P .. 'wa:' .. from .. ':' .. to, now, 'PX', 86400000)
 end
 -- PIN mode: `to` is the Service's shared FallbackNumber. From's live PINs on it decide: none,
 -- never connected; locked out after wrong PINs, refused; the PIN given, that session; one live PIN
@@ -157,11 +166,13 @@ end
 -- Two participants: the other one. More: a text goes to every other participant (legs below); a
 -- call to the first of them to have joined (docs/relay.md says why).
 local outbound = others[1]
-if (kind == 'voice' and sess.mode == 'message-only') or (kind == 'message' and sess.mode == 'voice-only') then
+-- A WhatsApp participant cannot be called (nor call): voice is refused as by a message-only session.
+if (kind == 'voice' and (sess.mode == 'message-only' or is_whatsapp(outbound.identifier) or is_whatsapp(from))) or
+   (kind == 'message' and sess.mode == 'voice-only') then
   return done({ outcome = 'mode', session = sess })
 end
 
-local outcome = 'relay'
+local outcome, outside_window = 'relay', 0
 if kind == 'message' then
   if keyword == 'optout' then
     redis.call('SET', P .. 'optout:' .. from .. ':' .. to, now)
@@ -173,15 +184,20 @@ if kind == 'message' then
   elseif keyword == 'help' then
     outcome = 'keyword'
   else
-    -- Recipients: every other participant who has not opted out of texts from their proxy number.
+    -- Recipients: every other participant who has not opted out of texts from their proxy number
+    -- and, on WhatsApp, is inside the 24-hour window with it.
     local recipients = {}
     for _, o in ipairs(others) do
       if redis.call('EXISTS', P .. 'optout:' .. o.identifier .. ':' .. o.proxy_identifier) == 0 then
-        recipients[#recipients + 1] = o
+        if is_whatsapp(o.identifier) and redis.call('EXISTS', P .. 'wa:' .. o.identifier .. ':' .. o.proxy_identifier) == 0 then
+          outside_window = outside_window + 1
+        else
+          recipients[#recipients + 1] = o
+        end
       end
     end
     if #recipients == 0 then
-      outcome = 'blocked'
+      outcome = outside_window > 0 and 'outside_window' or 'blocked'
     else
       others = recipients
       outbound = recipients[1]
@@ -223,7 +239,7 @@ local message = kind == 'message'
 -- One interaction per recipient: a call, or a text in a two-party session, has one; a text in a
 -- larger session one per other participant (legs 2.. take sids derived from the first's).
 local targets = { outbound }
-if message and #others > 1 and outcome ~= 'blocked' then targets = others end
+if message and #others > 1 and outcome ~= 'blocked' and outcome ~= 'outside_window' then targets = others end
 local legs, ix = {}, nil
 for j, target in ipairs(targets) do
   local leg = j == 1 and ki or leg_sid(ki, j)
@@ -259,5 +275,5 @@ if resource ~= '' then
 end
 return done({
   outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
-  interaction = ix, legs = #legs > 1 and legs or nil,
+  interaction = ix, legs = #legs > 1 and legs or nil, outside_window = outside_window,
 })
