@@ -26,6 +26,7 @@ log = logging.getLogger("maskline.scheduler")
 
 INTERVAL_S: Final = 0.1
 # Why a due message could not be sent, by the error record_proactive.lua gave.
+OUTSIDE_WINDOW: Final = 63016
 _CANCELED: Final = {80607: "session_closed", 21610: "opted_out", 20404: "participant_removed"}
 
 
@@ -70,6 +71,9 @@ class Scheduler:
                 await self.store.finish(ks, km, "failed", reason=f"twilio_{err.code}")
                 return
             except MasklineError as err:  # nothing was sent: the session no longer allows it
+                if err.code == OUTSIDE_WINDOW:  # WhatsApp's 24-hour window is closed: a template was needed
+                    await self.store.finish(ks, km, "failed", reason="outside_window_63016")
+                    return
                 await self.store.finish(
                     ks, km, "canceled", reason=_CANCELED.get(err.code, f"error_{err.code}")
                 )

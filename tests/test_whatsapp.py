@@ -4,12 +4,15 @@ number, relays WhatsApp <-> SMS with the right `to`/`from` forms, WhatsApp's 24-
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
 from relay_harness import COURIER, CUSTOMER, HOST, PROXY_A, PROXY_B, Relay, events_of, parse
 
 from core import keys
+from relay.scheduler import Scheduler
+from relay.state import RELAY, SCHEDULED
 
 WA_CUSTOMER = "whatsapp:" + CUSTOMER
 WA_HOST = "whatsapp:" + HOST
@@ -99,6 +102,19 @@ async def test_outside_the_window_free_form_gets_63016_and_a_template_goes_out(r
     later = {"ContentSid": TEMPLATE, "SendAt": str(int(time.time()) + 3600)}
     status, body = await relay.api("POST", path, later)
     assert status == 201 and body["status"] == "scheduled" and body["content_sid"] == TEMPLATE
+
+    # A free-form one scheduled for the host fails when due: the window is still closed.
+    soon = {"Body": "see you", "SendAt": f"{time.time() + 1.2:.3f}"}
+    status, free = await relay.api("POST", path, soon)
+    assert status == 201 and free["status"] == "scheduled"
+    await asyncio.sleep(1.3)
+    assert relay.runner is not None
+    app = relay.runner.app
+    assert await Scheduler(app[RELAY], app[SCHEDULED]).run_once() == 1
+    status, done = await relay.api(
+        "GET", f"/v1/Services/{ks}/Sessions/{sess['sid']}/ScheduledMessages/{free['sid']}"
+    )
+    assert done["status"] == "failed" and done["reason"] == "outside_window_63016"
 
     status, body = await relay.api("POST", path, {"ContentSid": "HXnope"})
     assert status == 400 and body["code"] == 20422 and "ContentSid" in body["message"]
