@@ -74,6 +74,9 @@ class Settings:
     # The sweeper and the audit writer run where their lease is held (core/lease.py): a holder
     # that dies is replaced within this many seconds (plus a third of it).
     lease_ttl_s: float = 10.0
+    # A scheduled message's send claim (sessions/scheduled.py): a sender that dies mid-send leaves
+    # its claimed messages `failed` (sender_died) this many seconds later; never sent twice.
+    schedule_claim_s: float = 60.0
     # API key logins (relay/credentials.py). Failed logins allowed per client address and per key
     # SID in each window, then 429 until the window ends (0: no limit); scrypt threads and hash
     # jobs in flight (one more answers 429); how long a verified key is trusted before Postgres is

@@ -109,7 +109,9 @@ def create_app(
         app[VERIFIER] = key_verifier(settings, p, r)  # login limiter on this Redis, scrypt threads
         app[API_LIMITS] = RequestLimiter(r, per_second=settings.api_rate_limit)
         app[SESSIONS] = SessionStore(r, scripts=scripts, clock=clock)
-        app[SCHEDULED] = ScheduledMessages(r, scripts=scripts, clock=clock)
+        app[SCHEDULED] = ScheduledMessages(
+            r, scripts=scripts, clock=clock, claim_ms=int(settings.schedule_claim_s * 1000)
+        )
 
         async def erase(number: str, actor: str) -> str:
             return await erase_in_words(r, p, number, actor)

@@ -131,7 +131,7 @@ class NumberRegistry:
             number.region,
             number.area,
             "1" if row["is_reserved"] else "0",
-            "1" if (row.get("capabilities") or {}).get("whatsapp") else "0",
+            "1" if _capabilities(row).get("whatsapp") else "0",
         )
         await self.redis.set(keys.proxy_owner(number.e164), row["service_sid"])
         return int(in_use)
@@ -189,6 +189,12 @@ class NumberRegistry:
 
     async def _in_use(self, service_sid: str, e164: str) -> int:
         return int(await self.redis.hget(keys.number(service_sid, e164), "in_use") or 0)
+
+
+def _capabilities(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's capabilities, whether read through _row (a dict) or raw (JSON text)."""
+    caps = row.get("capabilities") or {}
+    return orjson.loads(caps) if isinstance(caps, str | bytes) else dict(caps)
 
 
 def _event_view(row: dict[str, Any]) -> dict[str, Any]:

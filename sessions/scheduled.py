@@ -32,11 +32,19 @@ CLAIM_MS: Final = 60_000
 
 class ScheduledMessages:
     def __init__(
-        self, redis: aioredis.Redis, *, scripts: Scripts | None = None, clock: Clock = SYSTEM
+        self,
+        redis: aioredis.Redis,
+        *,
+        scripts: Scripts | None = None,
+        clock: Clock = SYSTEM,
+        claim_ms: int = CLAIM_MS,
     ) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts(redis, SESSION_LUA)
         self.clock = clock
+        # How long a sender's claim on a due message lasts: past it, a sender that died mid-send
+        # leaves the message failed (sender_died). Longer than a send with its retries takes.
+        self.claim_ms = claim_ms
 
     async def schedule(
         self, service_sid: str, session_sid: str, participant_sid: str, send_at_ms: int, data: dict[str, Any]
@@ -83,10 +91,14 @@ class ScheduledMessages:
         )
 
     async def claim_due(
-        self, service_sid: str, *, limit: int = 200, claim_ms: int = CLAIM_MS
+        self, service_sid: str, *, limit: int = 200, claim_ms: int | None = None
     ) -> builtins.list[dict[str, Any]]:
         raw = await self.scripts.call(
-            "claim_due", keys.service_prefix(service_sid), self.clock.script_now(), limit, claim_ms
+            "claim_due",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            limit,
+            self.claim_ms if claim_ms is None else claim_ms,
         )
         claimed: builtins.list[dict[str, Any]] = orjson.loads(raw)
         return claimed

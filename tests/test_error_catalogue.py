@@ -46,8 +46,9 @@ def test_the_catalogue_is_twilios_codes_or_maskline_s_own_range() -> None:
         assert 10000 <= code <= 99999 and 400 <= status <= 599 and title
         if code in MASKLINE_CODES:
             continue
-        # Twilio's families used here: REST (20xxx), Messaging (21xxx), Proxy (80xxx).
-        assert code // 1000 in (20, 21, 80), code
+        # Twilio's families used here: REST (20xxx), Messaging (21xxx), channels such as
+        # WhatsApp (63xxx), Proxy (80xxx).
+        assert code // 1000 in (20, 21, 63, 80), code
 
 
 def test_docs_errors_md_lists_exactly_the_catalogue() -> None:
