@@ -1,8 +1,10 @@
 """`maskline bench scheduled`: N scheduled messages spread over S seconds (default 100,000 over 300 s)
-delivered by a worker (`maskline serve`'s app, background duties on: the scheduler under its lease)
-to a fake Twilio that notes when each arrives. Prints the drift (arrival - send_at) p50/p99/max,
-how many arrived twice (target 0) and how many never arrived (target 0), and the relay throughput
-(signed inbound SMS, closed loop) before and while the messages fire (target: <= 10 % lower).
+delivered by the duties process (`maskline serve --duties-only`: the scheduler under its lease, as
+`maskline serve --workers N` runs it beside N webhook workers started with --no-duties) to a fake
+Twilio that notes when each arrives. Prints the drift (arrival - send_at) p50/p99/max, how many
+arrived twice (target 0) and how many never arrived (target 0), and the relay throughput of the
+webhook worker (signed inbound SMS, closed loop; the worker pinned to a core of its own) before and
+while the messages fire (target: <= 10 % lower).
 
 Data: Redis DB --redis-db (default 9, flushed) and Postgres database maskline_bench_relay."""
 
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +24,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _spawn, _stop, _wait_ready
-from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, pyload, write_requests
+from bench import relay_load
+from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _stop, _wait_ready
+from bench.relay_load import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    WRK_SCRIPT,
+    cpu_seconds,
+    pin,
+    pyload,
+    write_requests,
+    wrk_run,
+)
 
 __all__ = ["main"]
 
@@ -73,6 +86,29 @@ async def _statuses(redis_url: str) -> Counter[str]:
         await redis.aclose()
 
 
+def _busy_cores(cores: set[int]) -> float:
+    """CPU seconds `cores` have been busy so far (from /proc/stat)."""
+    busy = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            values = [int(v) for v in fields]
+            busy += (sum(values) - values[3] - values[4]) / tick  # all but idle and iowait
+    return busy
+
+
+def _serve(flags: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`maskline serve --workers 1` with `flags`, as an operator runs it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskline", "serve", "--workers", "1", *flags],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
 def _spawn_fake(port: int, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "bench.scheduled", "--port", str(port), "--out", str(out)], cwd=ROOT
@@ -108,24 +144,55 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         "MASKLINE_EMBEDDED": "never",
         "MASKLINE_LOG_LEVEL": "WARNING",
     }
-    worker = _spawn("worker", port, env)
+    # As `maskline serve --workers N` runs them: a webhook worker that answers HTTP only, and the
+    # duties process (the scheduler under its lease) apart from it.
+    worker = _serve(["--no-duties", "--port", str(port)], env)
+    duties = _serve(["--duties-only"], env)
+    use_wrk = shutil.which("wrk") is not None
+    script = tmp / "wrk.lua"
+    script.write_text(WRK_SCRIPT)
     try:
         await _wait_ready(port, worker)
         await _wait_ready(fake_port, fake)
+        cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        rest = set(cores[:-1])
+        if rest:  # the worker on a core of its own; duties, fake Twilio and load on the rest
+            pin(worker.pid, {cores[-1]})
+            for pid in (duties.pid, fake.pid, os.getpid()):
+                pin(pid, rest)
+            relay_load.LOAD_CORES.update(rest)
+            print(
+                f"pinned: webhook worker on core {cores[-1]}; duties, fake Twilio and load on {sorted(rest)}"
+            )
         url = f"http://127.0.0.1:{port}/twilio/sms"
         files = {name: tmp / f"{name}.txt" for name in ("idle", "firing")}
         for run, path in enumerate(files.values()):
             write_requests(path, url, pairs, 60_000, 40 + run)
+
+        async def closed_loop(path: Path) -> dict[str, float]:
+            """The run's figures, with the worker's CPU per relayed text and the busy share of
+            the other cores (Redis, Postgres, the duties, the fake Twilio and the load share them)."""
+            cpu0, busy0 = cpu_seconds(worker.pid), _busy_cores(rest)
+            if use_wrk:
+                result = await wrk_run(port, path, script, duration_s=LOAD_S, connections=32)
+            else:
+                result = await pyload(port, path, duration_s=LOAD_S, connections=32)
+            relayed = result["rps"] * LOAD_S
+            result["cpu_us"] = (cpu_seconds(worker.pid) - cpu0) / relayed * 1e6 if relayed else float("nan")
+            result["others_busy"] = (_busy_cores(rest) - busy0) / LOAD_S / max(1, len(rest))
+            return result
+
         lead_s = max(25.0, count / 4000 + LOAD_S + 5)
         started = time.time()
         t0, n_sessions = await _schedule_all(redis_url, count, spread_s, lead_s)
         print(f"scheduled {count:,} messages over {n_sessions:,} sessions in {time.time() - started:.0f} s")
-        idle = await pyload(port, files["idle"], duration_s=LOAD_S, connections=32)
+        idle = await closed_loop(files["idle"])
         await asyncio.sleep(max(0.0, t0 + spread_s / 3 - time.time()))
-        firing = await pyload(port, files["firing"], duration_s=LOAD_S, connections=32)
+        firing = await closed_loop(files["firing"])
         await asyncio.sleep(max(0.0, t0 + spread_s + 20 - time.time()))
     finally:
         _stop(worker)
+        _stop(duties)
         fake.send_signal(signal.SIGTERM)
         fake.wait(timeout=30)
     arrivals: dict[int, list[float]] = {}
@@ -147,6 +214,12 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     print(
         f"relay while they fire: {firing['rps']:.0f} req/s vs {idle['rps']:.0f} before ({change:+.1%}; "
         f"target >= -10 %); p99 {firing['p99_ms']:.1f} ms vs {idle['p99_ms']:.1f} ms"
+    )
+    cpu_change = firing["cpu_us"] / idle["cpu_us"] - 1 if idle["cpu_us"] else float("nan")
+    print(
+        f"webhook worker CPU per relayed text: {firing['cpu_us']:.0f} us while they fire vs "
+        f"{idle['cpu_us']:.0f} us before ({cpu_change:+.1%}); the other cores busy "
+        f"{firing['others_busy']:.0%} vs {idle['others_busy']:.0%} (Redis, Postgres, duties, fake Twilio, load)"
     )
     return 0 if twice == 0 and missed == 0 else 1
 

@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes on the port (default MASKLINE_WORKERS or 1); more than 1: a supervisor "
         "restarts dead workers, SIGHUP reloads them one by one, SIGTERM stops them gracefully",
     )
+    serve.add_argument(
+        "--no-duties",
+        action="store_true",
+        help="answer HTTP only: no sweeper, scheduler, recovery watchdog or audit writer in this process "
+        "(run them elsewhere: `maskline serve --duties-only`; --workers N does this by itself)",
+    )
+    serve.add_argument(
+        "--duties-only",
+        action="store_true",
+        help="run the background duties (sweeper, scheduler, recovery watchdog, audit writer, each under "
+        "its lease) and no HTTP server",
+    )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # a supervised worker
 
     from maskline.dev import add_arguments as dev_arguments
@@ -304,7 +316,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print("maskline: --workers must be at least 1", file=sys.stderr)
         return 2
     if workers > 1:
-        from maskline.workers import supervise, worker_argv, worker_env
+        from maskline.workers import duties_argv, supervise, worker_argv, worker_env
 
         env = worker_env(
             {
@@ -314,16 +326,28 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
         argv = worker_argv(settings.host, settings.port, no_audit_writer=args.no_audit_writer)
-        return await supervise(argv, env, workers=workers, host=settings.host, port=settings.port)
-    app = create_app(settings, audit_writer=not args.no_audit_writer)
+        duties = None if args.no_duties else duties_argv(no_audit_writer=args.no_audit_writer)
+        return await supervise(
+            argv, env, workers=workers, host=settings.host, port=settings.port, duties=duties
+        )
+    if args.no_duties and args.duties_only:
+        print("maskline: --no-duties and --duties-only exclude each other", file=sys.stderr)
+        return 2
+    if args.no_duties:
+        app = create_app(settings, background=False, recovery=False)
+    else:
+        app = create_app(settings, audit_writer=not args.no_audit_writer)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=args.reuse_port or None)
-    await site.start()
-    print(
-        f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})",
-        flush=True,
-    )
+    await runner.setup()  # starts the duties (cleanup contexts), whether or not a port follows
+    if args.duties_only:
+        print("maskline running the background duties (no HTTP server)", flush=True)
+    else:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=args.reuse_port or None)
+        await site.start()
+        print(
+            f"maskline serving on http://{settings.host}:{settings.port} (public URL {settings.public_url})",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -8,9 +8,11 @@ spreads connections over them), kept alive by this supervisor.
   to stop, so no webhook finds the port closed;
 - workers die with the supervisor (PR_SET_PDEATHSIG), even when it is killed with SIGKILL.
 
-Each worker is `maskline serve --workers 1 --reuse-port` with the resolved settings in its
-environment (the embedded servers, if any, are the supervisor's). The sweeper and the audit writer
-run in one of them at a time (core/lease.py)."""
+Each worker is `maskline serve --workers 1 --reuse-port --no-duties` with the resolved settings in
+its environment (the embedded servers, if any, are the supervisor's): it answers HTTP and nothing
+else. The background duties (sweeper, scheduler, audit writer, recovery watchdog) run in one more
+process, `maskline serve --duties-only` (no port), kept alive the same way: they never take CPU
+from the processes answering webhooks, and still run once across hosts (core/lease.py)."""
 
 from __future__ import annotations
 
@@ -41,19 +43,25 @@ def _die_with_parent() -> None:  # runs in the child, before exec
 
 
 class _Workers:
-    def __init__(self, argv: list[str], env: Mapping[str, str], host: str, port: int) -> None:
+    def __init__(
+        self, argv: list[str], env: Mapping[str, str], host: str, port: int, duties: list[str] | None = None
+    ) -> None:
         self.argv, self.env, self.host, self.port = argv, dict(env), host, port
+        self.duties = duties  # the duties process' argv (None: the workers run the duties)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.argvs: dict[int, list[str]] = {}  # pid -> what it runs
         self.retired: set[int] = set()  # stopped on purpose by a reload: not restarted
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = False
 
-    async def start(self) -> asyncio.subprocess.Process:
+    async def start(self, argv: list[str] | None = None) -> asyncio.subprocess.Process:
+        argv = argv or self.argv
         proc = await asyncio.create_subprocess_exec(
-            *self.argv, env=self.env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+            *argv, env=self.env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
         )
         self.procs[proc.pid] = proc
-        log.info("worker %d started", proc.pid)
+        self.argvs[proc.pid] = argv
+        log.info("%s %d started", "duties process" if argv is self.duties else "worker", proc.pid)
         return proc
 
     async def ready(self, proc: asyncio.subprocess.Process) -> bool:
@@ -86,11 +94,13 @@ class _Workers:
         self.procs.pop(proc.pid, None)
 
     async def reload(self) -> None:
-        """Replace every worker, one at a time, the new one listening before the old one stops."""
+        """Replace every worker, one at a time, the new one listening before the old one stops
+        (the duties process: the new one takes the leases over once the old one gave them back)."""
         for old in list(self.procs.values()):
-            new = await self.start()
+            argv = self.argvs.get(old.pid, self.argv)
+            new = await self.start(argv)
             self.tasks.append(asyncio.get_running_loop().create_task(self.keep(new)))
-            if not await self.ready(new):
+            if argv is not self.duties and not await self.ready(new):
                 log.error("worker %d did not become ready; keeping %d", new.pid, old.pid)
                 continue
             self.retired.add(old.pid)
@@ -106,15 +116,25 @@ class _Workers:
             self.procs.pop(proc.pid, None)
             if self.stopping or proc.pid in self.retired:
                 return
-            log.warning("worker %d exited (%s); starting another", proc.pid, code)
+            argv = self.argvs.pop(proc.pid, self.argv)
+            log.warning("process %d exited (%s); starting another", proc.pid, code)
             if time.monotonic() - started < _QUICK_DEATH_S:
                 await asyncio.sleep(1.0)
-            proc = await self.start()
+            proc = await self.start(argv)
 
 
-async def supervise(argv: list[str], env: Mapping[str, str], *, workers: int, host: str, port: int) -> int:
-    """Run `workers` copies of `argv` until SIGTERM/SIGINT; SIGHUP reloads them one by one."""
-    pool = _Workers(argv, env, host, port)
+async def supervise(
+    argv: list[str],
+    env: Mapping[str, str],
+    *,
+    workers: int,
+    host: str,
+    port: int,
+    duties: list[str] | None = None,
+) -> int:
+    """Run `workers` copies of `argv` (and the `duties` process, if given) until SIGTERM/SIGINT;
+    SIGHUP reloads them one by one."""
+    pool = _Workers(argv, env, host, port, duties)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -122,7 +142,12 @@ async def supervise(argv: list[str], env: Mapping[str, str], *, workers: int, ho
     loop.add_signal_handler(signal.SIGHUP, lambda: pool.tasks.append(loop.create_task(pool.reload())))
     for _ in range(workers):
         pool.tasks.append(loop.create_task(pool.keep(await pool.start())))
-    print(f"maskline supervising {workers} workers on http://{host}:{port} (SIGHUP reloads)", flush=True)
+    if duties is not None:
+        pool.tasks.append(loop.create_task(pool.keep(await pool.start(duties))))
+    extra = " and a duties process" if duties is not None else ""
+    print(
+        f"maskline supervising {workers} workers{extra} on http://{host}:{port} (SIGHUP reloads)", flush=True
+    )
     await stop.wait()
     pool.stopping = True
     print("maskline stopping its workers", flush=True)
@@ -133,8 +158,16 @@ async def supervise(argv: list[str], env: Mapping[str, str], *, workers: int, ho
 
 
 def worker_argv(host: str, port: int, *, no_audit_writer: bool) -> list[str]:
-    argv = [sys.executable, "-m", "maskline", "serve", "--workers", "1", "--reuse-port"]
+    """A webhook worker: HTTP only (the duties run in the duties process)."""
+    argv = [sys.executable, "-m", "maskline", "serve", "--workers", "1", "--reuse-port", "--no-duties"]
     argv += ["--host", host, "--port", str(port)]
+    return argv + (["--no-audit-writer"] if no_audit_writer else [])
+
+
+def duties_argv(*, no_audit_writer: bool) -> list[str]:
+    """The duties process: sweeper, scheduler, recovery watchdog and (unless told not to) the
+    audit writer, each under its lease; no port."""
+    argv = [sys.executable, "-m", "maskline", "serve", "--workers", "1", "--duties-only"]
     return argv + (["--no-audit-writer"] if no_audit_writer else [])
 
 
