@@ -35,7 +35,7 @@ CLUSTER_TESTS := tests/test_pool.py tests/test_lifecycle.py tests/test_routing.p
 	tests/test_relay_retries.py tests/test_interactions_history.py tests/test_audit_writer.py \
 	tests/test_erasure.py tests/test_recovery.py tests/test_lease.py tests/test_scheduled.py \
 	tests/test_multiparty.py tests/test_blocklist.py tests/test_abuse_limits.py tests/test_console.py \
-	tests/test_pin_fallback.py tests/test_whatsapp.py
+	tests/test_pin_fallback.py tests/test_whatsapp.py tests/test_recovery_pin_scheduled.py
 
 test-cluster: install
 	MASKLINE_TEST_REDIS=cluster $(BIN)/python -m pytest $(CLUSTER_TESTS) $(ARGS)

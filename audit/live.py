@@ -22,7 +22,14 @@ from audit.chain import ts_from_ms, ts_to_ms
 from audit.cipher import reveal
 from audit.subjects import lookup_subjects, tokens_in
 
-__all__ = ["LoggedSession", "CoolingPair", "live_sessions", "cooling_pairs", "ACTIVITY_OUTCOMES"]
+__all__ = [
+    "LoggedSession",
+    "CoolingPair",
+    "live_sessions",
+    "cooling_pairs",
+    "pending_scheduled",
+    "ACTIVITY_OUTCOMES",
+]
 
 SESSION_TYPES: Final = ("session.created", "session.updated", "session.closed", "session.deleted")
 LIVE_TYPES: Final = ("session.created", "session.updated")
@@ -63,6 +70,18 @@ SELECT ts, seq, type, session_sid, numbers, data
  ORDER BY ts, seq
 """
 RELEASE_TYPES: Final = ("session.closed", "participant.removed")
+# Per scheduled message, its latest event; those whose latest is its creation were still to go
+# out as far as the log knows (claiming it for sending emits nothing; sending it, `sent`).
+SELECT_SCHEDULED: Final = """
+SELECT * FROM (
+    SELECT DISTINCT ON (data::jsonb ->> 'sid') ts, seq, type, session_sid, numbers, data
+      FROM audit_events
+     WHERE service_sid = $1 AND type LIKE 'scheduled_message.%'
+     ORDER BY data::jsonb ->> 'sid', ts DESC, seq DESC
+) latest
+ WHERE type = 'scheduled_message.created'
+ ORDER BY ts, seq
+"""
 
 
 @dataclass
@@ -84,6 +103,7 @@ class CoolingPair:
     identifier: str
     proxy_identifier: str
     released_ms: int
+    pin: str = ""  # PIN mode: the PIN the pair was held with on the shared number
 
 
 def _text(value: Any) -> str:
@@ -91,7 +111,7 @@ def _text(value: Any) -> str:
 
 
 def _participant(p: dict[str, Any]) -> dict[str, str]:
-    keep = ("sid", "identifier", "proxy_identifier", "friendly_name", "created_ms", "updated_ms")
+    keep = ("sid", "identifier", "proxy_identifier", "friendly_name", "created_ms", "updated_ms", "pin")
     return {k: _text(p.get(k)) for k in keep}
 
 
@@ -189,6 +209,7 @@ async def cooling_pairs(pg: asyncpg.Pool, service_sid: str, *, since_ms: int) ->
                         str(p["identifier"]),
                         str(p["proxy_identifier"]),
                         ts_to_ms(r["ts"]),
+                        _text(p.get("pin")),
                     )
                 )
     return found
@@ -199,3 +220,19 @@ def _int(value: Any) -> int:
         return int(value or 0)
     except (TypeError, ValueError):
         return 0
+
+
+async def pending_scheduled(pg: asyncpg.Pool, service_sid: str) -> list[dict[str, str]]:
+    """The Service's scheduled messages the log last saw `scheduled`, oldest first: {sid,
+    session_sid, participant_sid, data (JSON text, body decrypted), send_at_ms, created_ms}."""
+    async with pg.acquire() as conn:
+        rows = await conn.fetch(SELECT_SCHEDULED, service_sid)
+        if not rows:
+            return []
+        datas = await _revealed(conn, rows)
+    keep = ("sid", "session_sid", "participant_sid", "data", "send_at_ms", "created_ms")
+    return [
+        {k: _text(d.get(k)) for k in keep}
+        for d in datas
+        if isinstance(d, dict) and d.get("sid") and d.get("session_sid") and d.get("participant_sid")
+    ]

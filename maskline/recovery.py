@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import WatchError
 
-from audit.live import CoolingPair, LoggedSession, cooling_pairs, live_sessions
+from audit.live import CoolingPair, LoggedSession, cooling_pairs, live_sessions, pending_scheduled
 from audit.subjects import ERASED
 from core import keys
 from core.clock import SYSTEM, Clock
@@ -61,6 +61,7 @@ class RebuildReport:
     erased: int = 0  # participants whose number was erased: not restorable
     skipped: int = 0  # participants whose pair another session took, or whose number left the pool
     cooling: int = 0  # pairs set cooling off again
+    scheduled: Counter[str] = field(default_factory=Counter)  # restore_scheduled.lua's word -> messages
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -68,7 +69,7 @@ class RebuildReport:
         return (
             f"{self.services} Service(s), {self.numbers} number(s), sessions: {outcomes}; "
             f"{self.skipped} participant(s) skipped, {self.erased} erased, {self.cooling} cooling pair(s); "
-            f"{self.seconds:.3f} s"
+            f"scheduled messages: {dict(self.scheduled) or 'none'}; {self.seconds:.3f} s"
         )
 
 
@@ -81,6 +82,7 @@ class _Plan:
     live: list[LoggedSession]
     cooling: list[CoolingPair]
     cool_off_ms: int
+    scheduled: list[dict[str, str]]  # messages the log last saw `scheduled`
 
 
 class Recovery:
@@ -210,6 +212,7 @@ class Recovery:
                     if cool_off_ms
                     else [],
                     cool_off_ms,
+                    await pending_scheduled(self.pg, row["sid"]),
                 )
             )
         # Services, then the pool, then the sessions holding pairs of it: a session created in
@@ -251,19 +254,26 @@ class Recovery:
                     "is held by another session" if skip.get("why") == "held" else "left the pool",
                 )
         # Cooling pairs after every live session: a pair released, then held again, stays held.
-        by_session: dict[str, list[tuple[str, str, str, int]]] = {}
+        by_session: dict[str, list[tuple[str, str, str, int, str]]] = {}
         for c in plan.cooling:
             if ERASED in (c.identifier, c.proxy_identifier):
                 continue
             until = c.released_ms + plan.cool_off_ms
             if until > now:
                 by_session.setdefault(c.session_sid, []).append(
-                    (c.participant_sid, c.identifier, c.proxy_identifier, until)
+                    (c.participant_sid, c.identifier, c.proxy_identifier, until, c.pin)
                 )
         counts = await self.restorer.gather(
             self.restorer.cool_off(ks, sid, pairs) for sid, pairs in by_session.items()
         )
         report.cooling += sum(counts)
+        # Scheduled messages of the restored sessions: still due later, back on the due list; due
+        # already, unknown whether they went out: failed (store_lost), never sent twice.
+        words = await self.restorer.gather(
+            self.restorer.restore_scheduled(ks, m, lost=int(m["send_at_ms"] or 0) <= now)
+            for m in plan.scheduled
+        )
+        report.scheduled.update(words)
 
     # -- the lock and the marker -----------------------------------------------------------------
     async def _renew(self, token: str) -> None:

@@ -146,17 +146,23 @@ class SessionRestorer:
         )
 
     async def cool_off(
-        self, service_sid: str, session_sid: str, pairs: Sequence[tuple[str, str, str, int]]
+        self, service_sid: str, session_sid: str, pairs: Sequence[tuple[str, str, str, int, str]]
     ) -> int:
-        """Set released pairs (participant sid, identifier, proxy, until ms) cooling off again
-        where no key exists; returns how many were set."""
+        """Set released pairs (participant sid, identifier, proxy, until ms, PIN or "") cooling
+        off again where no key exists; returns how many were set."""
         if not pairs:
             return 0
         payload = {
             "sid": session_sid,
             "participants": [
-                {"sid": kp, "identifier": ident, "proxy_identifier": proxy, "until_ms": str(until)}
-                for kp, ident, proxy, until in pairs
+                {
+                    "sid": kp,
+                    "identifier": ident,
+                    "proxy_identifier": proxy,
+                    "until_ms": str(until),
+                    "pin": pin,
+                }
+                for kp, ident, proxy, until, pin in pairs
             ],
         }
         raw = await self.scripts.call(
@@ -167,6 +173,19 @@ class SessionRestorer:
             orjson.dumps(payload).decode(),
         )
         return len(_listed(orjson.loads(raw).get("restored")))
+
+    async def restore_scheduled(self, service_sid: str, message: Mapping[str, str], *, lost: bool) -> str:
+        """One scheduled message back into Redis (restore_scheduled.lua): `lost` when its time had
+        come before Redis lost its data (it ends failed, store_lost). Returns the script's word."""
+        return str(
+            await self.scripts.call(
+                "restore_scheduled",
+                keys.service_prefix(service_sid),
+                self.clock.script_now(),
+                orjson.dumps(dict(message)).decode(),
+                "lost" if lost else "scheduled",
+            )
+        )
 
     async def gather(self, calls: Iterable[Awaitable[T]]) -> list[T]:
         """Run restore / cool_off calls `concurrency` at a time, in order."""
