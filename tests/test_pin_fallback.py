@@ -158,3 +158,18 @@ def _call(relay: Relay, from_: str, to: str, sid: str) -> dict[str, str]:
     from relay_harness import call_params
 
     return call_params(relay.settings.twilio_account_sid, from_, to, sid=sid)
+
+
+async def test_the_console_shows_a_participant_s_pin(relay: Relay) -> None:
+    from test_console import _sign_in
+
+    from relay.credentials import create_key
+
+    ks, sessions = await _exhausted(relay)
+    pin = (await _participant(relay, ks, sessions[2], CUSTOMER))["pin"]
+    http, _ = await _sign_in(relay, *await create_key(relay.pg, "operator"))
+    try:
+        async with http.get(f"{relay.local}/console/services/{ks}/sessions/{sessions[2]['sid']}") as r:
+            assert r.status == 200 and f"{SHARED} (PIN {pin})" in await r.text()
+    finally:
+        await http.close()

@@ -312,7 +312,13 @@ async def session_page(request: web.Request, who: auth.Console) -> web.StreamRes
     s = await store.get_session(ks, kc)
     parts = await store.list_participants(ks, kc)
     people = [
-        (h(p.get("friendly_name")), h(p.get("identifier")), h(p.get("proxy_identifier")), h(p.get("sid")))
+        (
+            h(p.get("friendly_name")),
+            h(p.get("identifier")),
+            # PIN mode: the shared FallbackNumber and the participant's PIN on it
+            h(p.get("proxy_identifier")) + (f" (PIN {h(p['pin'])})" if p.get("pin") else ""),
+            h(p.get("sid")),
+        )
         for p in parts
     ]
     timeline = f"/console/services/{ks}/sessions/{kc}/timeline"
