@@ -145,7 +145,8 @@ local function choose_or_pin(identifier, region, area, explicit, geo, selection,
   local proxy, code, msg = choose_proxy(identifier, region, area, explicit, geo, selection)
   if proxy then return proxy, '' end
   local shared = svc_field('fallback_number', '')
-  if code ~= 80208 or shared == '' or redis.call('EXISTS', P .. 'num:' .. shared) == 0 then
+  if code ~= 80208 or shared == '' or redis.call('EXISTS', P .. 'num:' .. shared) == 0 or
+     (is_whatsapp(identifier) and redis.call('HGET', P .. 'num:' .. shared, 'wa') ~= '1') then
     return nil, code, msg
   end
   for pin in string.gmatch(pins or '', '%d+') do

@@ -180,7 +180,8 @@ def _text_body(route: Route, inbound: Inbound, out: dict[str, Any]) -> str:
     in front when the recipient is in PIN mode (the PIN to start a reply with)."""
     body = inbound.body
     if inbound.pin and inbound.pin == route.inbound.get("pin"):
-        body = leading_pin(body)[1]
+        rest = leading_pin(body)[1]
+        body = rest if rest or inbound.media else body  # a bare PIN is relayed as sent
     name = str(route.inbound.get("friendly_name") or "")
     if route.legs and name and route.options.name_prefix:
         body = f"[{name}] {body}"
