@@ -40,6 +40,8 @@ class FastRedis(Protocol):
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any: ...
 
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -219,6 +221,24 @@ class RespClient:
         if proto.watchdog is None:
             proto.watchdog = loop.call_later(WATCH_S, proto.watch, loop, self.target)
         return await waiter
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one write (one system call for the batch), their replies in order;
+        a command that failed gives its exception in its place instead of raising."""
+        proto = await self._connection()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.command_timeout_s
+        waiters: list[asyncio.Future[Any]] = []
+        for args in commands:
+            waiter: asyncio.Future[Any] = loop.create_future()
+            proto.waiters.append(waiter)
+            proto.deadlines.append((deadline, waiter, args[0]))
+            waiters.append(waiter)
+        assert proto.transport is not None
+        proto.transport.write(b"".join(_encode(args) for args in commands))
+        if proto.watchdog is None:
+            proto.watchdog = loop.call_later(WATCH_S, proto.watch, loop, self.target)
+        return list(await asyncio.gather(*waiters, return_exceptions=True))
 
     async def run_script(self, source: str, keys: list[str], args: list[Any], *, asking: bool = False) -> Any:
         """EVALSHA, loading the script once if this Redis does not know it yet."""

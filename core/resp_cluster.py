@@ -174,6 +174,11 @@ class ClusterRespClient:
             keys[0], lambda node, asking: node.run_script(source, keys, args, asking=asking)
         )
 
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command routed by its key (they may live on different masters), replies in order;
+        a failed one gives its exception in its place."""
+        return list(await asyncio.gather(*(self.execute(*args) for args in commands), return_exceptions=True))
+
     async def aclose(self) -> None:
         nodes, self._nodes = list(self._nodes.values()), {}
         for node in nodes:

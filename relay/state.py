@@ -84,10 +84,13 @@ class AnswerWriter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    # Written back to back on one pipelined connection: one flush, replies in order.
-                    await asyncio.gather(
-                        *(self.redis.execute("SET", key, answer, "EX", self.ttl_s) for key, answer in batch)
+                    # One write for the batch on the pipelined connection, replies in order.
+                    replies = await self.redis.execute_many(
+                        [("SET", key, answer, "EX", self.ttl_s) for key, answer in batch]
                     )
+                    failed = [r for r in replies if isinstance(r, BaseException)]
+                    if failed:
+                        raise failed[0]
                 except Exception as err:  # Redis down: the retry then finds the marker (or nothing)
                     log.warning("could not remember %d webhook answer(s): %s", len(batch), type(err).__name__)
         finally:

@@ -6,6 +6,8 @@ multipart or JSON body) 400: nothing of either is acted on."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import hmac
 import logging
 import re
@@ -74,6 +76,20 @@ def signed_url(request: web.Request) -> tuple[str, bool]:
     return settings.public_url + request.path_qs, False
 
 
+def sha1_signature(token: bytes, url: str, params: Form) -> str:
+    """Twilio's X-Twilio-Signature of a form POST, as RequestValidator.compute_signature makes it
+    (the URL, then each distinct name in order with each of its distinct values in order, HMAC-SHA1
+    with the Auth Token, base64), built with one join instead of string concatenation."""
+    parts = [url]
+    for name in sorted(set(params)):
+        values = params.getall(name)
+        for value in sorted(set(values)) if len(values) > 1 else values:
+            parts.append(name)
+            parts.append(value)
+    mac = hmac.new(token, "".join(parts).encode(), hashlib.sha1).digest()
+    return base64.b64encode(mac).decode()
+
+
 def xml(body: str) -> web.Response:
     return web.Response(text=body, content_type="text/xml")
 
@@ -100,7 +116,7 @@ async def read_signed(request: web.Request) -> Form | None:
     # Fast path: the URL exactly as configured (one HMAC, constant-time compare); otherwise the
     # validator's full check (with and without the default port, SHA-256 settings header).
     if algorithm == HMAC_SHA1 and hmac.compare_digest(
-        state.validator.compute_signature(url, params), signature
+        sha1_signature(state.validator.token, url, params), signature
     ):
         return params
     if not state.validator.validate(url, params, signature, algorithm):
