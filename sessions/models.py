@@ -241,7 +241,7 @@ class RelayOptions:
         return (self.recording_consent or DEFAULT_RECORDING_CONSENT) if self.record_calls else ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per webhook, and a frozen __init__ costs more
 class Route:
     """The routing decision for one inbound text or call; the webhook renders it as TwiML."""
 

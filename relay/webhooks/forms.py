@@ -13,7 +13,7 @@ from sessions.routing import MAX_MEDIA, Router
 __all__ = ["Inbound"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per webhook, and a frozen __init__ costs more
 class Inbound:
     """What the webhook's form says about the text or call."""
 
