@@ -135,16 +135,18 @@ local function leg_sid(ki, j)
 end
 
 local function record_interaction(ki, t, now)
-  local flat = {}
+  local flat, stored = {}, {}
   for _, f in ipairs(INTERACTION_FIELDS) do
     local v = t[f]
     if v == nil then v = '' end
+    v = tostring(v)  -- as Redis stores it (and HGETALL would give it back)
     flat[#flat + 1] = f
     flat[#flat + 1] = v
+    stored[f] = v
   end
   redis.call('HSET', P .. 'ix:' .. ki, unpack(flat))
   redis.call('ZADD', P .. 'sess:' .. t.session_sid .. ':ix', now, ki)
-  return hgetall(P .. 'ix:' .. ki)
+  return stored
 end
 
 -- The Service's relay settings, by name (sessions.models.RelayOptions reads the same names).

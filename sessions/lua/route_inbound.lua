@@ -34,7 +34,7 @@
 --   rate_limited {...relay fields}             the sender or the proxy number is over the
 --               Service's limits (texts per minute, calls per hour): never relayed; recorded, and
 --               an interaction.rate_limited event besides interaction.created
---   relay       {session, inbound, outbound, interaction}; a text in a session of more than two
+--   relay       {session = {sid, status, mode}, inbound, outbound, interaction}; a text in a session of more than two
 --               participants also carries `legs`: [{participant, interaction}] for every other
 --               participant who has not opted out (one interaction each; the first is `interaction`)
 --   (keyword, blocked and relay also carry `interaction`: the record as stored; relay carries
@@ -255,7 +255,8 @@ for j, target in ipairs(targets) do
   }, now)
   if j == 1 then ix = recorded end
   legs[#legs + 1] = { participant = target, interaction = recorded }
-  local ix_view = hgetall(P .. 'ix:' .. leg)
+  local ix_view = {}
+  for k, v in pairs(recorded) do ix_view[k] = v end
   ix_view.numbers = { from, to, target.identifier, target.proxy_identifier }
   ix_view.inbound_identifier = from
   ix_view.outbound_identifier = target.identifier
@@ -274,6 +275,7 @@ if resource ~= '' then
   end
 end
 return done({
-  outcome = outcome, keyword = keyword, session = hgetall(sk), inbound = inbound, outbound = outbound,
+  outcome = outcome, keyword = keyword, inbound = inbound, outbound = outbound,
+  session = { sid = sid, status = sess.status == 'open' and 'in-progress' or sess.status, mode = sess.mode },
   interaction = ix, legs = #legs > 1 and legs or nil, outside_window = outside_window,
 })
