@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pool.numbers import split_channel
 from relay.outbound import TwilioSendError
 from relay.state import RelayState
+from sessions.models import sender_address, with_pin
 
 __all__ = ["send_proactive"]
 
@@ -23,15 +23,11 @@ async def send_proactive(
         service_sid, session_sid, participant_sid, data
     )
     ki = ix["sid"]
-    body = str(data.get("body") or "")
-    if pin := participant.get("pin"):  # PIN mode: the PIN to start a reply with, as relayed texts
-        body = f"PIN {pin}: {body}"
-    channel = split_channel(participant["identifier"])[0]  # WhatsApp: "whatsapp:" on both sides
     try:
         message = await state.messages.send(
             to=participant["identifier"],
-            from_=channel + participant["proxy_identifier"],
-            body=body,
+            from_=sender_address(participant),
+            body=with_pin(participant, str(data.get("body") or "")),
             content_sid=str(data.get("content_sid") or ""),
             content_variables=str(data.get("content_variables") or ""),
             media_urls=list(data.get("media") or ()),

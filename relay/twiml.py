@@ -13,7 +13,6 @@ from xml.sax.saxutils import escape, quoteattr
 __all__ = [
     "EMPTY",
     "XML_DECL",
-    "message",
     "messages",
     "reply",
     "say",
@@ -38,16 +37,9 @@ def _attr(value: str) -> str:
     return quoteattr(_NOT_XML.sub("", value))
 
 
-def message(
-    *, to: str, from_: str, body: str, media: Sequence[str] = (), status_callback: str | None = None
-) -> str:
-    """Relay a text: `<Message to from [statusCallback]>body<Media>...</Media></Message>`."""
-    return f"{XML_DECL}<Response>{_message(to, from_, body, media, status_callback)}</Response>"
-
-
 def messages(legs: Sequence[tuple[str, str, str, Sequence[str], str | None]]) -> str:
-    """Relay a text to several people: one `<Message>` per (to, from, body, media, statusCallback);
-    a leg with an empty `to` is a reply to the sender."""
+    """Relay a text: one `<Message to from [statusCallback]>body<Media>...</Media></Message>` per
+    (to, from, body, media, statusCallback) leg; a leg with an empty `to` is a reply to the sender."""
     return f"{XML_DECL}<Response>{''.join(_message(*leg) for leg in legs)}</Response>"
 
 

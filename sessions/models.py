@@ -14,6 +14,7 @@ from typing import Any, Final
 import orjson
 
 from core.records import INTERACTION_FIELDS
+from pool.numbers import split_channel
 
 __all__ = [
     "Status",
@@ -39,6 +40,8 @@ __all__ = [
     "MAX_PARTICIPANTS",
     "PIN_DIGITS",
     "leading_pin",
+    "sender_address",
+    "with_pin",
     "DEFAULT_RECORDING_CONSENT",
 ]
 
@@ -178,6 +181,19 @@ def leading_pin(body: str) -> tuple[str, str]:
     """(the PIN a text starts with, the rest of the text), or ("", body)."""
     found = _LEADING_PIN.match(body)
     return (found.group(1), body[found.end() :]) if found else ("", body)
+
+
+def sender_address(participant: dict[str, Any]) -> str:
+    """The `From` of a text to `participant`: their proxy number on their channel
+    ("whatsapp:+1..." for a WhatsApp participant)."""
+    return split_channel(participant["identifier"])[0] + str(participant["proxy_identifier"])
+
+
+def with_pin(participant: dict[str, Any], body: str) -> str:
+    """A text to `participant`, preceded by their PIN when they are in PIN mode (what to start a
+    reply to the shared number with); as it is otherwise."""
+    pin = participant.get("pin")
+    return f"PIN {pin}: {body}" if pin else body
 
 
 RELAY_SETTING_FIELDS: Final = (

@@ -141,7 +141,7 @@ HOSTILE = "Tom & \"Jerry\" <b>'50%' \u00e9\u4e2d\U0001f600"
 
 def test_message_twiml_matches_twilio_library() -> None:
     cb = "https://m.example/twilio/status/message?Service=KS1&Interaction=KI1"
-    mine = twiml.message(to=COURIER, from_=PROXY_A, body=HOSTILE, status_callback=cb)
+    mine = twiml.messages([(COURIER, PROXY_A, HOSTILE, (), cb)])
     theirs = MessagingResponse()
     theirs.message(HOSTILE, to=COURIER, from_=PROXY_A, status_callback=cb)
     assert _tree(mine) == _tree(theirs.to_xml())
@@ -149,7 +149,7 @@ def test_message_twiml_matches_twilio_library() -> None:
 
 def test_mms_twiml_matches_twilio_library() -> None:
     media = ["https://x.example/a?b=1&c=2", "https://x.example/<odd>"]
-    mine = twiml.message(to=COURIER, from_=PROXY_A, body=HOSTILE, media=media)
+    mine = twiml.messages([(COURIER, PROXY_A, HOSTILE, media, None)])
     theirs = MessagingResponse()
     msg = theirs.message(to=COURIER, from_=PROXY_A)
     msg.body(HOSTILE)
@@ -199,5 +199,5 @@ def test_gather_twiml_matches_twilio_library() -> None:
 
 
 def test_control_characters_never_break_the_twiml() -> None:
-    xml = twiml.message(to=COURIER, from_=PROXY_A, body="bell\x07 and nul\x00 and tab\t ok")
+    xml = twiml.messages([(COURIER, PROXY_A, "bell\x07 and nul\x00 and tab\t ok", (), None)])
     assert ET.fromstring(xml).find("Message").text == "bell and nul and tab\t ok"

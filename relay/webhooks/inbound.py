@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from pool.numbers import mask, split_channel
+from pool.numbers import mask
 from relay import twiml
 from relay.callbacks import intercept
 from relay.fallbacks import NotRelayed
@@ -22,7 +22,16 @@ from relay.state import RelayState
 from relay.webhooks import out_of_session
 from relay.webhooks.boundary import STORE_FAULTS, answer
 from relay.webhooks.forms import Inbound
-from sessions.models import PIN_DIGITS, Keyword, Outcome, Replay, Route, leading_pin
+from sessions.models import (
+    PIN_DIGITS,
+    Keyword,
+    Outcome,
+    Replay,
+    Route,
+    leading_pin,
+    sender_address,
+    with_pin,
+)
 
 __all__ = ["routes"]
 
@@ -185,41 +194,26 @@ def _text_body(route: Route, inbound: Inbound, out: dict[str, Any]) -> str:
     name = str(route.inbound.get("friendly_name") or "")
     if route.legs and name and route.options.name_prefix:
         body = f"[{name}] {body}"
-    if pin := out.get("pin"):
-        body = f"PIN {pin}: {body}"
-    return body
-
-
-def _sender(out: dict[str, Any]) -> str:
-    """The `from` of a text to participant `out`: their proxy number, on their channel (WhatsApp:
-    "whatsapp:+1...")."""
-    channel = split_channel(out["identifier"])[0]
-    return channel + str(out["proxy_identifier"])
+    return with_pin(out, body)
 
 
 def _relay_text(state: RelayState, route: Route, inbound: Inbound) -> str:
-    if route.legs or route.outside_window:  # a session of more than two: every other participant
-        legs: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
-            (
-                out["identifier"],
-                _sender(out),
-                _text_body(route, inbound, out),
-                inbound.media,
-                _status_url(state, route, "/twilio/status/message", ix.get("sid", "")),
-            )
-            for out, ix in route.legs or [(route.outbound, route.interaction)]
-        ]
-        if route.outside_window:  # some were left out (WhatsApp's window): the sender is told
-            legs.append(("", "", route.options.whatsapp_window_message, (), None))
-        return twiml.messages(legs)
-    out = route.outbound
-    return twiml.message(
-        to=out["identifier"],
-        from_=_sender(out),
-        body=_text_body(route, inbound, out),
-        media=inbound.media,
-        status_callback=_status_url(state, route, "/twilio/status/message"),
-    )
+    """One `<Message>` per recipient (several in a session of more than two), each from the
+    recipient's own proxy number with its own status callback; and a reply to the sender when
+    some were left out for WhatsApp's closed window."""
+    legs: list[tuple[str, str, str, tuple[str, ...], str | None]] = [
+        (
+            out["identifier"],
+            sender_address(out),
+            _text_body(route, inbound, out),
+            inbound.media,
+            _status_url(state, route, "/twilio/status/message", ix.get("sid", "")),
+        )
+        for out, ix in route.legs or [(route.outbound, route.interaction)]
+    ]
+    if route.outside_window:
+        legs.append(("", "", route.options.whatsapp_window_message, (), None))
+    return twiml.messages(legs)
 
 
 def _relay_call(state: RelayState, route: Route) -> str:
