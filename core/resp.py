@@ -64,6 +64,17 @@ class _Protocol(asyncio.Protocol):
         self.deadlines: deque[tuple[float, asyncio.Future[Any], object]] = deque()
         self.watchdog: asyncio.TimerHandle | None = None
 
+    def expect(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, command: object, target: str
+    ) -> asyncio.Future[Any]:
+        """The waiter for the next reply, failed by the watchdog if it is not there by `deadline`."""
+        waiter: asyncio.Future[Any] = loop.create_future()
+        self.waiters.append(waiter)
+        self.deadlines.append((deadline, waiter, command))
+        if self.watchdog is None:
+            self.watchdog = loop.call_later(WATCH_S, self.watch, loop, target)
+        return waiter
+
     def watch(self, loop: asyncio.AbstractEventLoop, target: str) -> None:
         """Fail the waiters past their deadline (their replies, when they come, are read and
         dropped in order); run every WATCH_S while commands are pending."""
@@ -211,15 +222,12 @@ class RespClient:
             ok.add_done_callback(_ignore_reply)
             proto.waiters.append(ok)
             data = _ASKING + data
-        waiter: asyncio.Future[Any] = loop.create_future()
-        proto.waiters.append(waiter)
-        assert proto.transport is not None
-        # Written at once: coalescing writes per loop iteration measured slower (2,100 vs 2,950 relays/s).
-        proto.transport.write(data)
         # The connection's watchdog fails the waiter once its time is up (up to WATCH_S late).
-        proto.deadlines.append((loop.time() + (timeout_s or self.command_timeout_s), waiter, args[0]))
-        if proto.watchdog is None:
-            proto.watchdog = loop.call_later(WATCH_S, proto.watch, loop, self.target)
+        waiter = proto.expect(loop, loop.time() + (timeout_s or self.command_timeout_s), args[0], self.target)
+        assert proto.transport is not None
+        # Written at once: coalescing writes per loop iteration measured slower, twice (2,100 vs
+        # 2,950 and 4,590 vs 6,222 relays/s).
+        proto.transport.write(data)
         return await waiter
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
@@ -228,16 +236,9 @@ class RespClient:
         proto = await self._connection()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.command_timeout_s
-        waiters: list[asyncio.Future[Any]] = []
-        for args in commands:
-            waiter: asyncio.Future[Any] = loop.create_future()
-            proto.waiters.append(waiter)
-            proto.deadlines.append((deadline, waiter, args[0]))
-            waiters.append(waiter)
+        waiters = [proto.expect(loop, deadline, args[0], self.target) for args in commands]
         assert proto.transport is not None
         proto.transport.write(b"".join(_encode(args) for args in commands))
-        if proto.watchdog is None:
-            proto.watchdog = loop.call_later(WATCH_S, proto.watch, loop, self.target)
         return list(await asyncio.gather(*waiters, return_exceptions=True))
 
     async def run_script(self, source: str, keys: list[str], args: list[Any], *, asking: bool = False) -> Any:
