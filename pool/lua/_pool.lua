@@ -30,6 +30,11 @@ local function bare(identifier)
   if is_whatsapp(identifier) then return string.sub(identifier, 10) end
   return identifier
 end
+-- Whether `identifier` can be given number `num`: any number for a phone, a number added with
+-- WhatsApp=true for a WhatsApp participant.
+local function reaches(identifier, num)
+  return not is_whatsapp(identifier) or redis.call('HGET', P .. 'num:' .. num, 'wa') == '1'
+end
 
 -- Adjust a number's count of live sessions, in its hash and in the pool zsets it belongs to.
 -- ZADD XX INCR never adds a number that left the pool (reserved, or removed meanwhile).
@@ -55,8 +60,8 @@ local function note_exhausted()
   redis.call('EXPIRE', P .. 'exhausted', 172800)
 end
 
-local function choose_proxy(identifier, region, area, explicit, geo, selection)
-  local shared = svc_field('fallback_number', '')
+-- `shared`: the Service's FallbackNumber ('' for none), never given here.
+local function choose_proxy(identifier, region, area, explicit, geo, selection, shared)
   if explicit ~= '' and explicit == shared then
     return nil, 89006, 'ProxyIdentifier ' .. explicit .. ' is the Service\'s shared FallbackNumber: it is ' ..
       'given, with a PIN, only when no other number is free for the participant'
@@ -65,7 +70,7 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection)
     if redis.call('EXISTS', P .. 'num:' .. explicit) == 0 then
       return nil, 80605, 'ProxyIdentifier ' .. explicit .. ' is not a phone number of this Service'
     end
-    if is_whatsapp(identifier) and redis.call('HGET', P .. 'num:' .. explicit, 'wa') ~= '1' then
+    if not reaches(identifier, explicit) then
       return nil, 89007, 'ProxyIdentifier ' .. explicit .. ' cannot carry WhatsApp (add it with WhatsApp=true) ' ..
         'and ' .. identifier .. ' is a WhatsApp participant'
     end
@@ -142,11 +147,11 @@ end
 -- separated, drawn at random by the caller) that `identifier` holds on it in no live or cooling
 -- session. Returns proxy, pin ('' for a number of its own) or nil, code, message.
 local function choose_or_pin(identifier, region, area, explicit, geo, selection, pins)
-  local proxy, code, msg = choose_proxy(identifier, region, area, explicit, geo, selection)
-  if proxy then return proxy, '' end
   local shared = svc_field('fallback_number', '')
+  local proxy, code, msg = choose_proxy(identifier, region, area, explicit, geo, selection, shared)
+  if proxy then return proxy, '' end
   if code ~= 80208 or shared == '' or redis.call('EXISTS', P .. 'num:' .. shared) == 0 or
-     (is_whatsapp(identifier) and redis.call('HGET', P .. 'num:' .. shared, 'wa') ~= '1') then
+     not reaches(identifier, shared) then
     return nil, code, msg
   end
   for pin in string.gmatch(pins or '', '%d+') do

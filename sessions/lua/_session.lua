@@ -3,7 +3,7 @@
 -- INTERACTION_FIELDS and RELAY_SETTING_FIELDS are defined by the loader from Python's
 -- sessions/models.py, so Lua and Python read and write one field list, by name.
 -- Keys (core/keys.py): `sess:{KC}` hash, `part:{KP}` hash, `expiry` zset, `sessions` zset,
--- `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix` zset.
+-- `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix` zset, `wa:{whatsapp:+E164}:{proxy}`.
 
 -- expires_at = min(date_expiry, last activity + ttl); 0 means "never".
 local function expires_at(sess)
@@ -41,6 +41,13 @@ local function session_view(sid)
   s.participants = parts
   s.numbers = numbers
   return s
+end
+
+-- WhatsApp's 24-hour window for free-form messages from `proxy` to a WhatsApp participant: open
+-- while this key lives (route_inbound.lua sets it on each of their messages to `proxy`).
+local function window_key(identifier, proxy) return P .. 'wa:' .. identifier .. ':' .. proxy end
+local function window_open(identifier, proxy)
+  return not is_whatsapp(identifier) or redis.call('EXISTS', window_key(identifier, proxy)) == 1
 end
 
 local function retain(keys, ms)

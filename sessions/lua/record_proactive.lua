@@ -20,8 +20,7 @@ local sid, kp, ki = ARGV[3], ARGV[4], ARGV[5]
 local sk = P .. 'sess:' .. sid
 local sess, part = text_target(sid, kp, 'sent')
 if not sess then return part end
-if ARGV[7] ~= '1' and is_whatsapp(part.identifier) and
-   redis.call('EXISTS', P .. 'wa:' .. part.identifier .. ':' .. part.proxy_identifier) == 0 then
+if ARGV[7] ~= '1' and not window_open(part.identifier, part.proxy_identifier) then
   emit(ARGV[2], 'message.refused', now, { session_sid = sid, participant_sid = kp, code = 63016,
     numbers = { part.identifier, part.proxy_identifier } })
   return fail(63016, 'Outside messaging window: participant ' .. kp .. ' has not written to ' ..

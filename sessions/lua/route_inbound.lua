@@ -89,7 +89,7 @@ end
 -- A WhatsApp user who writes to a number opens (or renews) WhatsApp's 24-hour window for free-form
 -- messages from that number to them.
 if kind == 'message' and is_whatsapp(from) then
-  redis.call('SET', P .. 'wa:' .. from .. ':' .. to, now, 'PX', 86400000)
+  redis.call('SET', window_key(from, to), now, 'PX', 86400000)
 end
 -- PIN mode: `to` is the Service's shared FallbackNumber. From's live PINs on it decide: none,
 -- never connected; locked out after wrong PINs, refused; the PIN given, that session; one live PIN
@@ -189,7 +189,7 @@ if kind == 'message' then
     local recipients = {}
     for _, o in ipairs(others) do
       if redis.call('EXISTS', P .. 'optout:' .. o.identifier .. ':' .. o.proxy_identifier) == 0 then
-        if is_whatsapp(o.identifier) and redis.call('EXISTS', P .. 'wa:' .. o.identifier .. ':' .. o.proxy_identifier) == 0 then
+        if not window_open(o.identifier, o.proxy_identifier) then
           outside_window = outside_window + 1
         else
           recipients[#recipients + 1] = o
