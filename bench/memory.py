@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.relay import _arg, _free_port, _prepare, _spawn, _stop, _wait_ready
-from bench.relay_load import ACCOUNT_SID, AUTH_TOKEN, pyload, write_requests
+from bench.relay import _arg, _free_port, _prepare, _spawn, _stop, _wait_ready, _worker_env
+from bench.relay_load import pyload, write_requests
 
 __all__ = ["main"]
 
@@ -74,16 +73,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"their creation events wait in the streams: {streams0 / max(1, n_sessions):,.0f} bytes each")  # fmt: skip
 
         port = _free_port()
-        env = {
-            **os.environ,
-            "MASKLINE_REDIS_URL": redis_url,
-            "MASKLINE_DATABASE_URL": database_url,
-            "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-            "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-            "MASKLINE_EMBEDDED": "never",
-            "MASKLINE_LOG_LEVEL": "WARNING",
-        }
+        env = _worker_env(redis_url, database_url, port)
         worker = _spawn("worker", port, env)
         await _wait_ready(port, worker)
         path = tmp / "texts.txt"

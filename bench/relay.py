@@ -141,6 +141,22 @@ async def _prepare(
 # ---------------------------------------------------------------------------------------- processes
 
 
+def _worker_env(redis_url: str, database_url: str, port: int, **more: str) -> dict[str, str]:
+    """The environment of a bench's Maskline process answering on `port` (`more`: other
+    MASKLINE_* settings), signing with the load generator's account."""
+    return {
+        **os.environ,
+        "MASKLINE_REDIS_URL": redis_url,
+        "MASKLINE_DATABASE_URL": database_url,
+        "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "MASKLINE_EMBEDDED": "never",
+        "MASKLINE_LOG_LEVEL": "WARNING",
+        **more,
+    }
+
+
 def _spawn(mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "bench.relay", mode, "--port", str(port)],
@@ -248,16 +264,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"load from {'wrk' if use_wrk else 'the aiohttp generator'}")  # fmt: skip
         pairs = await _prepare(settings, redis_url, database_url, n_sessions)
         worker_port, bare_port = _free_port(), _free_port()
-        env = {
-            **os.environ,
-            "MASKLINE_REDIS_URL": redis_url,
-            "MASKLINE_DATABASE_URL": database_url,
-            "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{worker_port}",
-            "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-            "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-            "MASKLINE_EMBEDDED": "never",
-            "MASKLINE_LOG_LEVEL": "WARNING",
-        }
+        env = _worker_env(redis_url, database_url, worker_port)
         worker = _spawn("worker", worker_port, env)
         bare = _spawn("bare", bare_port, env)
         procs += [worker, bare]

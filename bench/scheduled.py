@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import relay_load
-from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _stop, _wait_ready
+from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _stop, _wait_ready, _worker_env
 from bench.relay_load import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
     WRK_SCRIPT,
     cpu_seconds,
     pin,
@@ -133,17 +131,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     pairs = await _prepare(settings, redis_url, database_url, 2000)
     port, fake_port = _free_port(), _free_port()
     fake = _spawn_fake(fake_port, received)
-    env = {
-        **os.environ,
-        "MASKLINE_REDIS_URL": redis_url,
-        "MASKLINE_DATABASE_URL": database_url,
-        "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "MASKLINE_TWILIO_API_URL": f"http://127.0.0.1:{fake_port}",
-        "MASKLINE_EMBEDDED": "never",
-        "MASKLINE_LOG_LEVEL": "WARNING",
-    }
+    env = _worker_env(redis_url, database_url, port, MASKLINE_TWILIO_API_URL=f"http://127.0.0.1:{fake_port}")
     # As `maskline serve --workers N` runs them: a webhook worker that answers HTTP only, and the
     # duties process (the scheduler under its lease) apart from it.
     worker = _serve(["--no-duties", "--port", str(port)], env)

@@ -27,6 +27,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from fake_twilio import FakeTwilio
+from private_redis import PrivateRedis
 from redis_cluster import RedisClusterUnderTest
 
 from core.connections import redis_client
@@ -235,3 +236,16 @@ async def relay(settings, redis, pg, fake_twilio):  # type: ignore[no-untyped-de
         yield r
     finally:
         await r.stop()
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[tuple[PrivateRedis, aioredis.Redis]]:
+    """A redis-server of the test's own (fault tests stop, stall or kill it; tests/private_redis.py)
+    and a client of it."""
+    server = PrivateRedis().start()
+    client = aioredis.from_url(server.url, decode_responses=True)
+    try:
+        yield server, client
+    finally:
+        await client.aclose()
+        server.stop()

@@ -17,10 +17,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
-import redis.asyncio as aioredis
 from _audit_fixtures import final_outcomes, paced
-from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, parse, sms_params
 from signing import post_webhook
 
@@ -36,17 +33,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-async def private_redis() -> Any:
-    server = PrivateRedis().start()
-    client = aioredis.from_url(server.url, decode_responses=True)
-    try:
-        yield server, client
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 class Serve:

@@ -15,10 +15,8 @@ from collections import Counter
 from typing import Any
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 from _audit_fixtures import final_outcomes, paced
-from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay, parse
 
 from audit.writer import AuditWriter
@@ -29,17 +27,6 @@ TEXTS_PER_S = 50
 CREATES_PER_S = 5
 # The stall outlasts the API's 4 s deadline; MASKLINE_FAULT_STALL_S=12 is the measurement.
 BEFORE_S, STALL_S, AFTER_S = 1.5, float(os.environ.get("MASKLINE_FAULT_STALL_S", "6")), 1.5
-
-
-@pytest.fixture
-async def private_redis() -> Any:
-    server = PrivateRedis().start()
-    client = aioredis.from_url(server.url, decode_responses=True)
-    try:
-        yield server, client
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 def _relayed(xml: str) -> bool:

@@ -16,10 +16,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-import pytest
-import redis.asyncio as aioredis
 from fake_twilio import FakeTwilio
-from private_redis import PrivateRedis
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B
 from test_fault_kill import Serve, _free_port
 
@@ -31,17 +28,6 @@ FIRST_DUE_S, SPREAD_S = 3.0, 4.0  # due from 3 s to 7 s after scheduling
 KILL_AT_S = 4.5  # the holder dies with about a third of them still to send
 LEASE_TTL_S = 1.0
 CLAIM_S = 3.0  # a send to the fake Twilio takes milliseconds
-
-
-@pytest.fixture
-async def private_redis() -> Any:
-    server = PrivateRedis().start()
-    client = aioredis.from_url(server.url, decode_responses=True)
-    try:
-        yield server, client
-    finally:
-        await client.aclose()
-        server.stop()
 
 
 async def test_kill_9_of_the_scheduler_holder_loses_and_duplicates_nothing(
