@@ -315,6 +315,14 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if workers < 1:
         print("maskline: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.duties_only:  # one process, whatever MASKLINE_WORKERS says for the webhook workers
+        if args.no_duties or (args.workers or 1) > 1:
+            print(
+                "maskline: --duties-only runs one process, without --no-duties or --workers N",
+                file=sys.stderr,
+            )
+            return 2
+        workers = 1
     if workers > 1:
         from maskline.workers import duties_argv, supervise, worker_argv, worker_env
 
@@ -330,9 +338,6 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return await supervise(
             argv, env, workers=workers, host=settings.host, port=settings.port, duties=duties
         )
-    if args.no_duties and args.duties_only:
-        print("maskline: --no-duties and --duties-only exclude each other", file=sys.stderr)
-        return 2
     if args.no_duties:
         app = create_app(settings, background=False, recovery=False)
     else:

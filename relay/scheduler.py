@@ -25,8 +25,9 @@ __all__ = ["Scheduler"]
 log = logging.getLogger("maskline.scheduler")
 
 INTERVAL_S: Final = 0.1
-# Why a due message could not be sent, by the error record_proactive.lua gave.
+# A free-form text to a WhatsApp participant outside WhatsApp's 24-hour window (record_proactive.lua).
 OUTSIDE_WINDOW: Final = 63016
+# Why a due message could not be sent, by the error record_proactive.lua gave.
 _CANCELED: Final = {80607: "session_closed", 21610: "opted_out", 20404: "participant_removed"}
 
 

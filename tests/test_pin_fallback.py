@@ -131,7 +131,7 @@ async def test_texts_to_the_shared_number_use_the_pin_and_replies_carry_it(relay
     status, _ = await relay.api("POST", f"/v1/Services/{ks}/Sessions/{third['sid']}", {"Status": "closed"})
     late = parse((await relay.sms(CUSTOMER, SHARED, f"{pin} hello?"))[1]).find("Message")
     assert late is None or late.get("to") is None  # the out-of-session reply at most, never relayed
-    assert await relay.redis.scard(keys.service_prefix(ks) + f"pins:{CUSTOMER}:{SHARED}") == 0
+    assert await relay.redis.scard(keys.pins(ks, CUSTOMER, SHARED)) == 0
 
 
 async def test_strangers_never_connect_and_the_shared_number_is_never_given_out(relay: Relay) -> None:
