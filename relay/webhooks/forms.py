@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from core.ids import new_sid
 from pool.numbers import split_channel
 from relay.webhooks.boundary import Form
-from sessions.models import PIN_DIGITS, Route, leading_pin
+from sessions.models import Route, leading_pin
 from sessions.routing import MAX_MEDIA, Router
 
 __all__ = ["Inbound"]
+
+# The most Digits passed on from a <Gather> (a PIN is sessions.models.PIN_DIGITS long).
+MAX_DIGITS = 16
 
 
 @dataclass(slots=True)  # not frozen: built once per webhook, and a frozen __init__ costs more
@@ -39,7 +42,7 @@ class Inbound:
             count = 0
         media = tuple(url for i in range(count) if (url := form.get(f"MediaUrl{i}")))
         body = form.get("Body", "")
-        pin = leading_pin(body)[0] if body[:1].isspace() or body[:1].isdigit() else ""
+        pin = leading_pin(body)[0]
         # WhatsApp: From stays a channel address ("whatsapp:+1...", the participant's identifier),
         # To is the proxy number ("whatsapp:+1..." -> "+1...").
         to = split_channel(form.get("To", ""))[1]
@@ -47,8 +50,8 @@ class Inbound:
 
     @classmethod
     def call(cls, form: Form) -> Inbound:
-        digits = form.get("Digits", "")
-        pin = digits if len(digits) == PIN_DIGITS and digits.isdigit() else ("0" if digits else "")
+        # What the caller keyed in at the PIN prompt, as keyed (anything but a live PIN is wrong).
+        pin = form.get("Digits", "")[:MAX_DIGITS]
         return cls(
             "voice", form.get("From", ""), form.get("To", ""), form.get("CallSid", ""), "", (), form, pin
         )
