@@ -35,6 +35,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def serve_env(settings: Any, redis_url: str, **more: str) -> dict[str, str]:
+    """The environment of a `maskline serve` of the test's own: its Redis, the test database and
+    Twilio account, no embedded servers (`more`: other MASKLINE_* settings)."""
+    return {
+        **os.environ,
+        "MASKLINE_REDIS_URL": redis_url,
+        "MASKLINE_DATABASE_URL": settings.database_url,
+        "MASKLINE_EMBEDDED": "never",
+        "MASKLINE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
+        "MASKLINE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
+        "MASKLINE_TWILIO_API_URL": settings.twilio_api_url,
+        **more,
+    }
+
+
 class Serve:
     """`maskline serve` in a process of its own, as an operator runs it."""
 
@@ -71,16 +86,7 @@ async def test_kill_9_under_load_fakes_nothing_and_loses_nothing(settings, pg, p
     server, r = private_redis
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "MASKLINE_REDIS_URL": server.url,
-        "MASKLINE_DATABASE_URL": settings.database_url,
-        "MASKLINE_EMBEDDED": "never",
-        "MASKLINE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
-        "MASKLINE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
-        "MASKLINE_TWILIO_API_URL": settings.twilio_api_url,
-        "MASKLINE_SWEEP_INTERVAL_S": "0.2",
-    }
+    env = serve_env(settings, server.url, MASKLINE_SWEEP_INTERVAL_S="0.2")
     serve = Serve(env, port)
     await serve.start()
     key_sid, secret = await create_key(pg, "kill test")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import signal
 import time
 from collections import Counter
@@ -18,7 +17,7 @@ import aiohttp
 import orjson
 from fake_twilio import FakeTwilio
 from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B
-from test_fault_kill import Serve, _free_port
+from test_fault_kill import Serve, _free_port, serve_env
 
 from core.lease import lease_key
 from relay.credentials import create_key
@@ -35,18 +34,14 @@ async def test_kill_9_of_the_scheduler_holder_loses_and_duplicates_nothing(
 ) -> None:
     server, r = private_redis
     fake = await FakeTwilio(account_sid=settings.twilio_account_sid).start()
-    env = {
-        **os.environ,
-        "MASKLINE_REDIS_URL": server.url,
-        "MASKLINE_DATABASE_URL": settings.database_url,
-        "MASKLINE_EMBEDDED": "never",
-        "MASKLINE_TWILIO_ACCOUNT_SID": settings.twilio_account_sid,
-        "MASKLINE_TWILIO_AUTH_TOKEN": settings.twilio_auth_token,
-        "MASKLINE_TWILIO_API_URL": fake.url,
-        "MASKLINE_LEASE_TTL_S": str(LEASE_TTL_S),
-        "MASKLINE_SCHEDULE_CLAIM_S": str(CLAIM_S),
-        "MASKLINE_WORKERS": "1",
-    }
+    env = serve_env(
+        settings,
+        server.url,
+        MASKLINE_TWILIO_API_URL=fake.url,
+        MASKLINE_LEASE_TTL_S=str(LEASE_TTL_S),
+        MASKLINE_SCHEDULE_CLAIM_S=str(CLAIM_S),
+        MASKLINE_WORKERS="1",
+    )
     first, second = Serve(env, _free_port()), Serve(env, _free_port())
     try:
         await first.start()
