@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.relay import _arg, _free_port, _prepare, _spawn, _stop, _wait_ready, _worker_env
-from bench.relay_load import pyload, write_requests
+from bench.relay import _arg, _free_port, _prepare, _spawn, _stop, _wait_ready
+from bench.relay_load import pyload, worker_env, write_requests
 
 __all__ = ["main"]
 
@@ -73,7 +73,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"their creation events wait in the streams: {streams0 / max(1, n_sessions):,.0f} bytes each")  # fmt: skip
 
         port = _free_port()
-        env = _worker_env(redis_url, database_url, port)
+        env = worker_env(redis_url, database_url, port)
         worker = _spawn("worker", port, env)
         await _wait_ready(port, worker)
         path = tmp / "texts.txt"

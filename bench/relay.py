@@ -39,12 +39,12 @@ from bench import relay_load
 from bench.profile import profile, summarise_profile
 from bench.relay_load import (
     ACCOUNT_SID,
-    AUTH_TOKEN,
     WRK_SCRIPT,
     cpu_seconds,
     load,
     pin,
     pyload,
+    worker_env,
     write_requests,
     wrk_run,
 )
@@ -139,22 +139,6 @@ async def _prepare(
 
 
 # ---------------------------------------------------------------------------------------- processes
-
-
-def _worker_env(redis_url: str, database_url: str, port: int, **more: str) -> dict[str, str]:
-    """The environment of a bench's Maskline process answering on `port` (`more`: other
-    MASKLINE_* settings), signing with the load generator's account."""
-    return {
-        **os.environ,
-        "MASKLINE_REDIS_URL": redis_url,
-        "MASKLINE_DATABASE_URL": database_url,
-        "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
-        "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-        "MASKLINE_EMBEDDED": "never",
-        "MASKLINE_LOG_LEVEL": "WARNING",
-        **more,
-    }
 
 
 def _spawn(mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -264,7 +248,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"load from {'wrk' if use_wrk else 'the aiohttp generator'}")  # fmt: skip
         pairs = await _prepare(settings, redis_url, database_url, n_sessions)
         worker_port, bare_port = _free_port(), _free_port()
-        env = _worker_env(redis_url, database_url, worker_port)
+        env = worker_env(redis_url, database_url, worker_port)
         worker = _spawn("worker", worker_port, env)
         bare = _spawn("bare", bare_port, env)
         procs += [worker, bare]

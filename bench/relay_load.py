@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 __all__ = ["AUTH_TOKEN", "ACCOUNT_SID", "WRK_SCRIPT", "load", "pyload", "write_requests", "wrk_run"]
-__all__ += ["LOAD_CORES", "pin", "cpu_seconds", "with_limits"]
+__all__ += ["LOAD_CORES", "pin", "cpu_seconds", "with_limits", "worker_env"]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -224,3 +224,19 @@ async def with_limits(redis_url: str, worker: Any, run: Any, duration_s: int) ->
         return result
     finally:
         await client.aclose()
+
+
+def worker_env(redis_url: str, database_url: str, port: int, **more: str) -> dict[str, str]:
+    """The environment of a bench's Maskline process answering on `port` (`more`: other
+    MASKLINE_* settings), signing with the load generator's account."""
+    return {
+        **os.environ,
+        "MASKLINE_REDIS_URL": redis_url,
+        "MASKLINE_DATABASE_URL": database_url,
+        "MASKLINE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "MASKLINE_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "MASKLINE_TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "MASKLINE_EMBEDDED": "never",
+        "MASKLINE_LOG_LEVEL": "WARNING",
+        **more,
+    }

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import relay_load
-from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _stop, _wait_ready, _worker_env
+from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _stop, _wait_ready
 from bench.relay_load import (
     WRK_SCRIPT,
     cpu_seconds,
     pin,
     pyload,
+    worker_env,
     write_requests,
     wrk_run,
 )
@@ -131,7 +132,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     pairs = await _prepare(settings, redis_url, database_url, 2000)
     port, fake_port = _free_port(), _free_port()
     fake = _spawn_fake(fake_port, received)
-    env = _worker_env(redis_url, database_url, port, MASKLINE_TWILIO_API_URL=f"http://127.0.0.1:{fake_port}")
+    env = worker_env(redis_url, database_url, port, MASKLINE_TWILIO_API_URL=f"http://127.0.0.1:{fake_port}")
     # As `maskline serve --workers N` runs them: a webhook worker that answers HTTP only, and the
     # duties process (the scheduler under its lease) apart from it.
     worker = _serve(["--no-duties", "--port", str(port)], env)
