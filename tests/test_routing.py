@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
+from core.paging import PageRequest
 from sessions.models import Replay
 from sessions.routing import Router, classify_keyword
 
@@ -74,3 +75,25 @@ def test_opt_out_words_ignore_case_and_space() -> None:
     assert classify_keyword("unstop") == "optin"
     assert classify_keyword("help") == "help"
     assert classify_keyword("stop it please") == ""
+
+
+async def test_interactions_in_one_millisecond_list_newest_first_in_the_order_they_happened(
+    world: World,
+) -> None:
+    """The clock does not move: three texts land in the same millisecond. The list (and each
+    interaction's created time, which the audit log orders by) still follows the order they came."""
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    given = proxies(view)
+    router = Router(world.redis, clock=world.clock)
+    sids = []
+    for n, (sender, receiver) in enumerate([(CUSTOMER, COURIER), (COURIER, CUSTOMER), (CUSTOMER, COURIER)]):
+        route = await router.route_text(from_=sender, to=given[sender], message_sid=f"SM{n}", body=str(n))
+        assert route.outcome == "relay" and route.outbound["identifier"] == receiver
+        sids.append(route.interaction_sid)
+    page = await router.interactions.list(ks, view["sid"], PageRequest(size=10))
+    assert page is not None
+    assert [ix["sid"] for ix in page.items] == sids[::-1]
+    created = [int(ix["created_ms"]) for ix in page.items]
+    assert created == sorted(created, reverse=True) and len(set(created)) == 3

@@ -134,7 +134,9 @@ end
 
 
 -- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
--- session's interaction list. Returns the record as stored.
+-- session's interaction list. Returns the record as stored. Its created_ms is its position in that
+-- list and is kept strictly increasing within the session (a millisecond past the newest when two
+-- land in the same one), so newest-first is the order they happened in, here and in the audit log.
 -- Leg j (j >= 2) of a text relayed to several participants (a session of more than two): its
 -- interaction sid, derived from the first leg's, so that a retry of the webhook finds every leg.
 local function leg_sid(ki, j)
@@ -142,6 +144,10 @@ local function leg_sid(ki, j)
 end
 
 local function record_interaction(ki, t, now)
+  local index = P .. 'sess:' .. t.session_sid .. ':ix'
+  local newest = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')[2]
+  if newest and tonumber(newest) >= now then now = tonumber(newest) + 1 end
+  t.created_ms, t.updated_ms = now, now
   local flat, stored = {}, {}
   for _, f in ipairs(INTERACTION_FIELDS) do
     local v = t[f]
@@ -152,7 +158,7 @@ local function record_interaction(ki, t, now)
     stored[f] = v
   end
   redis.call('HSET', P .. 'ix:' .. ki, unpack(flat))
-  redis.call('ZADD', P .. 'sess:' .. t.session_sid .. ':ix', now, ki)
+  redis.call('ZADD', index, now, ki)
   return stored
 end
 
