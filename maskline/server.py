@@ -40,7 +40,7 @@ from relay.callbacks import CallbackDispatcher
 from relay.console import add_console
 from relay.credentials import key_verifier
 from relay.fallbacks import FallbackRecorder
-from relay.middleware import api_error_middleware, auth_middleware
+from relay.middleware import api_error_middleware, auth_middleware, behind_boundary
 from relay.outbound import TwilioMessages
 from relay.scheduler import Scheduler
 from relay.state import (
@@ -95,9 +95,10 @@ def create_app(
     `audit_writer=True` also drains the event streams into the audit log in this process;
     `recovery` runs the watchdog that rebuilds Redis' copy when Redis lost its data
     (maskline/recovery.py; default: with the background duties)."""
-    app = web.Application(
-        middlewares=[api_error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
-    )
+    # The webhooks answer on this app, which has no middleware; the REST API is its sub-app at /v1
+    # with the API's own (auth, the error boundary); the rest goes through that boundary route by
+    # route. The stores live here; the API's handlers read them through request.config_dict.
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     app[SETTINGS] = settings
 
     async def stores(app: web.Application) -> AsyncIterator[None]:
@@ -247,18 +248,39 @@ def create_app(
                 await writer_redis.aclose()
 
     app.cleanup_ctx.extend([stores, relay, duties])
-    app.add_routes(health.routes)
-    app.add_routes(openapi.routes)
-    app.add_routes(metrics.routes)
-    app.add_routes(services_api.routes)
-    app.add_routes(sessions_api.routes)
-    app.add_routes(interactions_api.routes)
-    app.add_routes(audit_api.routes)
-    app.add_routes(blocked_api.routes)
-    app.add_routes(scheduled_api.routes)
     app.add_routes(WEBHOOK_ROUTES)
+    for table in (health.routes, openapi.routes, metrics.routes):
+        app.add_routes(behind_boundary(table))
     add_console(app)
+    api = web.Application(
+        middlewares=[api_error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
+    )
+    for table in API_ROUTES:
+        api.add_routes(_mounted(API_PREFIX, table))
+    app.add_subapp(API_PREFIX, api)
     return app
+
+
+API_PREFIX = "/v1"
+API_ROUTES = (
+    services_api.routes,
+    sessions_api.routes,
+    interactions_api.routes,
+    audit_api.routes,
+    blocked_api.routes,
+    scheduled_api.routes,
+)
+
+
+def _mounted(prefix: str, routes: web.RouteTableDef) -> list[web.RouteDef]:
+    """Routes written with their full paths, as a sub-app mounted at `prefix` declares them."""
+    mounted = []
+    for route in routes:
+        assert isinstance(route, web.RouteDef) and route.path.startswith(prefix + "/"), route
+        mounted.append(
+            web.RouteDef(route.method, route.path.removeprefix(prefix), route.handler, route.kwargs)
+        )
+    return mounted
 
 
 async def _republish(app: web.Application) -> None:

@@ -1,6 +1,9 @@
 """The REST API's middlewares: authentication (HTTP Basic with an API key) and the one boundary
-where errors become responses, Twilio-shaped JSON. (The webhooks have their own boundary in
-relay/webhooks/boundary.py: they always answer TwiML, and carry neither middleware.)"""
+where errors become responses, Twilio-shaped JSON. They are the middlewares of the API's sub-app
+(/v1, maskline/server.py); the console's pages, the health checks, /metrics and /openapi.json go
+through the same error boundary route by route (`behind_boundary`). The webhooks have their own
+boundary in relay/webhooks/boundary.py (they always answer TwiML) and carry neither: no coroutine
+of the API's stands between a webhook and its handler."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 from urllib.parse import quote
 
@@ -22,7 +25,7 @@ from core.errors import MasklineError, NotFound
 from relay.metrics import observe_api
 from relay.state import API_KEY, API_LIMITS, SETTINGS, VERIFIER
 
-__all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware"]
+__all__ = ["error_body", "error_response", "api_error_middleware", "auth_middleware", "behind_boundary"]
 
 log = logging.getLogger("maskline.api")
 # One line per API request (method, path, status, latency, error code); the path holds SIDs only
@@ -124,7 +127,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith("/v1/") or request.path.startswith(_NO_DEADLINE_PREFIX):
             return await handler(request)
         # Every script this request runs carries the deadline: answered 503, nothing changed.
-        give_up_s = request.app[SETTINGS].api_deadline_s
+        give_up_s = request.config_dict[SETTINGS].api_deadline_s
         with deadline(give_up_s):
             async with asyncio.timeout(give_up_s):
                 return await handler(request)
@@ -143,6 +146,23 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Never a stack trace to the caller; the log has it.
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(20500, "internal error; it has been logged", 500)
+
+
+def behind_boundary(routes: Iterable[web.AbstractRouteDef]) -> list[web.RouteDef]:
+    """`routes` with each handler behind the error boundary (an error: Twilio-shaped JSON, never a
+    traceback), for routes outside the API's sub-app."""
+    guarded = []
+    for route in routes:
+        assert isinstance(route, web.RouteDef), route
+        guarded.append(web.RouteDef(route.method, route.path, _bounded(route.handler), route.kwargs))
+    return guarded
+
+
+def _bounded(handler: Handler) -> Handler:
+    async def bounded(request: web.Request) -> web.StreamResponse:
+        return await _answer(request, handler)
+
+    return bounded
 
 
 # A refused guesser answered at once just guesses faster: its 429 waits a second (a sleeping
@@ -173,7 +193,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
     if request.path.startswith("/v1/"):
         try:
-            key = await request.app[VERIFIER].authenticate(
+            key = await request.config_dict[VERIFIER].authenticate(
                 request.headers.get("Authorization"), request.remote or ""
             )
         except TooManyAttempts as err:
@@ -189,7 +209,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
             response.headers["WWW-Authenticate"] = 'Basic realm="Maskline"'
             return response
-        wait = await request.app[API_LIMITS].retry_after(key.sid)
+        wait = await request.config_dict[API_LIMITS].retry_after(key.sid)
         if wait is not None:
             response = error_response(
                 20429, f"Too many requests for API key {key.sid}; retry in {wait} s", 429

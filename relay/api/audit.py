@@ -141,7 +141,7 @@ async def parse_query(request: web.Request, key: ApiKey, params: Params) -> _Que
         scope = None if key.service_sids is None else set(key.service_sids)
 
     if session_sid is not None:
-        in_scope = await request.app[PG].fetchval(
+        in_scope = await request.config_dict[PG].fetchval(
             SESSION_IN_SCOPE, session_sid, None if scope is None else sorted(scope)
         )
         if not in_scope:
@@ -152,7 +152,7 @@ async def parse_query(request: web.Request, key: ApiKey, params: Params) -> _Que
 async def record_read(request: web.Request, key: ApiKey, query: _Query, type: str, **extra: Any) -> None:
     numbers = [n for n in (query.number, query.proxy_number) if n]
     await emit_event(
-        request.app[REDIS],
+        request.config_dict[REDIS],
         service_sid=query.record_service,
         type=type,
         # `numbers`: the writer tokenises them like any number, so an erasure covers these too.
@@ -192,7 +192,9 @@ async def list_events(request: web.Request) -> web.StreamResponse:
         except InvalidParameter:
             raise InvalidParameter("PageToken is not one this API returned; use meta.next_page_url") from None
     query = await parse_query(request, key, params)
-    events, next_token = await query_events(request.app[PG], **query.filters(), limit=size, cursor=token)
+    events, next_token = await query_events(
+        request.config_dict[PG], **query.filters(), limit=size, cursor=token
+    )
     await record_read(request, key, query, "audit.queried", page_size=size, returned=len(events))
     first = _page_url(request, PageSize=size)
     return json(
@@ -232,7 +234,7 @@ async def export_response(request: web.Request, fmt: str) -> web.StreamResponse:
     query = await parse_query(request, key, query_params(request))
     # Recorded before the first byte: an export cut off half-way still was an export.
     await record_read(request, key, query, "audit.exported", format=fmt)
-    chunks = export_events(request.app[PG], **query.filters(), fmt=fmt)  # type: ignore[arg-type]
+    chunks = export_events(request.config_dict[PG], **query.filters(), fmt=fmt)  # type: ignore[arg-type]
     # Pull the first chunk before answering: a failure there still becomes a JSON error.
     first = await anext(chunks, b"")
     response = web.StreamResponse(

@@ -39,8 +39,8 @@ async def block(request: web.Request) -> web.Response:
     identifier = params.str("Identifier", max_len=64)
     if not identifier:
         raise MissingParameter("Missing required parameter Identifier (E.164, e.g. +14155550100)")
-    await request.app[SERVICES].get(sid)
-    row = await request.app[BLOCKED].add(sid, identifier)
+    await request.config_dict[SERVICES].get(sid)
+    row = await request.config_dict[BLOCKED].add(sid, identifier)
     return json(_entry(row, base_url(request), account_sid(request)), status=201)
 
 
@@ -48,9 +48,9 @@ async def block(request: web.Request) -> web.Response:
 async def list_blocked(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
-    await request.app[SERVICES].get(sid)
+    await request.config_dict[SERVICES].get(sid)
     wanted = page_args(request)
-    found = await request.app[BLOCKED].list(sid, wanted)
+    found = await request.config_dict[BLOCKED].list(sid, wanted)
     return json(
         render.page(
             "blocked",
@@ -66,12 +66,12 @@ async def list_blocked(request: web.Request) -> web.Response:
 @routes.get(LIST + "/{Sid}")
 async def fetch_blocked(request: web.Request) -> web.Response:
     require(request, "proxy")
-    row = await request.app[BLOCKED].get(await service_sid(request), request.match_info["Sid"])
+    row = await request.config_dict[BLOCKED].get(await service_sid(request), request.match_info["Sid"])
     return json(_entry(row, base_url(request), account_sid(request)))
 
 
 @routes.delete(LIST + "/{Sid}")
 async def unblock(request: web.Request) -> web.Response:
     require(request, "proxy")
-    await request.app[BLOCKED].remove(await service_sid(request), request.match_info["Sid"])
+    await request.config_dict[BLOCKED].remove(await service_sid(request), request.match_info["Sid"])
     return web.Response(status=204)

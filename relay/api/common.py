@@ -29,7 +29,7 @@ async def service_sid(request: web.Request, name: str = "ServiceSid") -> str:
     """The SID of the Service in the path (given by SID or UniqueName), if the key may see it
     (another tenant's Service looks absent)."""
     given = request.match_info[name]
-    sid = await request.app[SERVICES].resolve(given)
+    sid = await request.config_dict[SERVICES].resolve(given)
     if not api_key(request).may_see(sid):
         raise NotFound(f"Service {given} was not found")
     return sid
@@ -37,16 +37,16 @@ async def service_sid(request: web.Request, name: str = "ServiceSid") -> str:
 
 async def session_sid(request: web.Request, service: str, name: str = "SessionSid") -> str:
     """The SID of the Session in the path, given by SID or UniqueName (80308 for an unknown name)."""
-    sid: str = await request.app[SESSIONS].resolve(service, request.match_info[name])
+    sid: str = await request.config_dict[SESSIONS].resolve(service, request.match_info[name])
     return sid
 
 
 def base_url(request: web.Request) -> str:
-    return request.app[SETTINGS].public_url
+    return request.config_dict[SETTINGS].public_url
 
 
 def account_sid(request: web.Request) -> str:
-    return request.app[SETTINGS].twilio_account_sid
+    return request.config_dict[SETTINGS].twilio_account_sid
 
 
 def json(data: Any, status: int = 200) -> web.Response:

@@ -109,7 +109,7 @@ async def _from_audit(
 ) -> Any:
     """The session's Interactions rebuilt from the audit log; None when the log has none either."""
     rows = await interactions_from_audit(
-        request.app[PG],
+        request.config_dict[PG],
         service_sid=ks,
         session_sid=session_sid,
         interaction_sid=interaction_sid,
@@ -122,12 +122,12 @@ async def _from_audit(
 
 
 def _view(request: web.Request, ks: str, ix: dict[str, Any]) -> dict[str, Any]:
-    settings = request.app[RELAY].settings
+    settings = request.config_dict[RELAY].settings
     return interaction_view(ix, ks, base_url(request), account_sid(request), settings.twilio_api_url)
 
 
 def _message_view(request: web.Request, ks: str, kp: str, ix: dict[str, Any]) -> dict[str, Any]:
-    settings = request.app[RELAY].settings
+    settings = request.config_dict[RELAY].settings
     return message_interaction_view(
         ix, ks, kp, base_url(request), account_sid(request), settings.twilio_api_url
     )
@@ -136,7 +136,7 @@ def _message_view(request: web.Request, ks: str, kp: str, ix: dict[str, Any]) ->
 async def _get(request: web.Request, ks: str) -> dict[str, Any]:
     session_sid = await session_of(request, ks)
     sid = request.match_info["Sid"]
-    ix = await request.app[RELAY].interactions.get(ks, session_sid, sid)
+    ix = await request.config_dict[RELAY].interactions.get(ks, session_sid, sid)
     if ix is None:
         ix = await _from_audit(request, ks, session_sid, sid)
     if ix is None:
@@ -150,7 +150,7 @@ async def list_interactions(request: web.Request) -> web.Response:
     ks = await service_sid(request)
     session_sid = await session_of(request, ks)
     wanted = page_args(request)
-    found = await request.app[RELAY].interactions.list(ks, session_sid, wanted)
+    found = await request.config_dict[RELAY].interactions.list(ks, session_sid, wanted)
     if found is None:
         # Redis has forgotten the session: its interactions as the audit log has them (a closed
         # session's list no longer grows, so it is paged in memory).
@@ -187,7 +187,7 @@ async def delete_interaction(request: web.Request) -> web.Response:
     ks = await service_sid(request)
     session_sid = await session_of(request, ks)
     sid = request.match_info["Sid"]
-    if not await request.app[RELAY].interactions.delete(ks, session_sid, sid):
+    if not await request.config_dict[RELAY].interactions.delete(ks, session_sid, sid):
         raise NotFound(f"Interaction {sid} was not found in Session {session_sid}")
     return web.Response(status=204)
 
@@ -216,9 +216,9 @@ async def create_message_interaction(request: web.Request) -> web.Response:
     data.update(template)
     at = send_at_ms(params)
     if at is not None and at - int(time.time() * 1000) >= SOON_MS:  # Maskline: send it later
-        row = await request.app[SCHEDULED].schedule(ks, session_sid, kp, at, data)
+        row = await request.config_dict[SCHEDULED].schedule(ks, session_sid, kp, at, data)
         return json(scheduled_view(request, ks, row), status=201)
-    ix = await send_proactive(request.app[RELAY], ks, session_sid, kp, data)
+    ix = await send_proactive(request.config_dict[RELAY], ks, session_sid, kp, data)
     return json(_message_view(request, ks, kp, ix), status=201)
 
 
@@ -251,10 +251,10 @@ async def list_message_interactions(request: web.Request) -> web.Response:
     ks = await service_sid(request)
     session_sid = await session_of(request, ks)
     kp = request.match_info["ParticipantSid"]
-    await request.app[RELAY].sessions.get_participant(ks, session_sid, kp)
+    await request.config_dict[RELAY].sessions.get_participant(ks, session_sid, kp)
     wanted = page_args(request)
     # A session holds few interactions per participant in Redis; filter, then page.
-    every = await request.app[RELAY].interactions.list(ks, session_sid, PageRequest(size=MAX_LOGGED))
+    every = await request.config_dict[RELAY].interactions.list(ks, session_sid, PageRequest(size=MAX_LOGGED))
     rows = every.items if every is not None else []
     mine = [r for r in rows if r.get("origin") == "api" and r.get("outbound_participant_sid") == kp]
     found = page_of(mine, _position, wanted, newest_first=True)

@@ -71,7 +71,7 @@ async def list_scheduled(request: web.Request) -> web.Response:
     require(request, "proxy")
     ks = await service_sid(request)
     kc = await session_of(request, ks)
-    rows = await request.app[SCHEDULED].list(ks, kc)
+    rows = await request.config_dict[SCHEDULED].list(ks, kc)
     return json(
         {
             "scheduled_messages": [scheduled_view(request, ks, r) for r in rows],
@@ -86,7 +86,9 @@ async def fetch_scheduled(request: web.Request) -> web.Response:
     ks = await service_sid(request)
     kc = await session_of(request, ks)
     return json(
-        scheduled_view(request, ks, await request.app[SCHEDULED].get(ks, kc, request.match_info["Sid"]))
+        scheduled_view(
+            request, ks, await request.config_dict[SCHEDULED].get(ks, kc, request.match_info["Sid"])
+        )
     )
 
 
@@ -95,5 +97,5 @@ async def cancel_scheduled(request: web.Request) -> web.Response:
     require(request, "proxy")
     ks = await service_sid(request)
     kc = await session_of(request, ks)
-    await request.app[SCHEDULED].cancel(ks, kc, request.match_info["Sid"])
+    await request.config_dict[SCHEDULED].cancel(ks, kc, request.match_info["Sid"])
     return web.Response(status=204)

@@ -112,7 +112,7 @@ async def create_service(request: web.Request) -> web.Response:
             "number (PhoneNumbers), then set FallbackNumber",
             code=89005,
         )
-    row = await request.app[SERVICES].create(fields)
+    row = await request.config_dict[SERVICES].create(fields)
     return json(render.service(row, base_url(request), account_sid(request)), status=201)
 
 
@@ -120,7 +120,7 @@ async def create_service(request: web.Request) -> web.Response:
 async def list_services(request: web.Request) -> web.Response:
     key = require(request, "proxy")
     wanted = page_args(request)
-    found = await request.app[SERVICES].list(wanted, only=key.service_sids)
+    found = await request.config_dict[SERVICES].list(wanted, only=key.service_sids)
     return json(
         render.page(
             "services",
@@ -136,7 +136,7 @@ async def list_services(request: web.Request) -> web.Response:
 @routes.get("/v1/Services/{ServiceSid}")
 async def fetch_service(request: web.Request) -> web.Response:
     require(request, "proxy")
-    row = await request.app[SERVICES].get(await service_sid(request))
+    row = await request.config_dict[SERVICES].get(await service_sid(request))
     return json(render.service(row, base_url(request), account_sid(request)))
 
 
@@ -144,7 +144,7 @@ async def fetch_service(request: web.Request) -> web.Response:
 async def update_service(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
-    store = request.app[SERVICES]
+    store = request.config_dict[SERVICES]
     current = await store.get(sid)
     params = await read_params(request)
     fields = _service_fields(params, current.get("options"))
@@ -157,7 +157,7 @@ async def update_service(request: web.Request) -> web.Response:
 
 async def _fallback_in_service(request: web.Request, sid: str, number: str) -> None:
     try:
-        await request.app[NUMBERS].get(sid, number)
+        await request.config_dict[NUMBERS].get(sid, number)
     except NotFound:
         raise InvalidParameter(
             f"FallbackNumber {number} is not a phone number of this Service; add it (PhoneNumbers) first",
@@ -168,7 +168,7 @@ async def _fallback_in_service(request: web.Request, sid: str, number: str) -> N
 @routes.delete("/v1/Services/{ServiceSid}")
 async def delete_service(request: web.Request) -> web.Response:
     require(request, "proxy")
-    await request.app[SERVICES].delete(await service_sid(request))
+    await request.config_dict[SERVICES].delete(await service_sid(request))
     return web.Response(status=204)
 
 
@@ -183,8 +183,8 @@ async def add_number(request: web.Request) -> web.Response:
         # As on Twilio: a number of the account by its IncomingPhoneNumber sid, which it keeps, with
         # its capabilities; 80301 (404) when the account has no such number, 20503 (503) when
         # Twilio cannot be reached (relay/twilio_account.py).
-        await request.app[SERVICES].get(sid)
-        incoming = await request.app[TWILIO_ACCOUNT].fetch(pn_sid)
+        await request.config_dict[SERVICES].get(sid)
+        incoming = await request.config_dict[TWILIO_ACCOUNT].fetch(pn_sid)
         if number and parse_proxy_number(number).e164 != incoming.phone_number:
             raise InvalidParameter(
                 f"PhoneNumber {number} is not the number of Sid {pn_sid}; send one of them"
@@ -199,7 +199,7 @@ async def add_number(request: web.Request) -> web.Response:
         # Maskline extension: the number is a WhatsApp sender of the account (Twilio's
         # IncomingPhoneNumbers do not say so): WhatsApp participants get numbers like it.
         capabilities["whatsapp"] = True
-    row = await request.app[NUMBERS].add(
+    row = await request.config_dict[NUMBERS].add(
         sid,
         number,
         is_reserved=bool(params.bool("IsReserved")),
@@ -215,9 +215,9 @@ async def add_number(request: web.Request) -> web.Response:
 async def list_numbers(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
-    await request.app[SERVICES].get(sid)
+    await request.config_dict[SERVICES].get(sid)
     wanted = page_args(request)
-    found = await request.app[NUMBERS].list(sid, wanted)
+    found = await request.config_dict[NUMBERS].list(sid, wanted)
     return json(
         render.page(
             "phone_numbers",
@@ -233,7 +233,7 @@ async def list_numbers(request: web.Request) -> web.Response:
 @routes.get("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
 async def fetch_number(request: web.Request) -> web.Response:
     require(request, "proxy")
-    row = await request.app[NUMBERS].get(await service_sid(request), request.match_info["Sid"])
+    row = await request.config_dict[NUMBERS].get(await service_sid(request), request.match_info["Sid"])
     return json(render.phone_number(row, base_url(request), account_sid(request)))
 
 
@@ -242,7 +242,7 @@ async def update_number(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
     params = await read_params(request)
-    registry = request.app[NUMBERS]
+    registry = request.config_dict[NUMBERS]
     row = await registry.get(sid, request.match_info["Sid"])
     reserved = params.bool("IsReserved")
     if reserved is not None:
@@ -253,5 +253,5 @@ async def update_number(request: web.Request) -> web.Response:
 @routes.delete("/v1/Services/{ServiceSid}/PhoneNumbers/{Sid}")
 async def remove_number(request: web.Request) -> web.Response:
     require(request, "proxy")
-    await request.app[NUMBERS].remove(await service_sid(request), request.match_info["Sid"])
+    await request.config_dict[NUMBERS].remove(await service_sid(request), request.match_info["Sid"])
     return web.Response(status=204)

@@ -70,7 +70,7 @@ def _participant(request: web.Request, sid: str, p: dict[str, Any]) -> dict[str,
 
 def _expiry_ms(params: Params, request: web.Request) -> int | None:
     expiry = params.datetime_ms("DateExpiry")
-    if expiry is not None and expiry <= request.app[SESSIONS].clock.now_ms():
+    if expiry is not None and expiry <= request.config_dict[SESSIONS].clock.now_ms():
         raise InvalidParameter("DateExpiry must be in the future")
     return expiry
 
@@ -81,7 +81,7 @@ async def create_session(request: web.Request) -> web.Response:
     sid = await service_sid(request)
     params = await read_params(request)
     status = params.enum("Status", Status) or Status.OPEN.value
-    view = await request.app[SESSIONS].create_session(
+    view = await request.config_dict[SESSIONS].create_session(
         sid,
         unique_name=params.str("UniqueName", max_len=MAX_UNIQUE_NAME) or "",
         mode=Mode(params.enum("Mode", Mode) or Mode.VOICE_AND_MESSAGE.value),
@@ -101,7 +101,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
     wanted = page_args(request)
-    found = await request.app[SESSIONS].list_sessions(sid, wanted)
+    found = await request.config_dict[SESSIONS].list_sessions(sid, wanted)
     return json(
         render.page(
             "sessions",
@@ -118,7 +118,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def fetch_session(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
-    view = await request.app[SESSIONS].get_session(sid, await session_sid(request, sid, "Sid"))
+    view = await request.config_dict[SESSIONS].get_session(sid, await session_sid(request, sid, "Sid"))
     return json(_session(request, sid, view))
 
 
@@ -128,7 +128,7 @@ async def update_session(request: web.Request) -> web.Response:
     sid = await service_sid(request)
     params = await read_params(request)
     status = params.enum("Status", Status)
-    view = await request.app[SESSIONS].update_session(
+    view = await request.config_dict[SESSIONS].update_session(
         sid,
         await session_sid(request, sid, "Sid"),
         ttl_s=params.int("Ttl", maximum=31_536_000),
@@ -142,7 +142,7 @@ async def update_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     require(request, "proxy")
     ks = await service_sid(request)
-    await request.app[SESSIONS].delete_session(ks, await session_sid(request, ks, "Sid"))
+    await request.config_dict[SESSIONS].delete_session(ks, await session_sid(request, ks, "Sid"))
     return web.Response(status=204)
 
 
@@ -157,7 +157,7 @@ async def add_participant(request: web.Request) -> web.Response:
         proxy_identifier=params.str("ProxyIdentifier", max_len=MAX_IDENTIFIER) or "",
         proxy_identifier_sid=params.str("ProxyIdentifierSid", max_len=MAX_IDENTIFIER) or "",
     )
-    p = await request.app[SESSIONS].add_participant(sid, await session_sid(request, sid), req)
+    p = await request.config_dict[SESSIONS].add_participant(sid, await session_sid(request, sid), req)
     return json(_participant(request, sid, p), status=201)
 
 
@@ -167,7 +167,7 @@ async def list_participants(request: web.Request) -> web.Response:
     sid = await service_sid(request)
     session = await session_sid(request, sid)
     wanted = page_args(request)
-    everyone = sorted(await request.app[SESSIONS].list_participants(sid, session), key=_position)
+    everyone = sorted(await request.config_dict[SESSIONS].list_participants(sid, session), key=_position)
     found = page_of(everyone, _position, wanted, newest_first=False)
     return json(
         render.page(
@@ -189,7 +189,7 @@ def _position(p: dict[str, Any]) -> tuple[int, str]:
 async def fetch_participant(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
-    p = await request.app[SESSIONS].get_participant(
+    p = await request.config_dict[SESSIONS].get_participant(
         sid, await session_sid(request, sid), request.match_info["Sid"]
     )
     return json(_participant(request, sid, p))
@@ -199,7 +199,7 @@ async def fetch_participant(request: web.Request) -> web.Response:
 async def remove_participant(request: web.Request) -> web.Response:
     require(request, "proxy")
     sid = await service_sid(request)
-    await request.app[SESSIONS].remove_participant(
+    await request.config_dict[SESSIONS].remove_participant(
         sid, await session_sid(request, sid), request.match_info["Sid"]
     )
     return web.Response(status=204)
