@@ -245,7 +245,7 @@ class SessionStore:
 
     async def list_participants(self, service_sid: str, session_sid: str) -> list[dict[str, Any]]:
         session = await self.get_session(service_sid, session_sid)
-        sids = [s for s in session.get("parts", "").split(",") if s]
+        sids = part_sids(session.get("parts", ""))
         if not sids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -253,3 +253,12 @@ class SessionStore:
                 pipe.hgetall(keys.participant(service_sid, sid))
             rows = await pipe.execute()
         return [row for row in rows if row]
+
+
+def part_sids(parts: str) -> list[str]:
+    """A session's participant sids from its `parts` field, as part_sids() in _session.lua reads
+    it: 32 hex digits per sid without the 'KP', end to end, or (older sessions, odd sids) the sids
+    comma-separated."""
+    if parts.startswith("KP"):
+        return [sid for sid in parts.split(",") if sid]
+    return ["KP" + parts[i : i + 32] for i in range(0, len(parts), 32)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
+from core import keys
 from core.paging import PageRequest
 from sessions.models import Replay
 from sessions.routing import Router, classify_keyword
@@ -97,3 +98,31 @@ async def test_interactions_in_one_millisecond_list_newest_first_in_the_order_th
     assert [ix["sid"] for ix in page.items] == sids[::-1]
     created = [int(ix["created_ms"]) for ix in page.items]
     assert created == sorted(created, reverse=True) and len(set(created)) == 3
+
+
+async def test_a_two_party_session_stays_in_redis_compact_encoding_and_old_sessions_still_route(
+    world: World,
+) -> None:
+    """A two-party session's hash keeps Redis' compact encoding (its participant list fits in 64
+    bytes), and a session written in the earlier comma-separated form routes, lists and closes."""
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202", "+14155550203")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    session_key = keys.session(ks, view["sid"])
+    assert await world.redis.object("encoding", session_key) in ("listpack", "ziplist")
+
+    old = await world.session(ks, HOST, GUEST)
+    old_key = keys.session(ks, old["sid"])
+    sids = [p["sid"] for p in old["participants"]]
+    await world.redis.hset(old_key, "parts", ",".join(sids))
+    assert [p["sid"] for p in await world.sessions.list_participants(ks, old["sid"])] == sids
+    given = proxies(old)
+    route = await Router(world.redis, clock=world.clock).route_text(
+        from_=HOST, to=given[HOST], message_sid="SMold", body="hi"
+    )
+    assert route.outcome == "relay" and route.outbound["identifier"] == GUEST
+    await world.sessions.close_session(ks, old["sid"])
+    late = await Router(world.redis, clock=world.clock).route_text(
+        from_=HOST, to=given[HOST], message_sid="SMold2", body="hi"
+    )
+    assert late.outcome == "no_session"

@@ -15,7 +15,8 @@ if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
 if sess.status == 'closed' then return fail(80607, 'Session ' .. sid .. ' is closed; participants cannot be added') end
 local kp, ident, region, area, explicit, name = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local count = 0
-for other in string.gmatch(sess.parts or '', '[^,]+') do
+local parts = part_sids(sess.parts)
+for _, other in ipairs(parts) do
   count = count + 1
   if redis.call('HGET', P .. 'part:' .. other, 'identifier') == ident then
     return fail(80103, 'participant ' .. ident .. ' is already in Session ' .. sid)
@@ -42,9 +43,8 @@ redis.call('HSET', P .. 'part:' .. kp, 'sid', kp, 'session_sid', sid, 'identifie
   'proxy_identifier', proxy, 'proxy_identifier_sid', redis.call('HGET', P .. 'num:' .. proxy, 'sid'),
   'friendly_name', name, 'created_ms', now, 'updated_ms', now)
 if pin ~= '' then redis.call('HSET', P .. 'part:' .. kp, 'pin', pin) end
-local parts = sess.parts or ''
-if parts == '' then parts = kp else parts = parts .. ',' .. kp end
-redis.call('HSET', sk, 'parts', parts, 'updated_ms', now)
+parts[#parts + 1] = kp
+redis.call('HSET', sk, 'parts', parts_field(parts), 'updated_ms', now)
 local p = participant_view(kp)
 emit(ARGV[2], 'participant.added', now, { session_sid = sid, participant = p,
   numbers = { ident, proxy } })

@@ -68,7 +68,7 @@ local sk = P .. 'sess:' .. sid
 redis.call('HSET', sk, 'sid', sid, 'unique_name', uname, 'status', ARGV[6], 'mode', ARGV[5], 'ttl', ttl,
   'date_expiry_ms', ARGV[8], 'created_ms', now, 'updated_ms', now, 'started_ms', now,
   'last_activity_ms', now, 'last_interaction_ms', '', 'ended_ms', '', 'closed_reason', '',
-  'parts', table.concat(parts, ','))
+  'parts', parts_field(parts))
 redis.call('ZADD', P .. 'sessions', now, sid)
 if uname ~= '' then redis.call('SET', P .. 'uname:' .. uname, sid) end
 schedule_expiry(sid, hgetall(sk))

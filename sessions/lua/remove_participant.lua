@@ -12,7 +12,7 @@ local sk = P .. 'sess:' .. sid
 local parts = redis.call('HGET', sk, 'parts')
 if not parts then return fail(20404, 'Session ' .. sid .. ' was not found') end
 local kept, found = {}, false
-for other in string.gmatch(parts, '[^,]+') do
+for _, other in ipairs(part_sids(parts)) do
   if other == kp then found = true else kept[#kept + 1] = other end
 end
 if not found then return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid) end
@@ -21,7 +21,7 @@ if redis.call('HGET', sk, 'status') ~= 'closed' then release_pair(sid, kp, cool_
 cancel_scheduled(sid, 'participant_removed', now, kp)
 redis.call('HSET', P .. 'part:' .. kp, 'deleted_ms', now, 'updated_ms', now)
 redis.call('PEXPIRE', P .. 'part:' .. kp, math.max(cool_off_ms, 86400000))
-redis.call('HSET', sk, 'parts', table.concat(kept, ','), 'updated_ms', now)
+redis.call('HSET', sk, 'parts', parts_field(kept), 'updated_ms', now)
 local p = participant_view(kp)
 emit(ARGV[2], 'participant.removed', now, { session_sid = sid, participant = p,
   numbers = { p.identifier, p.proxy_identifier } })

@@ -17,7 +17,7 @@ local key = P .. 'sm:' .. km
 if redis.call('EXISTS', key) == 1 then return 'exists' end
 local sess = hgetall(P .. 'sess:' .. sid)
 if not sess or sess.status == 'closed' or
-   not string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true) then
+   not has_part(sess.parts, kp) then
   return 'gone'
 end
 local send_at = tonumber(m.send_at_ms) or now

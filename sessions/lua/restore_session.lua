@@ -77,7 +77,7 @@ redis.call('HSET', sk, 'sid', sid, 'unique_name', f.unique_name, 'status', f.sta
   'ttl', f.ttl, 'date_expiry_ms', f.date_expiry_ms, 'created_ms', f.created_ms, 'updated_ms', f.updated_ms,
   'started_ms', f.started_ms, 'last_activity_ms', f.last_activity_ms,
   'last_interaction_ms', f.last_interaction_ms, 'ended_ms', '', 'closed_reason', '',
-  'parts', table.concat(parts, ','), 'restored_ms', now)
+  'parts', parts_field(parts), 'restored_ms', now)
 redis.call('ZADD', P .. 'sessions', f.created_ms, sid)
 if f.unique_name ~= '' then
   local other = redis.call('GET', P .. 'uname:' .. f.unique_name)

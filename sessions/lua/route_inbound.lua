@@ -140,7 +140,7 @@ if not holder then return done({ outcome = 'no_session' }) end
 local sid, kp = string.match(holder, '^([^:]+):(.+)$')
 local sk = P .. 'sess:' .. sid
 local sess = hgetall(sk)
-local live = sess and sess.status ~= 'closed' and string.find(',' .. (sess.parts or '') .. ',', ',' .. kp .. ',', 1, true)
+local live = sess and sess.status ~= 'closed' and has_part(sess.parts, kp)
 if live then
   local at = tonumber(sess.expires_at_ms or '0') or 0
   if at > 0 and at <= now then
@@ -157,7 +157,7 @@ end
 
 local inbound = participant_view(kp)
 local others = {}
-for other in string.gmatch(sess.parts, '[^,]+') do
+for _, other in ipairs(part_sids(sess.parts)) do
   if other ~= kp then others[#others + 1] = participant_view(other) end
 end
 if #others == 0 then

@@ -21,7 +21,7 @@ if sess.status == 'closed' then
   end
   -- Re-open only if every pair is still ours (cooling off) or free; never steal a pair.
   local parts = {}
-  for kp in string.gmatch(sess.parts or '', '[^,]+') do
+  for _, kp in ipairs(part_sids(sess.parts)) do
     local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier', 'pin')
     if not f[1] then return fail(80604, 'participant ' .. kp .. ' of Session ' .. sid .. ' is gone; create a new Session') end
     local holder = redis.call('GET', pair_key(f[1], f[2], f[3]))
