@@ -191,3 +191,20 @@ async def test_key_scoped_to_one_service_cannot_see_another(api: RunningApp, pg)
     assert (await api.call("GET", f"/v1/Services/{b['sid']}"))[0] == 404
     _, listing = await api.call("GET", "/v1/Services")
     assert [s["sid"] for s in listing["services"]] == [a["sid"]]
+
+
+def test_webhooks_carry_no_api_middleware_and_the_api_keeps_its_own(settings) -> None:
+    """The webhooks are routes of an app without middleware; auth and the error boundary belong
+    to the API's sub-app at /v1 (a webhook never waits on them)."""
+    from aiohttp import web
+
+    from maskline.server import create_app
+    from relay.middleware import api_error_middleware, auth_middleware
+
+    app = create_app(settings, background=False)
+    assert tuple(app.middlewares) == ()
+    webhooks = {r.resource.canonical for r in app.router.routes() if r.resource and r.method == "POST"}
+    assert {"/twilio/sms", "/twilio/voice"} <= webhooks
+    (api,) = [r for r in app.router.resources() if isinstance(r, web.PrefixedSubAppResource)]
+    assert api.canonical == "/v1"
+    assert tuple(api.get_info()["app"].middlewares) == (api_error_middleware, auth_middleware)
