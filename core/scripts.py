@@ -5,7 +5,10 @@ A `LuaLibrary` is a stack of script folders, lowest layer first (core/lua, then 
 sessions/lua). A script's source is: the Lua constants the library was given (field lists shared
 with Python, so both read them by name), every helper file (`_*.lua`) of every layer in order, then
 the script itself, found in the highest layer that has it. Redis 6.2 has no FUNCTION LOAD, hence
-the prepending.
+the prepending; and since Redis runs a script's whole text on every call, each script gets only the
+helpers it names, directly or through another helper (a helper file's top-level `local` definitions
+are its units; a top-level `do` block always goes in): every helper defined on every call cost
+finish_scheduled four times what it does with the six it uses.
 
 Every script gets the caller's deadline as its last ARGV (core/deadline.py); one that starts too
 late answers the error DEADLINE, raised here as DeadlineExceeded. Each state-changing script
@@ -15,6 +18,7 @@ matching domain error."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -61,12 +65,55 @@ class LuaLibrary:
         found = {p.stem for layer in self.layers for p in layer.glob("*.lua") if not p.stem.startswith("_")}
         return tuple(sorted(found))
 
+    @cached_property
+    def _units(self) -> list[tuple[frozenset[str] | None, str, frozenset[str]]]:
+        """The prelude cut at its top-level `local` and `do` lines: (names it defines, or None for
+        code that always runs; its text; the names it mentions)."""
+        units: list[list[str]] = []
+        for line in self.prelude.splitlines():
+            if not units or line.startswith("local ") or line.rstrip() == "do":
+                units.append([])
+            units[-1].append(line)
+        found = []
+        for lines in units:
+            text = "\n".join(lines)
+            match = _DEFINES.match(text)
+            names = (
+                frozenset(n.strip() for n in (match.group(1) or match.group(2)).split(",")) if match else None
+            )
+            code = "\n".join(line for line in lines if not line.lstrip().startswith("--"))
+            found.append((names, text, frozenset(_NAME.findall(code))))
+        return found
+
     def source(self, name: str) -> str:
         for layer in reversed(self.layers):
             path = layer / f"{name}.lua"
             if path.exists():
-                return self.prelude + path.read_text()
+                body = path.read_text()
+                return self._helpers_for(body) + body
         raise KeyError(f"no Lua script {name!r} in {', '.join(str(p) for p in self.layers)}")
+
+    def _helpers_for(self, body: str) -> str:
+        """The prelude's units that `body` needs, in their order (any mention of a name counts,
+        even in a comment of the script: at worst a helper too many, never one too few)."""
+        wanted = set(_NAME.findall(body))
+        kept = [names is None for names, _, _ in self._units]
+        for names, _, mentions in self._units:
+            if names is None:
+                wanted |= mentions
+        grown = True
+        while grown:  # a helper's own helpers, to a fixed point
+            grown = False
+            for i, (names, _, mentions) in enumerate(self._units):
+                if not kept[i] and names is not None and names & wanted:
+                    kept[i], grown = True, True
+                    wanted |= mentions
+        return "\n".join(text for (_, text, _), keep in zip(self._units, kept, strict=True) if keep) + "\n"
+
+
+_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# `local function name(` or `local a, b = ...` at the start of a unit.
+_DEFINES: Final = re.compile(r"local\s+function\s+([A-Za-z_]\w*)|local\s+([A-Za-z_][\w\s,]*?)\s*=")
 
 
 def _lua_string(value: str) -> str:

@@ -1,0 +1,52 @@
+"""The Lua loader gives each script the helpers it names, and those helpers' own, and nothing else
+(Redis runs a script's whole text on every call), with the always-run prelude code kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.scripts import CORE_LUA, LuaLibrary
+from sessions.scripts import SESSION_LUA
+
+HELPERS = """\
+-- Helpers for the test.
+local P = KEYS[1]
+
+do
+  redis.call('SET', P .. 'prelude-ran', '1')
+end
+
+local function b() return 'b' end
+
+-- a needs b
+local function a() return 'a' .. b() end
+
+local function unused() return 'never' end
+
+local LETTERS, OTHER = { 'x' }, { 'y' }
+"""
+
+
+async def test_a_script_gets_the_helpers_it_names_and_theirs_and_the_always_run_code(
+    redis, tmp_path: Path
+) -> None:
+    (tmp_path / "_helpers.lua").write_text(HELPERS)
+    (tmp_path / "spell.lua").write_text("return a() .. LETTERS[1]\n")
+    source = LuaLibrary([tmp_path]).source("spell")
+    assert "local function a()" in source and "local function b()" in source
+    assert "unused" not in source
+    assert "local LETTERS, OTHER" in source
+    prefix = "ml:{test-lua}:"
+    assert await redis.eval(source, 1, prefix) == "abx"
+    assert await redis.get(prefix + "prelude-ran") == "1"  # the top-level `do` block ran
+    await redis.delete(prefix + "prelude-ran")
+
+
+def test_a_script_that_needs_few_helpers_does_not_carry_the_rest() -> None:
+    everything = SESSION_LUA.prelude
+    small = SESSION_LUA.source("finish_scheduled")
+    assert len(small) < len(everything) / 4
+    # ...but the deadline check of core/lua/_lib.lua runs before every script.
+    deadline_check = (CORE_LUA / "_lib.lua").read_text().split("\ndo\n", 1)[1].split("\nend\n", 1)[0]
+    for name in SESSION_LUA.names:
+        assert deadline_check in SESSION_LUA.source(name), name
