@@ -32,6 +32,7 @@ from redis.exceptions import ResponseError
 from core.connections import is_cluster
 from core.deadline import DEADLINE_REPLY, DeadlineExceeded, script_arg
 from core.errors import MasklineError, NotFound, PoolError
+from core.resp import FastRedis
 
 __all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for", "raise_deadline"]
 
@@ -149,8 +150,10 @@ class Scripts:
     def __init__(self, redis: aioredis.Redis, library: LuaLibrary) -> None:
         self.library = library
         self.redis = redis
+        self.fast: FastRedis | None = None
+        self._sources = {name: library.source(name) for name in library.names}
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(library.source(name)) for name in library.names
+            name: redis.register_script(source) for name, source in self._sources.items()
         }
         # A cluster's masters learn every script up front (SCRIPT LOAD goes to all of them):
         # redis-py's NOSCRIPT fallback breaks connections when many first calls race on a cluster.
@@ -166,10 +169,18 @@ class Scripts:
                     await self.redis.script_load(script.script)
                 self._unloaded = False
 
+    def run_on(self, fast: FastRedis | None) -> None:
+        """Run the scripts through `fast`, the pipelined client of core/resp.py (a fraction of
+        redis-py's CPU per call; it loads a script where it is missing), or through redis-py again
+        (None)."""
+        self.fast = fast
+
     async def call(self, name: str, prefix: str, *args: str | int) -> Any:
-        if self._unloaded:
-            await self._load_everywhere()
         try:
+            if self.fast is not None:
+                return await self.fast.run_script(self._sources[name], [prefix], [*args, script_arg()])
+            if self._unloaded:
+                await self._load_everywhere()
             return await self._scripts[name](keys=[prefix], args=[*args, script_arg()])
         except ResponseError as err:
             raise_deadline(err)

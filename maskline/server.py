@@ -147,6 +147,7 @@ def create_app(
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         # The webhooks' own pipelined connection (core/resp.py), to the same Redis as app[REDIS].
         fast = fast_client(app[REDIS])
+        sessions.scripts.run_on(fast)  # the scheduler's, the API's and the sweeper's scripts too
         callbacks = CallbackDispatcher(
             http, auth_token=settings.twilio_auth_token, timeout_s=settings.callback_timeout_s
         )
@@ -200,6 +201,7 @@ def create_app(
             await fallbacks.stop()
             await callbacks.stop()
             await http.close()
+            sessions.scripts.run_on(None)
             await fast.aclose()
 
     async def duties(app: web.Application) -> AsyncIterator[None]:
