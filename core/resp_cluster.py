@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError, RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.connections import is_cluster
 from core.resp import DEFAULT_COMMAND_TIMEOUT_S, RespClient, _tls_context
@@ -99,7 +100,8 @@ class ClusterRespClient:
             for address in known:
                 try:
                     reply = await self._node(address).execute("CLUSTER", "SLOTS", timeout_s=1.0)
-                except (ConnectionError, TimeoutError, ResponseError) as err:
+                except (ConnectionError, TimeoutError, RedisTimeoutError, ResponseError) as err:
+                    # (a node too slow to answer is skipped like a dead one: the next may know)
                     errors.append(f"{address[0]}:{address[1]}: {err}")
                     continue
                 slots: list[tuple[str, int] | None] = [None] * SLOTS
