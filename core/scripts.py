@@ -7,8 +7,8 @@ with Python, so both read them by name), every helper file (`_*.lua`) of every l
 the script itself, found in the highest layer that has it. Redis 6.2 has no FUNCTION LOAD, hence
 the prepending; and since Redis runs a script's whole text on every call, each script gets only the
 helpers it names, directly or through another helper (a helper file's top-level `local` definitions
-are its units; a top-level `do` block always goes in): every helper defined on every call cost
-finish_scheduled four times what it does with the six it uses.
+are its units; a top-level `do` block always goes in): defining every helper on every call made
+finish_scheduled cost Redis twice what it does with the few it uses.
 
 Every script gets the caller's deadline as its last ARGV (core/deadline.py); one that starts too
 late answers the error DEADLINE, raised here as DeadlineExceeded. Each state-changing script
