@@ -52,6 +52,8 @@ STATUS_RANK: Final[dict[str, int]] = {
     "deleted": 7,
 }
 TERMINAL_STATUSES: Final = frozenset(s for s, r in STATUS_RANK.items() if r >= 6)
+# STATUS_RANK as update_interaction.lua takes it.
+_RANKS: Final = ",".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
 
 
 class InteractionStore:
@@ -256,45 +258,23 @@ class InteractionStore:
         inbound_status: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Apply a status callback; emits interaction.updated when anything changed.
-        Returns the updated interaction, or None if Redis no longer has it."""
-        key = keys.interaction(service_sid, interaction_sid)
-        raw: Any = await self.redis.hgetall(key)
-        row: dict[str, Any] = dict(raw)
-        if not row:
-            return None
-        changes: dict[str, Any] = {}
-        if outbound_resource_sid and row.get("outbound_resource_sid") != outbound_resource_sid:
-            changes["outbound_resource_sid"] = outbound_resource_sid
-        if outbound_status and _advances(row.get("outbound_resource_status", ""), outbound_status):
-            changes["outbound_resource_status"] = outbound_status
-        if inbound_status and _advances(row.get("inbound_resource_status", ""), inbound_status):
-            changes["inbound_resource_status"] = inbound_status
-        if data:
-            try:
-                merged = orjson.loads(row.get("data") or "{}")
-            except orjson.JSONDecodeError:
-                merged = {}
-            if not isinstance(merged, dict):
-                merged = {}
-            new = {**merged, **data}
-            if new != merged:
-                changes["data"] = orjson.dumps(new).decode()
-        if not changes:
-            return row
-        now_ms = self.clock.now_ms()
-        changes["updated_ms"] = str(now_ms)
-        mapping: Any = changes
-        await self.redis.hset(key, mapping=mapping)
-        row.update(changes)
-        await emit_event(
-            self.redis,
-            service_sid=service_sid,
-            type="interaction.updated",
-            data=await self._event_view(service_sid, row),
-            ts_ms=now_ms,
+        """Apply a status callback, atomically (update_interaction.lua: a status never moves back,
+        even when two callbacks race); emits interaction.updated when anything changed. Returns
+        the interaction, or None if Redis no longer has it."""
+        raw = await self.scripts.call(
+            "update_interaction",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            interaction_sid,
+            outbound_resource_sid or "",
+            outbound_status or "",
+            inbound_status or "",
+            orjson.dumps(data).decode() if data else "",
+            _RANKS,
+            new_event_id(),
         )
-        return row
+        row: dict[str, Any] = orjson.loads(raw)
+        return row or None
 
     async def _event_view(self, service_sid: str, row: dict[str, Any]) -> dict[str, Any]:
         """The interaction with the real numbers it concerns (design.md, "Events")."""
@@ -314,7 +294,3 @@ class InteractionStore:
                 numbers.append(str(proxy))
         view["numbers"] = numbers
         return view
-
-
-def _advances(current: str, new: str) -> bool:
-    return STATUS_RANK.get(new, 1) >= STATUS_RANK.get(current, 0) and new != current

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 import pytest
 from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
@@ -126,3 +129,33 @@ async def test_a_two_party_session_stays_in_redis_compact_encoding_and_old_sessi
         from_=HOST, to=given[HOST], message_sid="SMold2", body="hi"
     )
     assert late.outcome == "no_session"
+
+
+async def test_status_callbacks_that_race_never_move_a_status_back(world: World) -> None:
+    """Twilio posts `sent` and `delivered` in requests of their own, which may be handled at the
+    same time: whichever lands last, the interaction ends `delivered`, with one event per change."""
+    from sessions.interactions import InteractionStore
+
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    given = proxies(view)
+    router = Router(world.redis, clock=world.clock)
+    store = InteractionStore(world.redis, clock=world.clock)
+    for n, order in enumerate([("sent", "delivered"), ("delivered", "sent")] * 5):
+        route = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid=f"SMr{n}", body="hi")
+        ki = str(route.interaction_sid)
+        await asyncio.gather(
+            *(store.update(ks, ki, outbound_status=s, outbound_resource_sid="SMout") for s in order)
+        )
+        row = await world.redis.hgetall(keys.interaction(ks, ki))
+        assert row["outbound_resource_status"] == "delivered", order
+        assert row["outbound_resource_sid"] == "SMout"
+    # A call's duration merges into its data; the same callback again changes nothing.
+    route = await router.route_call(from_=CUSTOMER, to=given[CUSTOMER], call_sid="CAr1")
+    ki = str(route.interaction_sid)
+    first = await store.update(ks, ki, outbound_status="completed", data={"duration": "42"})
+    again = await store.update(ks, ki, outbound_status="completed", data={"duration": "42"})
+    assert first is not None and again == first
+    assert orjson.loads(first["data"]) == {"duration": "42"}
+    assert await store.update(ks, "KI" + "0" * 32, outbound_status="delivered") is None
