@@ -147,7 +147,7 @@ def create_app(
         http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
         # The webhooks' own pipelined connection (core/resp.py), to the same Redis as app[REDIS].
         fast = fast_client(app[REDIS])
-        sessions.scripts.run_on(fast)  # the scheduler's, the API's and the sweeper's scripts too
+        sessions.scripts.run_on(fast)  # every script: the webhook's route, the scheduler's, the API's
         callbacks = CallbackDispatcher(
             http, auth_token=settings.twilio_auth_token, timeout_s=settings.callback_timeout_s
         )
@@ -157,7 +157,6 @@ def create_app(
             app[REDIS],
             scripts=sessions.scripts,
             clock=clock,
-            fast=fast,
             sessions=sessions,
             interactions=interactions,
             dedupe_ttl_s=settings.dedupe_ttl_s,

@@ -16,14 +16,11 @@ from typing import Any, Final, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from core import keys
 from core.clock import SYSTEM, Clock
-from core.deadline import script_arg
 from core.ids import creation_event_id, new_sid
-from core.resp import FastRedis
-from core.scripts import Scripts, raise_deadline
+from core.scripts import Scripts
 from core.settings import Settings
 from sessions.interactions import InteractionStore
 from sessions.models import (
@@ -74,7 +71,6 @@ class Router:
         *,
         scripts: Scripts | None = None,
         clock: Clock = SYSTEM,
-        fast: FastRedis | None = None,
         sessions: SessionStore | None = None,
         interactions: InteractionStore | None = None,
         dedupe_ttl_s: int = Settings.dedupe_ttl_s,
@@ -82,12 +78,9 @@ class Router:
         self.redis = redis
         self.scripts = scripts or Scripts(redis, SESSION_LUA)
         self.clock = clock
-        # The hot path's one round trip goes through the lean pipelined client when there is one.
-        self.fast = fast
         self.sessions = sessions or SessionStore(redis, scripts=self.scripts, clock=clock)
         self.interactions = interactions or InteractionStore(redis, clock=clock, scripts=self.scripts)
         self.dedupe_ttl_s = dedupe_ttl_s
-        self._route_source = self.scripts.library.source("route_inbound")
         self._owner: dict[str, str] = {}
         self._options: dict[tuple[Any, ...], RelayOptions] = {}
 
@@ -187,14 +180,8 @@ class Router:
         return route
 
     async def _run(self, service_sid: str, args: list[str | int]) -> dict[str, Any]:
-        prefix = keys.service_prefix(service_sid)
-        if self.fast is not None:
-            try:
-                raw = await self.fast.run_script(self._route_source, [prefix], [*args, script_arg()])
-            except ResponseError as err:
-                raise_deadline(err)
-        else:
-            raw = await self.scripts.call("route_inbound", prefix, *args)
+        # (one round trip; through the pipelined client when the scripts run on it: Scripts.run_on)
+        raw = await self.scripts.call("route_inbound", keys.service_prefix(service_sid), *args)
         result: dict[str, Any] = orjson.loads(raw)
         return result
 
