@@ -22,7 +22,7 @@ from audit.chain import StoredRow, row_hash, ts_from_ms, ts_to_ms
 from audit.cipher import reveal
 from audit.subjects import ERASED, lookup_subjects, tokens_in
 from core.errors import InvalidParameter
-from core.records import INTERACTION_FIELDS
+from core.records import INTERACTION_FIELDS, STATUS_RANK
 
 __all__ = ["AuditEvent", "query_events", "export_events", "interactions_from_audit", "EXPORT_FORMATS"]
 
@@ -326,6 +326,7 @@ WHERE service_sid = $1 AND session_sid = $2 AND type = ANY($3::text[])
 ORDER BY ts, seq
 """
 INTERACTION_EVENT_TYPES: Final = ("interaction.created", "interaction.updated", "interaction.deleted")
+_STATUS_FIELDS: Final = ("inbound_resource_status", "outbound_resource_status")
 # The Interaction resource's own fields: the record's (core/records.py) less its bookkeeping.
 RESOURCE_FIELDS: Final = tuple(
     f for f in INTERACTION_FIELDS if f not in ("outcome", "origin", "created_ms", "updated_ms")
@@ -351,13 +352,14 @@ async def interactions_from_audit(
     limit: int,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """A session's Interactions rebuilt from the log, for when Redis has forgotten the session.
+    """A session's Interactions rebuilt from the log, for those Redis no longer holds (past their
+    hot window, or the session's retention).
 
     Folds each interaction's `interaction.created` and `interaction.updated` events (the one with
     the latest `updated_ms` wins, ties go to the later write); `interaction.deleted` removes it.
     Newest first like the live list; each dict holds the Interaction's fields (sid, session_sid,
     service_sid, data, type, inbound_/outbound_ participant and resource sid/status/type,
-    date_created, date_updated) and `created_ms` / `updated_ms` as the Redis hash has them.
+    date_created, date_updated, origin) and `created_ms` / `updated_ms` as the Redis hash has them.
     Numbers and text of erased subjects read "[erased]"."""
     async with pg.acquire() as conn:
         rows = await conn.fetch(
@@ -385,6 +387,11 @@ async def interactions_from_audit(
             rank = latest[sid][0]
         else:
             merged.update(ev.data)
+        if sid in latest:  # a status never moves back (Twilio's callbacks come out of order)
+            for field in _STATUS_FIELDS:
+                before, after = latest[sid][1].get(field), merged.get(field)
+                if before and STATUS_RANK.get(after or "", 1) < STATUS_RANK.get(before, 0):
+                    merged[field] = before
         latest[sid] = (rank, merged)
 
     out = []
@@ -396,6 +403,7 @@ async def interactions_from_audit(
         view["session_sid"] = session_sid
         view["service_sid"] = service_sid
         view["type"] = ix.get("type") or "unknown"
+        view["origin"] = ix.get("origin") or ""
         view["created_ms"] = ix.get("created_ms")
         view["updated_ms"] = ix.get("updated_ms") or ix.get("created_ms")
         view["date_created"] = _iso_ms(view["created_ms"])

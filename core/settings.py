@@ -60,9 +60,14 @@ class Settings:
     # One access line per webhook (masked numbers, MessageSid/CallSid, outcome, latency): off by
     # default, the hot path's cost and volume; the API always has its own.
     webhook_access_log: bool = False
-    # Twilio retries a webhook within minutes; the answer given to a MessageSid / CallSid is
-    # remembered this long, so a retry gets the same answer (never a second relay).
-    dedupe_ttl_s: int = 86_400
+    # Twilio retries a webhook within seconds (a 15 s timeout, one retry unless the URL's connection
+    # overrides ask for a few more); the answer given to a MessageSid / CallSid is remembered this
+    # long, so a retry gets the same answer (never a second relay).
+    dedupe_ttl_s: int = 900
+    # An interaction record stays in Redis this long after its last change (a call besides for as
+    # long as it may last); then the audit log is its only copy and answers for it (the API merges
+    # the two). Redis' memory per relayed text is what this window holds.
+    interaction_hot_s: int = 900
     # A closed session stays readable in Redis this long (then the audit log answers for it).
     closed_retention_s: int = 7 * 86_400
     # Recovery (maskline/recovery.py): how often each worker checks that Redis still holds its

@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     b_memory.add_argument("--sessions", type=int, default=100_000, help="live two-party sessions to create")
     b_memory.add_argument("--texts", type=int, default=100_000, help="distinct texts to relay")
     b_memory.add_argument("--redis-db", type=int, default=12, help="Redis DB number the bench may flush")
+    b_memory.add_argument(
+        "--window-s",
+        type=int,
+        default=None,
+        help="the worker's hot window and de-duplication window, seconds (MASKLINE_INTERACTION_HOT_S, "
+        "MASKLINE_DEDUPE_TTL_S; 900 in production; default: long enough to send every text, at least 60), "
+        "so that what a text retains after them is measured",
+    )
     b_auth = _add(
         bench_sub, "auth", "webhook latency while 30 clients guess API secrets; login timing oracle"
     )

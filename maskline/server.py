@@ -152,7 +152,9 @@ def create_app(
             http, auth_token=settings.twilio_auth_token, timeout_s=settings.callback_timeout_s
         )
         callbacks.start()
-        interactions = InteractionStore(app[REDIS], clock=clock, scripts=sessions.scripts)
+        interactions = InteractionStore(
+            app[REDIS], clock=clock, scripts=sessions.scripts, hot_s=settings.interaction_hot_s
+        )
         router = Router(
             app[REDIS],
             scripts=sessions.scripts,

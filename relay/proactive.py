@@ -31,7 +31,9 @@ async def send_proactive(
             content_sid=str(data.get("content_sid") or ""),
             content_variables=str(data.get("content_variables") or ""),
             media_urls=list(data.get("media") or ()),
-            status_callback=state.url(f"/twilio/status/message?Service={service_sid}&Interaction={ki}"),
+            status_callback=state.url(
+                f"/twilio/status/message?Service={service_sid}&Interaction={ki}&Session={session_sid}"
+            ),
         )
     except TwilioSendError:
         await state.interactions.update(service_sid, ki, outbound_status="failed")

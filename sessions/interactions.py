@@ -5,11 +5,13 @@ route_inbound.lua creates the interactions of inbound texts and calls; this modu
 proactive ones (the API's MessageInteractions, record_proactive.lua), audits out-of-session
 attempts and applies Twilio's status callbacks. The record's fields: sessions/models.py.
 
-Reads return None when Redis no longer has the interaction or session: that is the seam where
-the audit log (Postgres) will answer for sessions gone from Redis."""
+Redis holds an interaction for its hot window (Settings.interaction_hot_s after its last change;
+_session.lua, record_interaction), then the audit log (Postgres) is its only copy. Reads return
+None when Redis cannot answer alone; the API then merges the two (relay/api/interactions.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -18,51 +20,38 @@ import redis.asyncio as aioredis
 from core import keys
 from core.clock import SYSTEM, Clock
 from core.events import emit_event
-from core.ids import creation_event_id, new_event_id, new_sid
+from core.ids import creation_event_id, is_sid, new_event_id, new_sid
 from core.paging import Page, PageRequest, newest_first
+from core.records import STATUS_RANK
 from core.scripts import Scripts
+from core.settings import Settings
 from sessions.models import interaction_record
 from sessions.scripts import SESSION_LUA
 
-__all__ = ["InteractionStore", "STATUS_RANK", "TERMINAL_STATUSES"]
+__all__ = ["InteractionStore", "Row", "STATUS_RANK", "TERMINAL_STATUSES"]
 
-# A status callback may arrive out of order (Twilio posts each in its own request): never move a
-# resource back from a later state to an earlier one.
-STATUS_RANK: Final[dict[str, int]] = {
-    "": 0,
-    "initiated": 1,
-    "accepted": 1,
-    "scheduled": 1,
-    "queued": 2,
-    "ringing": 2,
-    "sending": 3,
-    "in-progress": 3,
-    "answered": 3,
-    "receiving": 3,
-    "received": 4,
-    "sent": 4,
-    "delivery-unknown": 5,
-    "delivered": 6,
-    "undelivered": 6,
-    "failed": 6,
-    "completed": 6,
-    "busy": 6,
-    "no-answer": 6,
-    "canceled": 6,
-    "deleted": 7,
-}
 TERMINAL_STATUSES: Final = frozenset(s for s, r in STATUS_RANK.items() if r >= 6)
 # STATUS_RANK as update_interaction.lua takes it.
 _RANKS: Final = ",".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
 
 
+Row = dict[str, Any]  # an interaction as Redis holds it (every field a string)
+
+
 class InteractionStore:
     def __init__(
-        self, redis: aioredis.Redis, *, clock: Clock = SYSTEM, scripts: Scripts | None = None
+        self,
+        redis: aioredis.Redis,
+        *,
+        clock: Clock = SYSTEM,
+        scripts: Scripts | None = None,
+        hot_s: int = Settings.interaction_hot_s,
     ) -> None:
         self.redis = redis
         self.clock = clock
         self.scripts = scripts or Scripts(redis, SESSION_LUA)
+        # How long Redis keeps an interaction record after its last change (Settings).
+        self.hot_ms = hot_s * 1000
 
     # -- reads (None: not in Redis; the audit log may still know it) -------------------------
     async def get(self, service_sid: str, session_sid: str, interaction_sid: str) -> dict[str, Any] | None:
@@ -75,27 +64,59 @@ class InteractionStore:
     async def list(
         self, service_sid: str, session_sid: str, request: PageRequest
     ) -> Page[dict[str, Any]] | None:
-        """Newest first; None when Redis no longer holds the session."""
-        if not await self.redis.exists(keys.session(service_sid, session_sid)):
-            return None
+        """Newest first; None when Redis alone cannot answer: it no longer holds the session, or
+        some of its interactions are past their hot window (the audit log has those; `held`
+        gives what Redis still has, to merge with them)."""
         index = keys.session_interactions(service_sid, session_sid)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.session(service_sid, session_sid))
+            pipe.hget(keys.session(service_sid, session_sid), "ix_count")
+            pipe.zcard(index)
+            exists, count, indexed = await pipe.execute()
+        if not exists or (count is not None and int(indexed) < int(count)):
+            return None
         positions, more = await newest_first(self.redis, index, request)
         if not positions:
             return Page.of([], [], request, more)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, sid in positions:
-                pipe.hgetall(keys.interaction(service_sid, sid))
-            rows = await pipe.execute()
-        return Page.of([row for row in rows if row], positions, request, more)
+        rows = await self._rows(service_sid, [sid for _, sid in positions])
+        if not all(rows):
+            return None
+        return Page.of(list(rows), positions, request, more)
 
-    async def delete(self, service_sid: str, session_sid: str, interaction_sid: str) -> bool:
-        row = await self.get(service_sid, session_sid, interaction_sid)
-        if row is None:
+    async def held(self, service_sid: str, session_sid: str) -> Sequence[Row] | None:
+        """The session's interactions Redis still holds (within their hot window), any order;
+        None when Redis no longer holds the session."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.session(service_sid, session_sid))
+            pipe.zrange(keys.session_interactions(service_sid, session_sid), 0, -1)
+            exists, sids = await pipe.execute()
+        rows = [row for row in await self._rows(service_sid, [str(s) for s in sids]) if row]
+        return rows if exists else None
+
+    async def _rows(self, service_sid: str, sids: Sequence[str]) -> Sequence[Row]:
+        if not sids:
+            return ()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hgetall(keys.interaction(service_sid, sid))
+            rows: Sequence[Row] = await pipe.execute()
+        return rows
+
+    async def delete(
+        self, service_sid: str, session_sid: str, interaction_sid: str, *, logged: bool = False
+    ) -> bool:
+        """Delete it from Redis and log interaction.deleted (the audit log's copy is then read
+        as deleted). `logged`: the audit log holds it, Redis may not (past its hot window)."""
+        if not logged and await self.get(service_sid, session_sid, interaction_sid) is None:
             return False
+        sk = keys.session(service_sid, session_sid)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.interaction(service_sid, interaction_sid))
             pipe.zrem(keys.session_interactions(service_sid, session_sid), interaction_sid)
-            await pipe.execute()
+            pipe.hexists(sk, "ix_count")
+            *_, counted = await pipe.execute()
+        if counted:
+            await self.redis.hincrby(sk, "ix_count", -1)
         await emit_event(
             self.redis,
             service_sid=service_sid,
@@ -119,6 +140,7 @@ class InteractionStore:
             new_sid("KI"),
             orjson.dumps(data).decode(),
             "1" if data.get("content_sid") else "",
+            self.hot_ms,
         )
         return result["interaction"], result["participant"]
 
@@ -257,10 +279,12 @@ class InteractionStore:
         outbound_status: str | None = None,
         inbound_status: str | None = None,
         data: dict[str, Any] | None = None,
+        session_sid: str = "",
     ) -> dict[str, Any] | None:
         """Apply a status callback, atomically (update_interaction.lua: a status never moves back,
         even when two callbacks race); emits interaction.updated when anything changed. Returns
-        the interaction, or None if Redis no longer has it."""
+        the interaction, or None if Redis no longer has it (past its hot window: the change is
+        still logged, for the audit log's copy, when `session_sid` says whose it is)."""
         raw = await self.scripts.call(
             "update_interaction",
             keys.service_prefix(service_sid),
@@ -272,6 +296,8 @@ class InteractionStore:
             orjson.dumps(data).decode() if data else "",
             _RANKS,
             new_event_id(),
+            self.hot_ms,
+            session_sid if is_sid(session_sid, "KC") else "",
         )
         row: dict[str, Any] = orjson.loads(raw)
         return row or None

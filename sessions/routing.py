@@ -150,6 +150,7 @@ class Router:
             orjson.dumps(data).decode(),
             self.dedupe_ttl_s,
             pin,
+            self.interactions.hot_ms,
         ]
         result = await self._run(service_sid, args)
         if (

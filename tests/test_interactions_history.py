@@ -1,11 +1,14 @@
-"""Interactions outlive Redis: once the session is gone from Redis, the audit log answers."""
+"""Interactions outlive Redis: once an interaction is past its hot window, or its session is gone
+from Redis, the audit log answers."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
-from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay
+from relay_harness import COURIER, CUSTOMER, PROXY_A, PROXY_B, Relay, message_of
 
 from audit.writer import AuditWriter
 from core import keys
@@ -59,3 +62,74 @@ async def test_interactions_are_served_from_the_audit_log_after_redis_forgets_th
     assert status == 200 and fetched["sid"] == one["sid"]
     status, missing = await relay.api("GET", f"/v1/Services/{ks}/Sessions/KC{'0' * 32}/Interactions")
     assert status == 404 and missing["code"] == 20404
+
+
+async def _status(relay: Relay, callback: str, message_sid: str, status: str) -> None:
+    path = callback.removeprefix(relay.url)
+    code, _ = await relay.post(path, {"MessageSid": message_sid, "MessageStatus": status})
+    assert code == 204
+
+
+async def test_an_interaction_leaves_redis_after_its_hot_window_and_the_audit_log_answers_for_it(
+    settings, redis, pg, fake_twilio
+) -> None:
+    """Redis holds an interaction for its hot window only (its memory per text); after that the
+    API lists it from the audit log, merged with the newer ones Redis holds, with the statuses
+    Twilio reported even after the window (never moved back), and it can still be deleted."""
+    relay = await Relay(replace(settings, interaction_hot_s=1), redis, pg, fake_twilio).start()
+    try:
+        ks = await relay.service()
+        await relay.numbers(ks, PROXY_A, PROXY_B)
+        sess = await relay.session(ks, CUSTOMER, COURIER)
+        kc = sess["sid"]
+        _, xml = await relay.sms(COURIER, sess["proxy"][COURIER], "on my way")
+        callback = message_of(xml).get("statusCallback")
+        assert callback and f"Session={kc}" in callback
+        await _status(relay, callback, "SMout1", "sent")
+        [first] = await relay.interactions(ks, kc)
+        ki = first["sid"]
+        assert first["outbound_resource_status"] == "sent"
+        assert 0 < await relay.redis.pttl(keys.interaction(ks, ki)) <= 1000
+
+        writer = AuditWriter(relay.redis, relay.pg, consumer="test")
+        await writer.drain_once()
+        await asyncio.sleep(1.2)
+        assert not await relay.redis.exists(keys.interaction(ks, ki))
+        # Twilio reports delivery late, then an older status out of order: the log keeps delivered.
+        await _status(relay, callback, "SMout1", "delivered")
+        await _status(relay, callback, "SMout1", "sent")
+        assert not await relay.redis.exists(keys.interaction(ks, ki))
+        _, xml = await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "thanks")
+        await writer.drain_once()
+
+        listed = await relay.interactions(ks, kc)
+        assert [i["data"] for i in listed] == ['{"body":"thanks"}', '{"body":"on my way"}']
+        assert listed[1]["sid"] == ki and listed[1]["outbound_resource_status"] == "delivered"
+        assert listed[1]["outbound_resource_sid"] == "SMout1"
+        status, fetched = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{kc}/Interactions/{ki}")
+        assert status == 200 and fetched["outbound_resource_status"] == "delivered"
+        status, page = await relay.api("GET", f"/v1/Services/{ks}/Sessions/{kc}/Interactions?PageSize=1")
+        assert status == 200 and [i["sid"] for i in page["interactions"]] == [listed[0]["sid"]]
+        status, page = await relay.api("GET", page["meta"]["next_page_url"].removeprefix(relay.url))
+        assert status == 200 and [i["sid"] for i in page["interactions"]] == [ki]
+
+        status, _ = await relay.api("DELETE", f"/v1/Services/{ks}/Sessions/{kc}/Interactions/{ki}")
+        assert status == 204
+        await writer.drain_once()
+        assert [i["sid"] for i in await relay.interactions(ks, kc)] == [listed[0]["sid"]]
+    finally:
+        await relay.stop()
+
+
+async def test_closing_a_session_never_keeps_its_interactions_past_their_hot_window(relay: Relay) -> None:
+    ks = await relay.service()
+    await relay.numbers(ks, PROXY_A, PROXY_B)
+    sess = await relay.session(ks, CUSTOMER, COURIER)
+    await relay.sms(COURIER, sess["proxy"][COURIER], "on my way")
+    [ix] = await relay.interactions(ks, sess["sid"])
+    hot_ms = relay.settings.interaction_hot_s * 1000
+    status, _ = await relay.api("POST", f"/v1/Services/{ks}/Sessions/{sess['sid']}", {"Status": "closed"})
+    assert status == 200
+    assert 0 < await relay.redis.pttl(keys.interaction(ks, ix["sid"])) <= hot_ms
+    assert 0 < await relay.redis.pttl(keys.session_interactions(ks, sess["sid"])) <= hot_ms
+    assert await relay.redis.pttl(keys.session(ks, sess["sid"])) > hot_ms  # the session stays readable

@@ -11,6 +11,7 @@ from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 from core import keys
 from core.errors import PoolError
 from core.paging import PageRequest
+from core.settings import Settings
 from sessions.expiry import sweep_once
 from sessions.models import Status
 from sessions.routing import Router
@@ -198,13 +199,17 @@ async def test_closed_session_records_expire_after_retention_and_reopen_keeps_th
     ix_sids = await world.redis.zrange(keys.session_interactions(ks, view["sid"]), 0, -1)
     assert len(ix_sids) == 1
     await world.sessions.close_session(ks, view["sid"])
-    held = [keys.session(ks, view["sid"]), keys.interaction(ks, ix_sids[0])]
+    held = [keys.session(ks, view["sid"])]
     held += [keys.participant(ks, p["sid"]) for p in view["participants"]]
-    # Closed: kept for the retention period (7 days by default), then Redis forgets them.
+    # Closed: kept for the retention period (7 days by default), then Redis forgets them; the
+    # interaction keeps its own, shorter hot window (then the audit log has it).
     ttls = [await world.redis.pttl(k) for k in held]
     assert all(0 < t <= 7 * 86400 * 1000 for t in ttls), ttls
+    hot_ms = Settings.interaction_hot_s * 1000
+    assert 0 < await world.redis.pttl(keys.interaction(ks, ix_sids[0])) <= hot_ms
     await world.sessions.update_session(ks, view["sid"], status=Status.IN_PROGRESS)
     assert [await world.redis.pttl(k) for k in held] == [-1] * len(held)
+    assert 0 < await world.redis.pttl(keys.interaction(ks, ix_sids[0])) <= hot_ms
 
 
 async def test_sweeper_prunes_sessions_redis_has_forgotten_from_the_listing(world: World) -> None:

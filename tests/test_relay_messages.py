@@ -38,7 +38,7 @@ async def test_proactive_message_is_sent_from_the_proxy_number_after_a_429(relay
     assert sent.form_all["MediaUrl"] == ["https://example.com/map.png"]
     assert (
         sent.form["StatusCallback"]
-        == f"{relay.url}/twilio/status/message?Service={ks}&Interaction={body['sid']}"
+        == f"{relay.url}/twilio/status/message?Service={ks}&Interaction={body['sid']}&Session={sess['sid']}"
     )
     assert sent.headers["Authorization"].startswith("Basic ")
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from audit.queries import interactions_from_audit
 from core.errors import InvalidParameter, MissingParameter, NotFound
-from core.paging import PageRequest, page_of
+from core.paging import page_of
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.common import session_sid as session_of
@@ -152,12 +152,10 @@ async def list_interactions(request: web.Request) -> web.Response:
     wanted = page_args(request)
     found = await request.config_dict[RELAY].interactions.list(ks, session_sid, wanted)
     if found is None:
-        # Redis has forgotten the session: its interactions as the audit log has them (a closed
-        # session's list no longer grows, so it is paged in memory).
-        logged = await _from_audit(request, ks, session_sid, limit=MAX_LOGGED)
-        if not logged:
+        every = await every_interaction(request, ks, session_sid)
+        if every is None:
             raise NotFound(f"Session {session_sid} was not found in Service {ks}")
-        found = page_of(logged, _position, wanted, newest_first=True)
+        found = page_of(every, _position, wanted, newest_first=True)
     return json(
         render.page(
             "interactions",
@@ -168,6 +166,20 @@ async def list_interactions(request: web.Request) -> web.Response:
             found=found,
         )
     )
+
+
+async def every_interaction(request: web.Request, ks: str, session_sid: str) -> list[dict[str, Any]] | None:
+    """Every interaction of the session, newest first: those Redis holds (within their hot window:
+    the newest state) and those only the audit log has (older, or of a session Redis has
+    forgotten), paged in memory (up to MAX_LOGGED). None when neither knows the session."""
+    store = request.config_dict[RELAY].interactions
+    held = await store.held(ks, session_sid)
+    logged = await _from_audit(request, ks, session_sid, limit=MAX_LOGGED)
+    if held is None and not logged:
+        return None
+    rows: dict[str, dict[str, Any]] = {row["sid"]: row for row in logged}
+    rows.update((row["sid"], row) for row in held or ())
+    return sorted(rows.values(), key=_position, reverse=True)
 
 
 def _position(ix: dict[str, Any]) -> tuple[int, str]:
@@ -187,8 +199,12 @@ async def delete_interaction(request: web.Request) -> web.Response:
     ks = await service_sid(request)
     session_sid = await session_of(request, ks)
     sid = request.match_info["Sid"]
-    if not await request.config_dict[RELAY].interactions.delete(ks, session_sid, sid):
-        raise NotFound(f"Interaction {sid} was not found in Session {session_sid}")
+    store = request.config_dict[RELAY].interactions
+    if not await store.delete(ks, session_sid, sid):
+        # past its hot window: the audit log's copy is deleted (read as deleted from now on)
+        if await _from_audit(request, ks, session_sid, sid) is None:
+            raise NotFound(f"Interaction {sid} was not found in Session {session_sid}")
+        await store.delete(ks, session_sid, sid, logged=True)
     return web.Response(status=204)
 
 
@@ -253,9 +269,8 @@ async def list_message_interactions(request: web.Request) -> web.Response:
     kp = request.match_info["ParticipantSid"]
     await request.config_dict[RELAY].sessions.get_participant(ks, session_sid, kp)
     wanted = page_args(request)
-    # A session holds few interactions per participant in Redis; filter, then page.
-    every = await request.config_dict[RELAY].interactions.list(ks, session_sid, PageRequest(size=MAX_LOGGED))
-    rows = every.items if every is not None else []
+    # A session holds few interactions per participant; filter, then page.
+    rows = await every_interaction(request, ks, session_sid) or []
     mine = [r for r in rows if r.get("origin") == "api" and r.get("outbound_participant_sid") == kp]
     found = page_of(mine, _position, wanted, newest_first=True)
     return json(

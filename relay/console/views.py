@@ -23,6 +23,7 @@ from core.errors import MasklineError
 from core.paging import PageRequest
 from relay.api import services as services_api
 from relay.api.common import service_sid, session_sid
+from relay.api.interactions import every_interaction
 from relay.console import auth
 from relay.console.html import bars, form, h, link, page, table
 from relay.login_limits import TooManyAttempts
@@ -353,9 +354,13 @@ async def timeline(request: web.Request, who: auth.Console) -> web.StreamRespons
 
 async def _timeline(request: web.Request, ks: str, kc: str) -> str:
     found = await request.app[RELAY].interactions.list(ks, kc, PageRequest(size=100))
+    rows = found.items if found is not None else (await every_interaction(request, ks, kc) or [])[:100]
     items = []
-    for i in found.items if found is not None else []:
-        data: dict[str, Any] = orjson.loads(i.get("data") or "{}")
+    for i in rows:
+        try:
+            data: dict[str, Any] = orjson.loads(i.get("data") or "{}")
+        except orjson.JSONDecodeError:  # an erased subject's text, as the audit log gives it
+            data = {"body": str(i.get("data"))}
         what = data.get("body") if i.get("type") == "message" else f"call ({data.get('duration', '0')} s)"
         items.append(
             f'<li><span class="muted">{h(_when(i.get("created_ms")))} {h(i.get("type"))} '

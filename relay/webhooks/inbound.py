@@ -234,7 +234,9 @@ def _relay_call(state: RelayState, route: Route) -> str:
 
 def _status_query(route: Route, interaction_sid: str | None = None) -> str:
     """Which interaction a Twilio callback is about: the route's, or one leg's (`interaction_sid`)."""
-    return f"Service={route.service_sid}&Interaction={interaction_sid or route.interaction_sid}"
+    ki = interaction_sid or route.interaction_sid
+    kc = route.interaction.get("session_sid") or route.session.get("sid", "")
+    return f"Service={route.service_sid}&Interaction={ki}&Session={kc}"
 
 
 def _status_url(state: RelayState, route: Route, path: str, interaction_sid: str | None = None) -> str:

@@ -102,6 +102,7 @@ async def _apply_status(
             row = await state.interactions.update(
                 ks,
                 ki,
+                session_sid=request.query.get("Session", ""),
                 outbound_resource_sid=outbound_sid,
                 outbound_status=outbound_status,
                 inbound_status=inbound_status,

@@ -81,8 +81,13 @@ local function window_open(identifier, proxy)
   return not is_whatsapp(identifier) or redis.call('EXISTS', window_key(identifier, proxy)) == 1
 end
 
+-- Let `keys` live `ms` more, never longer than they already would (an interaction record leaves
+-- Redis after its hot window whatever becomes of its session).
 local function retain(keys, ms)
-  for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ms) end
+  for _, k in ipairs(keys) do
+    local left = redis.call('PTTL', k)
+    if left == -1 or left > ms then redis.call('PEXPIRE', k, ms) end
+  end
 end
 
 -- A scheduled message's new status: `status`, `reason` and the field/value pairs given after
@@ -163,17 +168,22 @@ local function close_session(sid, reason, now, event_id)
 end
 
 
--- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
--- session's interaction list. Returns the record as stored. Its created_ms is its position in that
--- list and is kept strictly increasing within the session (a millisecond past the newest when two
--- land in the same one), so newest-first is the order they happened in, here and in the audit log.
 -- Leg j (j >= 2) of a text relayed to several participants (a session of more than two): its
 -- interaction sid, derived from the first leg's, so that a retry of the webhook finds every leg.
 local function leg_sid(ki, j)
   return 'KI' .. string.sub(redis.sha1hex(ki .. ':' .. j), 1, 32)
 end
 
-local function record_interaction(ki, t, now)
+-- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
+-- session's interaction list. Returns the record as stored. Its created_ms is its position in that
+-- list and is kept strictly increasing within the session (a millisecond past the newest when two
+-- land in the same one), so newest-first is the order they happened in, here and in the audit log.
+-- Redis keeps it for its hot window (`hot_ms`; a call for as long as it may last besides, since
+-- its statuses come at its end), then the audit log is its only copy: the session's index drops
+-- what is older than the window, and the session counts its interactions (`ix_count`), so a
+-- reader knows when Redis no longer holds them all (sessions/interactions.py).
+local CALL_MAX_MS = 4 * 3600 * 1000  -- Twilio ends a call after 4 hours unless told otherwise
+local function record_interaction(ki, t, now, hot_ms)
   local index = P .. 'sess:' .. t.session_sid .. ':ix'
   local newest = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')[2]
   if newest and tonumber(newest) >= now then now = tonumber(newest) + 1 end
@@ -187,8 +197,13 @@ local function record_interaction(ki, t, now)
     flat[#flat + 1] = v
     stored[f] = v
   end
+  local keep = hot_ms + (t.type == 'voice' and CALL_MAX_MS or 0)
   redis.call('HSET', P .. 'ix:' .. ki, unpack(flat))
+  redis.call('PEXPIRE', P .. 'ix:' .. ki, keep)
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - keep))
   redis.call('ZADD', index, now, ki)
+  if redis.call('PTTL', index) < keep then redis.call('PEXPIRE', index, keep) end
+  redis.call('HINCRBY', P .. 'sess:' .. t.session_sid, 'ix_count', 1)
   return stored
 end
 

@@ -8,6 +8,7 @@
 -- ARGV[5]  interaction sid (KI)
 -- ARGV[6]  data (JSON text: {"body": ..., "media": [...]} or {"content_sid": ..., "content_variables": ...})
 -- ARGV[7]  '1' a WhatsApp template (ContentSid: allowed outside the 24-hour window), '' free-form
+-- ARGV[8]  ms Redis keeps the interaction record (its hot window; then the audit log has it)
 -- Returns JSON {interaction = the record, participant = its hash} or {e, m}:
 --   20404 no such session / participant in it; 80607 the session is closed;
 --   21610 the participant opted out of texts from their proxy number;
@@ -34,7 +35,7 @@ local ix = record_interaction(ki, {
   sid = ki, session_sid = sid, type = 'message', data = ARGV[6], outcome = 'proactive', origin = 'api',
   outbound_participant_sid = kp, outbound_resource_status = 'initiated', outbound_resource_type = 'Message',
   created_ms = now, updated_ms = now,
-}, now)
+}, now, tonumber(ARGV[8]))
 local view = hgetall(P .. 'ix:' .. ki)
 view.numbers = { part.identifier, part.proxy_identifier }
 view.outbound_identifier = part.identifier

@@ -13,7 +13,8 @@
 -- ARGV[10] seconds to remember a MessageSid / CallSid (Twilio retries within minutes)
 -- ARGV[11] the PIN the sender gave, or '': a text's leading 4 digits, a call's Gather Digits
 --          (only read when To is the Service's shared FallbackNumber: PIN mode)
--- ARGV[12] the caller's deadline (core/lua/_lib.lua)
+-- ARGV[12] ms Redis keeps the interaction record (its hot window; then the audit log has it)
+-- ARGV[13] the caller's deadline (core/lua/_lib.lua)
 -- Returns JSON with `outcome`:
 --   duplicate   {replay, interaction, outbound}  a retry: render the first answer again. The
 --               `seen:` key holds the interaction sid while the first is in flight, then
@@ -252,7 +253,7 @@ for j, target in ipairs(targets) do
     outbound_resource_status = outcome == 'relay' and 'initiated' or 'failed',
     outbound_resource_type = message and 'Message' or 'Call',
     created_ms = now, updated_ms = now,
-  }, now)
+  }, now, tonumber(ARGV[12]))
   if j == 1 then ix = recorded end
   legs[#legs + 1] = { participant = target, interaction = recorded }
   local ix_view = {}

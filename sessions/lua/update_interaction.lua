@@ -11,13 +11,25 @@
 -- ARGV[7]  the status ranks, "status=rank,..." (sessions/interactions.py STATUS_RANK; a status
 --          moves to one of the same or a higher rank; unknown: 1 as the new one, 0 as the current)
 -- ARGV[8]  event id for interaction.updated
--- ARGV[9]  the caller's deadline (core/lua/_lib.lua)
--- Returns JSON: the interaction as stored afterwards, or {} when Redis no longer holds it.
+-- ARGV[9]  ms Redis keeps the record after this change, at least (its hot window)
+-- ARGV[10] the interaction's session sid (KC) as the status callback's URL names it, or ''
+-- ARGV[11] the caller's deadline (core/lua/_lib.lua)
+-- Returns JSON: the interaction as stored afterwards, or {} when Redis no longer holds it. A
+-- record past its hot window is in the audit log only: the change is still logged there (an
+-- interaction.updated event of the statuses alone, which the log's fold lays over the record).
 
 local now = now_ms(ARGV[1])
 local key = P .. 'ix:' .. ARGV[2]
 local row = hgetall(key)
-if not row then return '{}' end
+if not row then
+  if ARGV[10] ~= '' and (ARGV[4] ~= '' or ARGV[5] ~= '') then
+    emit(ARGV[8], 'interaction.updated', now, { sid = ARGV[2], session_sid = ARGV[10], updated_ms = tostring(now),
+      outbound_resource_sid = ARGV[3] ~= '' and ARGV[3] or nil,
+      outbound_resource_status = ARGV[4] ~= '' and ARGV[4] or nil,
+      inbound_resource_status = ARGV[5] ~= '' and ARGV[5] or nil })
+  end
+  return '{}'
+end
 
 local rank = {}
 for status, r in string.gmatch(ARGV[7], '([^,=]*)=(%d+)') do rank[status] = tonumber(r) end
@@ -48,6 +60,8 @@ for f, v in pairs(changes) do
   row[f] = v
 end
 redis.call('HSET', key, unpack(flat))
+local left = redis.call('PTTL', key)
+if left >= 0 and left < tonumber(ARGV[9]) then redis.call('PEXPIRE', key, ARGV[9]) end
 
 -- The event: the interaction with the real numbers it concerns (design.md, "Events").
 local view, numbers = {}, {}

@@ -37,8 +37,8 @@ if sess.status == 'closed' then
     redis.call('PERSIST', P .. 'part:' .. p.kp)
     hold_pair(p.ident, p.proxy, sid, p.kp, p.pin)
   end
-  for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or ''), sk .. ':ix' }) do redis.call('PERSIST', k) end
-  for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do redis.call('PERSIST', P .. 'ix:' .. ki) end
+  -- (its interactions keep their own hot window: _session.lua, record_interaction)
+  for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or '') }) do redis.call('PERSIST', k) end
   redis.call('HSET', sk, 'status', 'in-progress', 'closed_reason', '', 'ended_ms', '', 'updated_ms', now,
     'last_activity_ms', now)
   if ttl ~= '' then redis.call('HSET', sk, 'ttl', ttl) end
