@@ -109,7 +109,7 @@ class SessionStore:
         )
         if not data:
             raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
-        return data
+        return session_record(session_sid, data)
 
     async def resolve(self, service_sid: str, sid_or_name: str) -> str:
         """The SID of the Session named in a path: its SID, or the UniqueName of a Session Redis
@@ -135,7 +135,8 @@ class SessionStore:
             for _, sid in positions:
                 pipe.hgetall(keys.session(service_sid, sid))
             rows = await pipe.execute()
-        return Page.of([row for row in rows if row], positions, request, more)
+        found = [session_record(sid, row) for (_, sid), row in zip(positions, rows, strict=True) if row]
+        return Page.of(found, positions, request, more)
 
     async def prune_index(self, service_sid: str, *, batch: int = 200) -> int:
         """Drop from the listing index the oldest sessions whose records Redis has let expire.
@@ -241,7 +242,7 @@ class SessionStore:
         )
         if not data or data.get("session_sid") != session_sid:
             raise NotFound(f"Participant {participant_sid} was not found in Session {session_sid}")
-        return data
+        return participant_record(participant_sid, data)
 
     async def list_participants(self, service_sid: str, session_sid: str) -> list[dict[str, Any]]:
         session = await self.get_session(service_sid, session_sid)
@@ -252,7 +253,33 @@ class SessionStore:
             for sid in sids:
                 pipe.hgetall(keys.participant(service_sid, sid))
             rows = await pipe.execute()
-        return [row for row in rows if row]
+        return [participant_record(sid, row) for sid, row in zip(sids, rows, strict=True) if row]
+
+
+# Fields a session's hash leaves out while empty (_session.lua: hset_present, session_record).
+_SESSION_OPTIONAL: Final = (
+    "unique_name",
+    "date_expiry_ms",
+    "last_interaction_ms",
+    "ended_ms",
+    "closed_reason",
+)
+
+
+def session_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A session's hash as the scripts read it (session_record in _session.lua): with its sid
+    (the key's, not stored) and its empty fields as ''."""
+    row["sid"] = sid
+    for name in _SESSION_OPTIONAL:
+        row.setdefault(name, "")
+    return row
+
+
+def participant_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A participant's hash as participant_view in _session.lua reads it."""
+    row["sid"] = sid
+    row.setdefault("friendly_name", "")
+    return row
 
 
 def part_sids(parts: str) -> list[str]:

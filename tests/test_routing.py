@@ -131,6 +131,36 @@ async def test_a_two_party_session_stays_in_redis_compact_encoding_and_old_sessi
     assert late.outcome == "no_session"
 
 
+async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(world: World) -> None:
+    """Redis memory: a session's and a participant's hashes leave out their sid (the key's) and
+    their empty fields; the views fill them in, and a session written in the earlier, complete
+    form reads the same."""
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    kc, kp = view["sid"], view["participants"][0]["sid"]
+    stored = await world.redis.hgetall(keys.session(ks, kc))
+    assert "sid" not in stored and all(value != "" for value in stored.values()), stored
+    part = await world.redis.hgetall(keys.participant(ks, kp))
+    assert "sid" not in part and "friendly_name" not in part, part
+
+    fetched = await world.sessions.get_session(ks, kc)
+    assert fetched["sid"] == kc and fetched["unique_name"] == "" and fetched["closed_reason"] == ""
+    assert (await world.sessions.get_participant(ks, kc, kp))["sid"] == kp
+    assert [p["sid"] for p in await world.sessions.list_participants(ks, kc)] == [
+        p["sid"] for p in view["participants"]
+    ]
+    listed = await world.sessions.list_sessions(ks, PageRequest(size=10))
+    assert [s["sid"] for s in listed.items] == [kc]
+
+    # The earlier form (sid and empty fields stored) is read alike.
+    await world.redis.hset(keys.session(ks, kc), mapping={"sid": kc, "unique_name": "", "ended_ms": ""})
+    await world.redis.hset(keys.participant(ks, kp), mapping={"sid": kp, "friendly_name": ""})
+    assert await world.sessions.get_session(ks, kc) == fetched
+    closed = await world.sessions.close_session(ks, kc)
+    assert closed["sid"] == kc and closed["status"] == "closed"
+
+
 async def test_status_callbacks_that_race_never_move_a_status_back(world: World) -> None:
     """Twilio posts `sent` and `delivered` in requests of their own, which may be handled at the
     same time: whichever lands last, the interaction ends `delivered`, with one event per change."""

@@ -53,12 +53,51 @@ local function schedule_expiry(sid, sess)
   return at
 end
 
+-- HSET of the given field/value pairs whose value is not empty (nil, false, ''): a session's or
+-- participant's empty fields are not stored (each would cost Redis memory for nothing) and read
+-- as '' (session_record, participant_view).
+local function hset_present(key, ...)
+  local args = {}
+  for i = 1, select('#', ...), 2 do
+    local f, v = select(i, ...)
+    if v and v ~= '' then
+      args[#args + 1] = f
+      args[#args + 1] = v
+    end
+  end
+  if #args > 0 then redis.call('HSET', key, unpack(args)) end
+end
+
+-- A participant's hash (`part:{KP}`); its sid is the key's, not stored. `pn`: its proxy number's
+-- PN sid; `pin`: PIN mode's PIN or ''.
+local function store_participant(kp, sid, ident, proxy, pn, name, pin, created_ms, updated_ms)
+  hset_present(P .. 'part:' .. kp, 'session_sid', sid, 'identifier', ident, 'proxy_identifier', proxy,
+    'proxy_identifier_sid', pn, 'friendly_name', name, 'pin', pin, 'created_ms', created_ms,
+    'updated_ms', updated_ms)
+end
+
 local function participant_view(kp)
-  return hgetall(P .. 'part:' .. kp)
+  local p = hgetall(P .. 'part:' .. kp)
+  if p then
+    p.sid = kp
+    p.friendly_name = p.friendly_name or ''
+  end
+  return p
+end
+
+-- A session's hash with its sid (the key's, not stored) and its empty fields as ''.
+local SESSION_OPTIONAL = { 'unique_name', 'date_expiry_ms', 'last_interaction_ms', 'ended_ms', 'closed_reason' }
+local function session_record(sid)
+  local s = hgetall(P .. 'sess:' .. sid)
+  if s then
+    s.sid = sid
+    for _, f in ipairs(SESSION_OPTIONAL) do s[f] = s[f] or '' end
+  end
+  return s
 end
 
 local function session_view(sid)
-  local s = hgetall(P .. 'sess:' .. sid)
+  local s = session_record(sid)
   if not s then return nil end
   local parts, numbers = {}, {}
   for _, kp in ipairs(part_sids(s.parts)) do
@@ -109,9 +148,9 @@ end
 -- the participant has not replied STOP to their proxy number. Returns the session and the
 -- participant, or nil and the failure reply (20404, 80607, 21610).
 local function text_target(sid, kp, verb)
-  local sess = hgetall(P .. 'sess:' .. sid)
+  local sess = session_record(sid)
   if not sess then return nil, fail(20404, 'Session ' .. sid .. ' was not found') end
-  local part = hgetall(P .. 'part:' .. kp)
+  local part = participant_view(kp)
   if not part or part.session_sid ~= sid or
      not has_part(sess.parts, kp) then
     return nil, fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)

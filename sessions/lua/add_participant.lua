@@ -10,7 +10,7 @@
 local now = now_ms(ARGV[1])
 local sid = ARGV[3]
 local sk = P .. 'sess:' .. sid
-local sess = hgetall(sk)
+local sess = session_record(sid)
 if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
 if sess.status == 'closed' then return fail(80607, 'Session ' .. sid .. ' is closed; participants cannot be added') end
 local kp, ident, region, area, explicit, name = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -39,10 +39,7 @@ local proxy, pin, msg = choose_or_pin(ident, region, area, explicit,
   svc_field('geo_match_level', 'country'), svc_field('number_selection_behavior', 'prefer-sticky'), ARGV[10])
 if not proxy then return fail(pin, msg) end
 hold_pair(ident, proxy, sid, kp, pin)
-redis.call('HSET', P .. 'part:' .. kp, 'sid', kp, 'session_sid', sid, 'identifier', ident,
-  'proxy_identifier', proxy, 'proxy_identifier_sid', redis.call('HGET', P .. 'num:' .. proxy, 'sid'),
-  'friendly_name', name, 'created_ms', now, 'updated_ms', now)
-if pin ~= '' then redis.call('HSET', P .. 'part:' .. kp, 'pin', pin) end
+store_participant(kp, sid, ident, proxy, redis.call('HGET', P .. 'num:' .. proxy, 'sid'), name, pin, now, now)
 parts[#parts + 1] = kp
 redis.call('HSET', sk, 'parts', parts_field(parts), 'updated_ms', now)
 local p = participant_view(kp)

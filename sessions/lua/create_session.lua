@@ -58,17 +58,14 @@ if ttl == '' then ttl = svc_field('default_ttl_s', '0') end
 local parts = {}
 for _, c in ipairs(chosen) do
   hold_pair(c.ident, c.proxy, sid, c.kp, c.pin)
-  redis.call('HSET', P .. 'part:' .. c.kp, 'sid', c.kp, 'session_sid', sid, 'identifier', c.ident,
-    'proxy_identifier', c.proxy, 'proxy_identifier_sid', redis.call('HGET', P .. 'num:' .. c.proxy, 'sid'),
-    'friendly_name', c.name, 'created_ms', now, 'updated_ms', now)
-  if c.pin ~= '' then redis.call('HSET', P .. 'part:' .. c.kp, 'pin', c.pin) end
+  store_participant(c.kp, sid, c.ident, c.proxy, redis.call('HGET', P .. 'num:' .. c.proxy, 'sid'), c.name,
+    c.pin, now, now)
   parts[#parts + 1] = c.kp
 end
 local sk = P .. 'sess:' .. sid
-redis.call('HSET', sk, 'sid', sid, 'unique_name', uname, 'status', ARGV[6], 'mode', ARGV[5], 'ttl', ttl,
+hset_present(sk, 'unique_name', uname, 'status', ARGV[6], 'mode', ARGV[5], 'ttl', ttl,
   'date_expiry_ms', ARGV[8], 'created_ms', now, 'updated_ms', now, 'started_ms', now,
-  'last_activity_ms', now, 'last_interaction_ms', '', 'ended_ms', '', 'closed_reason', '',
-  'parts', parts_field(parts))
+  'last_activity_ms', now, 'parts', parts_field(parts))
 redis.call('ZADD', P .. 'sessions', now, sid)
 if uname ~= '' then redis.call('SET', P .. 'uname:' .. uname, sid) end
 schedule_expiry(sid, hgetall(sk))

@@ -15,7 +15,7 @@ local m = cjson.decode(ARGV[2])
 local km, sid, kp = m.sid, m.session_sid, m.participant_sid
 local key = P .. 'sm:' .. km
 if redis.call('EXISTS', key) == 1 then return 'exists' end
-local sess = hgetall(P .. 'sess:' .. sid)
+local sess = session_record(sid)
 if not sess or sess.status == 'closed' or
    not has_part(sess.parts, kp) then
   return 'gone'

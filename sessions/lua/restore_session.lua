@@ -64,20 +64,16 @@ for _, p in ipairs(s.participants) do
   else
     -- A pair already ours (PTTL -1, checked above) kept its in_use count with it.
     if not holder then hold_pair(ident, proxy, sid, kp, pin) end
-    redis.call('HSET', P .. 'part:' .. kp, 'sid', kp, 'session_sid', sid, 'identifier', ident,
-      'proxy_identifier', proxy, 'proxy_identifier_sid', pn, 'friendly_name', p.friendly_name,
-      'created_ms', p.created_ms, 'updated_ms', p.updated_ms)
-    if pin ~= '' then redis.call('HSET', P .. 'part:' .. kp, 'pin', pin) end
+    store_participant(kp, sid, ident, proxy, pn, p.friendly_name, pin, p.created_ms, p.updated_ms)
     parts[#parts + 1] = kp
     restored[#restored + 1] = kp
   end
 end
 
-redis.call('HSET', sk, 'sid', sid, 'unique_name', f.unique_name, 'status', f.status, 'mode', f.mode,
+hset_present(sk, 'unique_name', f.unique_name, 'status', f.status, 'mode', f.mode,
   'ttl', f.ttl, 'date_expiry_ms', f.date_expiry_ms, 'created_ms', f.created_ms, 'updated_ms', f.updated_ms,
   'started_ms', f.started_ms, 'last_activity_ms', f.last_activity_ms,
-  'last_interaction_ms', f.last_interaction_ms, 'ended_ms', '', 'closed_reason', '',
-  'parts', parts_field(parts), 'restored_ms', now)
+  'last_interaction_ms', f.last_interaction_ms, 'parts', parts_field(parts), 'restored_ms', now)
 redis.call('ZADD', P .. 'sessions', f.created_ms, sid)
 if f.unique_name ~= '' then
   local other = redis.call('GET', P .. 'uname:' .. f.unique_name)

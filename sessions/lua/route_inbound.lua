@@ -140,7 +140,7 @@ end
 if not holder then return done({ outcome = 'no_session' }) end
 local sid, kp = string.match(holder, '^([^:]+):(.+)$')
 local sk = P .. 'sess:' .. sid
-local sess = hgetall(sk)
+local sess = session_record(sid)
 local live = sess and sess.status ~= 'closed' and has_part(sess.parts, kp)
 if live then
   local at = tonumber(sess.expires_at_ms or '0') or 0

@@ -11,7 +11,7 @@
 local now = now_ms(ARGV[1])
 local sid, ttl, date_expiry, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local sk = P .. 'sess:' .. sid
-local sess = hgetall(sk)
+local sess = session_record(sid)
 if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
 
 if sess.status == 'closed' then
@@ -39,8 +39,8 @@ if sess.status == 'closed' then
   end
   -- (its interactions keep their own hot window: _session.lua, record_interaction)
   for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or '') }) do redis.call('PERSIST', k) end
-  redis.call('HSET', sk, 'status', 'in-progress', 'closed_reason', '', 'ended_ms', '', 'updated_ms', now,
-    'last_activity_ms', now)
+  redis.call('HDEL', sk, 'closed_reason', 'ended_ms')
+  redis.call('HSET', sk, 'status', 'in-progress', 'updated_ms', now, 'last_activity_ms', now)
   if ttl ~= '' then redis.call('HSET', sk, 'ttl', ttl) end
   if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
   schedule_expiry(sid, hgetall(sk))
