@@ -133,3 +133,24 @@ async def test_closing_a_session_never_keeps_its_interactions_past_their_hot_win
     assert 0 < await relay.redis.pttl(keys.interaction(ks, ix["sid"])) <= hot_ms
     assert 0 < await relay.redis.pttl(keys.session_interactions(ks, sess["sid"])) <= hot_ms
     assert await relay.redis.pttl(keys.session(ks, sess["sid"])) > hot_ms  # the session stays readable
+
+
+async def test_records_written_before_the_hot_window_get_one_on_the_next_interaction(relay: Relay) -> None:
+    """After an upgrade, a live session's earlier records (no TTL, no count) are not left in Redis
+    for good: the session's next interaction gives them the hot window too."""
+    ks = await relay.service()
+    await relay.numbers(ks, PROXY_A, PROXY_B)
+    sess = await relay.session(ks, CUSTOMER, COURIER)
+    kc = sess["sid"]
+    await relay.sms(COURIER, sess["proxy"][COURIER], "on my way")
+    [old] = await relay.interactions(ks, kc)
+    for key in (keys.interaction(ks, old["sid"]), keys.session_interactions(ks, kc)):
+        await relay.redis.persist(key)  # as the earlier release wrote them
+    await relay.redis.hdel(keys.session(ks, kc), "ix_count")
+    await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "thanks")
+    hot_ms = relay.settings.interaction_hot_s * 1000
+    assert 0 < await relay.redis.pttl(keys.interaction(ks, old["sid"])) <= hot_ms
+    assert [i["data"] for i in await relay.interactions(ks, kc)] == [
+        '{"body":"thanks"}',
+        '{"body":"on my way"}',
+    ]

@@ -241,7 +241,13 @@ local function record_interaction(ki, t, now, hot_ms)
   redis.call('PEXPIRE', P .. 'ix:' .. ki, keep)
   redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - keep))
   redis.call('ZADD', index, now, ki)
-  if redis.call('PTTL', index) < keep then redis.call('PEXPIRE', index, keep) end
+  local left = redis.call('PTTL', index)
+  if left == -1 then  -- written before records had a hot window: theirs starts now
+    for _, old in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+      if redis.call('PTTL', P .. 'ix:' .. old) == -1 then redis.call('PEXPIRE', P .. 'ix:' .. old, keep) end
+    end
+  end
+  if left < keep then redis.call('PEXPIRE', index, keep) end
   redis.call('HINCRBY', P .. 'sess:' .. t.session_sid, 'ix_count', 1)
   return stored
 end
