@@ -21,6 +21,7 @@ from twilio.request_validator import RequestValidator
 from audit.writer import AuditWriter
 from core.clock import SYSTEM, Clock
 from core.connections import redis_client
+from core.deadline import Watchdog
 from core.lease import Lease, run_while_holding
 from core.resp_cluster import fast_client
 from core.scripts import Scripts
@@ -181,6 +182,7 @@ def create_app(
             validator=RequestValidator(settings.twilio_auth_token),
             answers=AnswerWriter(fast, ttl_s=settings.dedupe_ttl_s),
             fallbacks=fallbacks,
+            webhook_deadline=Watchdog(settings.webhook_deadline_s),
         )
         app[TWILIO_ACCOUNT] = TwilioAccount(  # looks numbers up for PhoneNumbers created by Sid
             http,

@@ -16,6 +16,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from core import keys
+from core.deadline import Watchdog
 from core.resp import FastRedis
 from core.settings import Settings
 from pool.registry import NumberRegistry
@@ -113,6 +114,8 @@ class RelayState:
     validator: RequestValidator
     answers: AnswerWriter
     fallbacks: FallbackRecorder
+    # Every webhook's time limit (settings.webhook_deadline_s), one timer for all of them.
+    webhook_deadline: Watchdog
 
     def url(self, path: str) -> str:
         return self.settings.public_url + path

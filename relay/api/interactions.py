@@ -14,7 +14,7 @@ from aiohttp import web
 
 from audit.queries import interactions_from_audit
 from core.errors import InvalidParameter, MissingParameter, NotFound
-from core.paging import page_of
+from core.paging import PageRequest, page_of
 from relay.api import render
 from relay.api.common import account_sid, base_url, json, require, service_sid
 from relay.api.common import session_sid as session_of
@@ -270,7 +270,8 @@ async def list_message_interactions(request: web.Request) -> web.Response:
     await request.config_dict[RELAY].sessions.get_participant(ks, session_sid, kp)
     wanted = page_args(request)
     # A session holds few interactions per participant; filter, then page.
-    rows = await every_interaction(request, ks, session_sid) or []
+    hot = await request.config_dict[RELAY].interactions.list(ks, session_sid, PageRequest(size=MAX_LOGGED))
+    rows = hot.items if hot is not None else await every_interaction(request, ks, session_sid) or []
     mine = [r for r in rows if r.get("origin") == "api" and r.get("outbound_participant_sid") == kp]
     found = page_of(mine, _position, wanted, newest_first=True)
     return json(

@@ -5,7 +5,6 @@ multipart or JSON body) 400: nothing of either is acted on."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -208,7 +207,7 @@ async def answer(
                 log_fault(what, form, err)
                 return xml(fallback)
             try:
-                async with asyncio.timeout(give_up_s):
+                async with state.webhook_deadline.limit():
                     answered = xml(await handle(state, parsed))
                 outcome = "answered"
                 return answered

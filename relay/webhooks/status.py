@@ -4,7 +4,6 @@ never move backwards) and tells the Service's CallbackUrl."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -27,7 +26,7 @@ async def whisper(request: web.Request) -> web.Response:
     state = request.app[RELAY]
     ks = request.query.get("Service", "")
     try:
-        async with asyncio.timeout(state.settings.webhook_deadline_s):
+        async with state.webhook_deadline.limit():
             opts = await state.router.relay_options(ks)
         text = " ".join(t for t in (opts.whisper, opts.consent) if t)
     except Exception as err:
@@ -98,7 +97,7 @@ async def _apply_status(
     if not (ks.startswith("KS") and ki.startswith("KI")):
         return  # a status callback configured without our query: nothing to attach it to
     try:
-        async with asyncio.timeout(state.settings.webhook_deadline_s):
+        async with state.webhook_deadline.limit():
             row = await state.interactions.update(
                 ks,
                 ki,
