@@ -25,7 +25,7 @@ from core.paging import Page, PageRequest, newest_first
 from core.records import STATUS_RANK
 from core.scripts import Scripts
 from core.settings import Settings
-from sessions.models import interaction_record
+from sessions.models import interaction_from_redis, interaction_record
 from sessions.scripts import SESSION_LUA
 
 __all__ = ["InteractionStore", "Row", "STATUS_RANK", "TERMINAL_STATUSES"]
@@ -56,10 +56,9 @@ class InteractionStore:
     # -- reads (None: not in Redis; the audit log may still know it) -------------------------
     async def get(self, service_sid: str, session_sid: str, interaction_sid: str) -> dict[str, Any] | None:
         raw: Any = await self.redis.hgetall(keys.interaction(service_sid, interaction_sid))
-        row: dict[str, Any] = raw
-        if not row or row.get("session_sid") != session_sid:
+        if not raw or raw.get("session_sid") != session_sid:
             return None
-        return row
+        return interaction_from_redis(interaction_sid, raw)
 
     async def list(
         self, service_sid: str, session_sid: str, request: PageRequest
@@ -100,7 +99,7 @@ class InteractionStore:
             for sid in sids:
                 pipe.hgetall(keys.interaction(service_sid, sid))
             rows: Sequence[Row] = await pipe.execute()
-        return rows
+        return [interaction_from_redis(sid, row) if row else row for sid, row in zip(sids, rows, strict=True)]
 
     async def delete(
         self, service_sid: str, session_sid: str, interaction_sid: str, *, logged: bool = False
@@ -257,7 +256,7 @@ class InteractionStore:
         }
         await self.redis.hset(key, mapping=changes)
         raw: Any = await self.redis.hgetall(key)
-        row: dict[str, Any] = dict(raw)
+        row = interaction_from_redis(interaction_sid, dict(raw))
         view = await self._event_view(service_sid, row)
         view["reason"] = reason
         await emit_event(

@@ -29,6 +29,7 @@ __all__ = [
     "seen_value",
     "INTERACTION_FIELDS",
     "interaction_record",
+    "interaction_from_redis",
     "RELAY_SETTING_FIELDS",
     "RelayOptions",
     "Route",
@@ -139,6 +140,16 @@ def interaction_record(**values: Any) -> dict[str, str]:
     if unknown:
         raise ValueError(f"not interaction fields: {sorted(unknown)}")
     return {f: str(values.get(f, "")) for f in INTERACTION_FIELDS}
+
+
+def interaction_from_redis(sid: str, row: dict[str, Any]) -> dict[str, Any]:
+    """An interaction's Redis hash, whole again (interaction_stored in _session.lua): its sid (the
+    key's), its resource types (by its type and origin) and its empty fields are not stored."""
+    full: dict[str, Any] = {**dict.fromkeys(INTERACTION_FIELDS, ""), **row}
+    kind = "Call" if full["type"] == "voice" else "Message"
+    full["sid"], full["outbound_resource_type"] = sid, kind
+    full["inbound_resource_type"] = kind if full["origin"] == "inbound" else ""
+    return full
 
 
 # -------------------------------------------------------------------------------- relay options

@@ -154,3 +154,26 @@ async def test_records_written_before_the_hot_window_get_one_on_the_next_interac
         '{"body":"thanks"}',
         '{"body":"on my way"}',
     ]
+
+
+async def test_an_interaction_stores_no_sid_no_resource_type_and_no_empty_field(relay: Relay) -> None:
+    """Redis memory per text: the record leaves out what its key and its type tell (sid, Message
+    or Call) and its empty fields; the API shows them all, for a relayed text and a proactive one."""
+    ks = await relay.service()
+    await relay.numbers(ks, PROXY_A, PROXY_B)
+    sess = await relay.session(ks, CUSTOMER, COURIER)
+    kc, kp = sess["sid"], sess["participants"][CUSTOMER]
+    await relay.sms(COURIER, sess["proxy"][COURIER], "on my way")
+    status, sent = await relay.api(
+        "POST", f"/v1/Services/{ks}/Sessions/{kc}/Participants/{kp}/MessageInteractions", {"Body": "hi"}
+    )
+    assert status == 201, sent
+    proactive, relayed = await relay.interactions(ks, kc)
+    assert proactive["sid"] == sent["sid"]
+    for ix in (proactive, relayed):
+        stored = await relay.redis.hgetall(keys.interaction(ks, ix["sid"]))
+        assert not {"sid", "inbound_resource_type", "outbound_resource_type"} & set(stored), stored
+        assert all(value != "" for value in stored.values()), stored
+        assert ix["outbound_resource_type"] == "Message"
+    assert relayed["inbound_resource_type"] == "Message" and relayed["inbound_resource_url"]
+    assert proactive["inbound_resource_type"] is None and proactive["inbound_resource_sid"] is None

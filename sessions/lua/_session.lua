@@ -221,7 +221,11 @@ end
 -- its statuses come at its end), then the audit log is its only copy: the session's index drops
 -- what is older than the window, and the session counts its interactions (`ix_count`), so a
 -- reader knows when Redis no longer holds them all (sessions/interactions.py).
+-- What Redis stores of it leaves out its sid (the key's), its resource types (Message or Call, by
+-- its type, the inbound one only for an inbound interaction) and its empty fields: about 130
+-- bytes less per text within the hot window. interaction_stored reads it back whole.
 local CALL_MAX_MS = 4 * 3600 * 1000  -- Twilio ends a call after 4 hours unless told otherwise
+local NOT_STORED = { sid = true, inbound_resource_type = true, outbound_resource_type = true }
 local function record_interaction(ki, t, now, hot_ms)
   local index = P .. 'sess:' .. t.session_sid .. ':ix'
   local newest = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')[2]
@@ -231,9 +235,11 @@ local function record_interaction(ki, t, now, hot_ms)
   for _, f in ipairs(INTERACTION_FIELDS) do
     local v = t[f]
     if v == nil then v = '' end
-    v = tostring(v)  -- as Redis stores it (and HGETALL would give it back)
-    flat[#flat + 1] = f
-    flat[#flat + 1] = v
+    v = tostring(v)  -- as Redis stores it (and interaction_stored gives it back)
+    if v ~= '' and not NOT_STORED[f] then
+      flat[#flat + 1] = f
+      flat[#flat + 1] = v
+    end
     stored[f] = v
   end
   local keep = hot_ms + (t.type == 'voice' and CALL_MAX_MS or 0)
@@ -250,6 +256,20 @@ local function record_interaction(ki, t, now, hot_ms)
   if left < keep then redis.call('PEXPIRE', index, keep) end
   redis.call('HINCRBY', P .. 'sess:' .. t.session_sid, 'ix_count', 1)
   return stored
+end
+
+-- An interaction record as record_interaction stored it, whole again (nil when Redis no longer
+-- holds it). sessions/models.py, interaction_from_redis, reads it alike in Python.
+local function interaction_stored(ki)
+  local t = hgetall(P .. 'ix:' .. ki)
+  if not t then return nil end
+  for _, f in ipairs(INTERACTION_FIELDS) do
+    if t[f] == nil then t[f] = '' end
+  end
+  local kind = t.type == 'voice' and 'Call' or 'Message'
+  t.sid, t.outbound_resource_type = ki, kind
+  t.inbound_resource_type = t.origin == 'inbound' and kind or ''
+  return t
 end
 
 -- The Service's relay settings, by name (sessions.models.RelayOptions reads the same names).

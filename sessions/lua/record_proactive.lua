@@ -36,7 +36,7 @@ local ix = record_interaction(ki, {
   outbound_participant_sid = kp, outbound_resource_status = 'initiated', outbound_resource_type = 'Message',
   created_ms = now, updated_ms = now,
 }, now, tonumber(ARGV[8]))
-local view = hgetall(P .. 'ix:' .. ki)
+local view = interaction_stored(ki)
 view.numbers = { part.identifier, part.proxy_identifier }
 view.outbound_identifier = part.identifier
 view.outbound_proxy_identifier = part.proxy_identifier

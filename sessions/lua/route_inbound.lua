@@ -54,7 +54,7 @@ end
 local function duplicate(value)
   local replay, first = string.match(value, '^([a-z]*):(KI%x+)$')
   local t = { outcome = 'duplicate', replay = replay or '' }
-  local ix = first and hgetall(P .. 'ix:' .. first)
+  local ix = first and interaction_stored(first)
   if ix then
     t.interaction = ix
     if ix.outbound_participant_sid and ix.outbound_participant_sid ~= '' then
@@ -62,7 +62,7 @@ local function duplicate(value)
     end
     local legs, j = {}, 2
     while true do  -- the other legs of a text to several participants
-      local leg = hgetall(P .. 'ix:' .. leg_sid(first, j))
+      local leg = interaction_stored(leg_sid(first, j))
       if not leg then break end
       legs[#legs + 1] = { participant = participant_view(leg.outbound_participant_sid), interaction = leg }
       j = j + 1

@@ -17,13 +17,13 @@ local due = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now - tonumber(
 local settled = 0
 for i, ki in ipairs(due) do
   redis.call('ZREM', P .. 'inflight', ki)
-  local ix = hgetall(P .. 'ix:' .. ki)
+  local ix = interaction_stored(ki)
   if ix and ix.outcome == 'relay' and ix.inbound_resource_sid ~= '' then
     local seen = redis.call('GET', P .. 'seen:' .. ix.inbound_resource_sid)
     if seen and string.sub(seen, 1, 1) == ':' then
       redis.call('HSET', P .. 'ix:' .. ki, 'outcome', 'not_relayed', 'outbound_resource_status', 'failed',
         'updated_ms', now)
-      local view = hgetall(P .. 'ix:' .. ki)
+      local view = interaction_stored(ki)
       local numbers = {}
       for _, side in ipairs({ 'inbound', 'outbound' }) do
         local p = participant_view(ix[side .. '_participant_sid'])

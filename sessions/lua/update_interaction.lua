@@ -20,7 +20,7 @@
 
 local now = now_ms(ARGV[1])
 local key = P .. 'ix:' .. ARGV[2]
-local row = hgetall(key)
+local row = interaction_stored(ARGV[2])
 if not row then
   if ARGV[10] ~= '' and (ARGV[4] ~= '' or ARGV[5] ~= '') then
     emit(ARGV[8], 'interaction.updated', now, { sid = ARGV[2], session_sid = ARGV[10], updated_ms = tostring(now),
