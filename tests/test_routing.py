@@ -161,6 +161,27 @@ async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(wo
     assert closed["sid"] == kc and closed["status"] == "closed"
 
 
+async def test_records_written_before_the_hot_window_get_one_even_once_they_are_past_it(
+    world: World,
+) -> None:
+    """After an upgrade, a live session's earlier records (no TTL, no count) get the hot window at
+    its next interaction, those older than the window too (not dropped from the index first and
+    left in Redis for good)."""
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    given = proxies(view)
+    router = Router(world.redis, clock=world.clock)
+    first = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SMold1", body="hi")
+    old_key = keys.interaction(ks, str(first.interaction_sid))
+    for key in (old_key, keys.session_interactions(ks, view["sid"])):
+        await world.redis.persist(key)  # as the earlier release wrote them
+    await world.redis.hdel(keys.session(ks, view["sid"]), "ix_count")
+    world.clock.advance(router.interactions.hot_ms / 1000 + 60)
+    await router.route_text(from_=COURIER, to=given[COURIER], message_sid="SMold2", body="hello")
+    assert 0 < await world.redis.pttl(old_key) <= router.interactions.hot_ms
+
+
 async def test_status_callbacks_that_race_never_move_a_status_back(world: World) -> None:
     """Twilio posts `sent` and `delivered` in requests of their own, which may be handled at the
     same time: whichever lands last, the interaction ends `delivered`, with one event per change."""

@@ -245,15 +245,16 @@ local function record_interaction(ki, t, now, hot_ms)
   local keep = hot_ms + (t.type == 'voice' and CALL_MAX_MS or 0)
   redis.call('HSET', P .. 'ix:' .. ki, unpack(flat))
   redis.call('PEXPIRE', P .. 'ix:' .. ki, keep)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - keep))
-  redis.call('ZADD', index, now, ki)
-  local left = redis.call('PTTL', index)
-  if left == -1 then  -- written before records had a hot window: theirs starts now
+  -- An index without a TTL was written before records had a hot window: its records' window
+  -- starts now, before the oldest of them leave the index (a new index has no `newest`).
+  if newest and redis.call('PTTL', index) == -1 then
     for _, old in ipairs(redis.call('ZRANGE', index, 0, -1)) do
       if redis.call('PTTL', P .. 'ix:' .. old) == -1 then redis.call('PEXPIRE', P .. 'ix:' .. old, keep) end
     end
   end
-  if left < keep then redis.call('PEXPIRE', index, keep) end
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - keep))
+  redis.call('ZADD', index, now, ki)
+  if redis.call('PTTL', index) < keep then redis.call('PEXPIRE', index, keep) end
   redis.call('HINCRBY', P .. 'sess:' .. t.session_sid, 'ix_count', 1)
   return stored
 end
