@@ -7,7 +7,7 @@ import os
 import threading
 from typing import Final
 
-__all__ = ["EVENT_ID_PREFIX", "is_sid", "new_sid", "new_event_id", "new_event_id_base", "creation_event_id"]
+__all__ = ["EVENT_ID_PREFIX", "new_sid", "new_event_id", "new_event_id_base", "creation_event_id"]
 
 EVENT_ID_PREFIX: Final = "EV"
 # Random bytes are drawn from the OS a page at a time (one system call per 256 sids on the hot
@@ -24,14 +24,6 @@ def _forget_pool() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_pool)
-
-
-def is_sid(value: str, prefix: str) -> bool:
-    """Whether `value` has the shape of a `prefix` sid (as new_sid mints them)."""
-    return len(value) == 34 and value.startswith(prefix) and all(c in _HEX for c in value[2:])
-
-
-_HEX: Final = frozenset("0123456789abcdef")
 
 
 def new_sid(prefix: str) -> str:

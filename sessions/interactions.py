@@ -20,13 +20,14 @@ import redis.asyncio as aioredis
 from core import keys
 from core.clock import SYSTEM, Clock
 from core.events import emit_event
-from core.ids import creation_event_id, is_sid, new_event_id, new_sid
+from core.ids import creation_event_id, new_event_id, new_sid
 from core.paging import Page, PageRequest, newest_first
 from core.records import STATUS_RANK
 from core.scripts import Scripts
 from core.settings import Settings
 from sessions.models import interaction_from_redis, interaction_record
 from sessions.scripts import SESSION_LUA
+from sessions.store import SESSION_SID
 
 __all__ = ["InteractionStore", "Row", "STATUS_RANK", "TERMINAL_STATUSES"]
 
@@ -296,7 +297,7 @@ class InteractionStore:
             _RANKS,
             new_event_id(),
             self.hot_ms,
-            session_sid if is_sid(session_sid, "KC") else "",
+            session_sid if SESSION_SID.fullmatch(session_sid) else "",
         )
         row: dict[str, Any] = orjson.loads(raw)
         return row or None

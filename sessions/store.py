@@ -19,9 +19,10 @@ from pool.numbers import parse_participant, parse_proxy_number, split_channel
 from sessions.models import MAX_PARTICIPANTS, PIN_DIGITS, Mode, ParticipantRequest, Status
 from sessions.scripts import SESSION_LUA
 
-__all__ = ["SessionStore"]
+__all__ = ["SESSION_SID", "SessionStore"]
 
-_SESSION_SID: Final = re.compile(r"KC[0-9a-f]{32}")
+# A session sid's shape (a path may name a session by sid or by UniqueName).
+SESSION_SID: Final = re.compile(r"KC[0-9a-f]{32}")
 # PIN mode (the Service's FallbackNumber): candidates drawn per participant, the script takes the
 # first one the participant holds on the shared number in no live or cooling session.
 _PIN_CANDIDATES: Final = 8
@@ -114,7 +115,7 @@ class SessionStore:
     async def resolve(self, service_sid: str, sid_or_name: str) -> str:
         """The SID of the Session named in a path: its SID, or the UniqueName of a Session Redis
         holds (as at Twilio). NotFound 80308 ("Session with the unique name not found") otherwise."""
-        if _SESSION_SID.fullmatch(sid_or_name):
+        if SESSION_SID.fullmatch(sid_or_name):
             return sid_or_name
         sid = cast(str | None, await self.redis.get(keys.unique_name(service_sid, sid_or_name)))
         if sid is None:
