@@ -2,7 +2,8 @@
 
 The number lives in Redis in participant hashes (`part:{KP}` field `identifier`), in the NAMES of
 its routing pairs (`pair:{identifier}:{proxy}`), of its sticky proxy (`last:{identifier}`) and of
-its opt-outs (`optout:{identifier}:{proxy}`), and in the views carried by events not yet written
+its opt-outs (`optout:{identifier}:{proxy}`), in the abuse limits' counters (`rl:` hashes, field
+`p:{identifier}`), and in the views carried by events not yet written
 (`events` streams: the audit writer drains those, see maskline/erasure.py). Every session the
 number took part in (live, closed and still readable, or one it was removed from) is deleted
 through SessionStore.delete_session: a live one is closed first, so its pairs are released and
@@ -129,6 +130,15 @@ async def _erase_in_service(
         pairs += await _named_keys(
             redis, tag + kind + ":*" + ident + ":*", prefix + kind + ":", number, proxy=True
         )
+    # Abuse-limit counters (`rl:{kind}:{window}` hashes, field `p:{identifier}`; an hour at most).
+    async for raw in redis.scan_iter(match=tag + "rl:*", count=_SCAN_COUNT):
+        fields = [
+            f
+            async for f, _ in redis.hscan_iter(raw, match="p:*" + ident, count=_SCAN_COUNT)
+            if is_identifier_of(_text(f)[2:], number)
+        ]
+        if fields:
+            await redis.hdel(raw, *fields)
     counts.participants += await _delete(redis, participants)
     counts.pairs += await _delete(redis, pairs)
     counts.last += await _delete(redis, lasts)

@@ -95,7 +95,7 @@ def test_the_pattern_finds_every_usual_form_of_the_number() -> None:
 
 async def test_erase_reaches_every_copy_and_keeps_the_other_participant(relay: Relay) -> None:
     redis, pg = relay.redis, relay.pg
-    ks = await relay.service()
+    ks = await relay.service(TextsPerMinute=100, CallsPerHour=100)  # (their counters name the number)
     await relay.numbers(ks, PROXY_A, PROXY_B, PROXY_C)
 
     # A first session: texts both ways and a call, written to the audit log, then STOP (an

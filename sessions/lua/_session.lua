@@ -274,9 +274,15 @@ local function interaction_stored(ki)
 end
 
 -- The Service's relay settings, by name (sessions.models.RelayOptions reads the same names).
-local function relay_settings()
-  local values = redis.call('HMGET', P .. 'svc', unpack(RELAY_SETTING_FIELDS))
+local function relay_settings(extra)
+  -- (`extra`: one more field of the `svc` hash read in the same HMGET, e.g. 'limits')
+  local fields = RELAY_SETTING_FIELDS
+  if extra then
+    fields = { extra }
+    for _, f in ipairs(RELAY_SETTING_FIELDS) do fields[#fields + 1] = f end
+  end
+  local values = redis.call('HMGET', P .. 'svc', unpack(fields))
   local t = {}
-  for i, f in ipairs(RELAY_SETTING_FIELDS) do t[f] = values[i] end
+  for i, f in ipairs(fields) do t[f] = values[i] end
   return t
 end

@@ -46,8 +46,13 @@
 local now = now_ms(ARGV[1])
 local from, to, kind, resource, ki, keyword = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
+-- The Service's relay settings and abuse limits, read once (one HMGET) for every outcome.
+local svc = relay_settings('limits')
+local limits_spec = svc.limits
+svc.limits = nil
+
 local function done(t)
-  t.svc = relay_settings()
+  t.svc = svc
   return cjson.encode(t)
 end
 
@@ -207,26 +212,23 @@ if kind == 'message' then
 end
 
 -- Abuse limits (the Service's `limits`: "texts/min,calls/h per participant number,texts/min,
--- calls/h per proxy number", 0 = none): fixed windows counted here, in the routing call itself.
--- Every attempt counts, refused ones too: a flood stays refused until its window ends.
+-- calls/h per proxy number", 0 = none): fixed windows counted here, in the routing call itself,
+-- in one hash per kind and window (fields `p:{From}` and `n:{To}`) that expires when its window
+-- ends. Every attempt counts, refused ones too: a flood stays refused until its window ends.
 local function over_limit()
-  local raw = redis.call('HGET', P .. 'svc', 'limits')
-  if not raw or raw == '' then return false end
-  local tpm, cph, ptpm, pcph = string.match(raw, '^(%d+),(%d+),(%d+),(%d+)$')
+  if not limits_spec or limits_spec == '' then return false end
+  local tpm, cph, ptpm, pcph = string.match(limits_spec, '^(%d+),(%d+),(%d+),(%d+)$')
   if not tpm then return false end
-  local limits, window = { tonumber(cph), tonumber(pcph) }, 3600000
-  if kind == 'message' then limits, window = { tonumber(tpm), tonumber(ptpm) }, 60000 end
+  local per_from, per_to, window = tonumber(cph), tonumber(pcph), 3600000
+  if kind == 'message' then per_from, per_to, window = tonumber(tpm), tonumber(ptpm), 60000 end
+  if per_from == 0 and per_to == 0 then return false end
   local slot = math.floor(now / window)
-  local over = false
-  for i, who in ipairs({ 'p:' .. from, 'n:' .. to }) do
-    if limits[i] > 0 then
-      local k = P .. 'rl:' .. kind .. ':' .. who .. ':' .. slot
-      local n = redis.call('INCR', k)
-      if n == 1 then redis.call('PEXPIRE', k, window) end
-      if n > limits[i] then over = true end
-    end
-  end
-  return over
+  local k = P .. 'rl:' .. kind .. ':' .. slot
+  local n_from = per_from > 0 and redis.call('HINCRBY', k, 'p:' .. from, 1) or 0
+  local n_to = per_to > 0 and redis.call('HINCRBY', k, 'n:' .. to, 1) or 0
+  -- (a field new to the hash: the hash may be new too; its life is what is left of the window)
+  if n_from == 1 or n_to == 1 then redis.call('PEXPIRE', k, (slot + 1) * window - now) end
+  return (per_from > 0 and n_from > per_from) or (per_to > 0 and n_to > per_to)
 end
 if outcome == 'relay' and over_limit() then outcome = 'rate_limited' end
 
