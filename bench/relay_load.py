@@ -225,10 +225,12 @@ async def answered(port: int, *, within: str | None = None) -> float:
 
 
 async def with_limits(redis_url: str, worker: Any, runs: list[Any], duration_s: int) -> dict[str, float]:
-    """Closed-loop runs alternately without and with the Service's abuse limits set (so
-    route_inbound.lua counts every text) but out of reach, `runs` being the runs in that order
-    (off, on, off, on, ...): the machine drifts, so each "on" is compared with the "off" before it.
-    Returns the medians of the pairs' ratios (rps, CPU per relayed text) and of the "on" rps."""
+    """Closed-loop runs without and with the Service's abuse limits set (so route_inbound.lua
+    counts every text) but out of reach, `runs` being the runs in the order off, on, on, off, off,
+    on, ... (pairs of neighbours, every other pair reversed, so that the machine's drift between
+    runs cancels out). Returns the medians of the pairs' ratios (rps, worker CPU per relayed text),
+    of the "on" rps and worker CPU, and Redis' time per routing script call (EVALSHA, from INFO
+    commandstats: the whole server) with and without."""
     import statistics
 
     import redis.asyncio as aioredis
@@ -236,24 +238,37 @@ async def with_limits(redis_url: str, worker: Any, runs: list[Any], duration_s: 
     from core import keys
 
     client = aioredis.from_url(redis_url, decode_responses=True)
+
+    async def evalsha() -> tuple[float, float]:
+        stat = (await client.info("commandstats")).get("cmdstat_evalsha") or {}
+        return float(stat.get("calls", 0)), float(stat.get("usec", 0))
+
     try:
         (ks,) = await client.smembers(keys.SERVICES)
-        measured: list[tuple[float, float]] = []  # (rps, CPU s per relayed text)
+        measured: list[tuple[bool, float, float, float]] = []  # (on, rps, CPU s per text, Redis us per call)
         for i, run in enumerate(runs):
+            on = i % 4 in (1, 2)
             await client.hset(
-                keys.service_settings(ks), "limits", "1000000,1000000,1000000,1000000" if i % 2 else ""
+                keys.service_settings(ks), "limits", "1000000,1000000,1000000,1000000" if on else ""
             )
-            cpu0 = cpu_seconds(worker.pid)
+            cpu0, (calls0, usec0) = cpu_seconds(worker.pid), await evalsha()
             result = await run()
+            calls, usec = await evalsha()
             relayed = max(1.0, result["rps"] * duration_s)
-            measured.append((result["rps"], (cpu_seconds(worker.pid) - cpu0) / relayed))
+            per_call = (usec - usec0) / max(1.0, calls - calls0)
+            measured.append((on, result["rps"], (cpu_seconds(worker.pid) - cpu0) / relayed, per_call))
         await client.hset(keys.service_settings(ks), "limits", "")
-        pairs = list(zip(measured[0::2], measured[1::2], strict=True))
+        pairs = [
+            (a, b) if b[0] else (b, a)  # (off, on)
+            for a, b in zip(measured[0::2], measured[1::2], strict=True)
+        ]
         return {
-            "rps": statistics.median(on[0] for _, on in pairs),
-            "rps_ratio": statistics.median(on[0] / off[0] for off, on in pairs if off[0]),
-            "cpu_us": statistics.median(on[1] for _, on in pairs) * 1e6,
-            "cpu_ratio": statistics.median(on[1] / off[1] for off, on in pairs if off[1]),
+            "rps": statistics.median(on[1] for _, on in pairs),
+            "rps_ratio": statistics.median(on[1] / off[1] for off, on in pairs if off[1]),
+            "cpu_us": statistics.median(on[2] for _, on in pairs) * 1e6,
+            "cpu_ratio": statistics.median(on[2] / off[2] for off, on in pairs if off[2]),
+            "redis_us": statistics.median(on[3] for _, on in pairs),
+            "redis_off_us": statistics.median(off[3] for off, _ in pairs),
             "pairs": float(len(pairs)),
         }
     finally:
