@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import relay_load
-from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _stop, _wait_ready
+from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _redis_cpu, _stop, _wait_ready
 from bench.relay_load import (
     WRK_SCRIPT,
     cpu_seconds,
@@ -179,9 +179,21 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         t0, n_sessions = await _schedule_all(redis_url, count, spread_s, lead_s)
         print(f"scheduled {count:,} messages over {n_sessions:,} sessions in {time.time() - started:.0f} s")
         before = await closed_loop(files["before"])
+
+        async def snapshot() -> tuple[float, ...]:
+            return (time.time(), cpu_seconds(duties.pid), cpu_seconds(fake.pid), await _redis_cpu(redis_url),
+                    _busy_cores(rest))  # fmt: skip
+
+        # What the messages cost while nothing else runs: a slice of the firing before the first
+        # run under load (arrivals counted from the fake Twilio's log afterwards).
+        await asyncio.sleep(max(0.0, t0 + 2 - time.time()))
+        slice_start = await snapshot()
+        slice_end = slice_start
         firing_runs = []
         for part, name in ((1, "firing1"), (2, "firing2")):
             await asyncio.sleep(max(0.0, t0 + spread_s * part / 3 - time.time()))
+            if part == 1:
+                slice_end = await snapshot()
             if time.time() + LOAD_S < t0 + spread_s:  # (a short spread has room for one only)
                 firing_runs.append(await closed_loop(files[name]))
         await asyncio.sleep(max(0.0, t0 + spread_s + 20 - time.time()))
@@ -222,6 +234,20 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         f"{idle['cpu_us']:.0f} us without ({cpu_change:+.1%}); the other cores busy "
         f"{firing['others_busy']:.0%} vs {idle['others_busy']:.0%} (Redis, Postgres, duties, fake Twilio, load)"
     )
+    sent_in_slice = sum(
+        1 for times in arrivals.values() for at in times if slice_start[0] <= at < slice_end[0]
+    )
+    if sent_in_slice:
+        seconds = slice_end[0] - slice_start[0]
+        duties_us, fake_us, redis_us = (
+            (slice_end[i] - slice_start[i]) / sent_in_slice * 1e6 for i in (1, 2, 3)
+        )
+        busy = (slice_end[4] - slice_start[4]) / seconds / max(1, len(rest))
+        print(
+            f"CPU per message sent, while they fire without relay load ({sent_in_slice:,} in {seconds:.0f} s): "
+            f"duties process {duties_us:.0f} us (scheduler and audit writer), fake Twilio {fake_us:.0f} us, "
+            f"Redis {redis_us:.0f} us; the other cores busy {busy:.0%}"
+        )
     return 0 if twice == 0 and missed == 0 else 1
 
 

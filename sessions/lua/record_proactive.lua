@@ -36,7 +36,8 @@ local ix = record_interaction(ki, {
   outbound_participant_sid = kp, outbound_resource_status = 'initiated', outbound_resource_type = 'Message',
   created_ms = now, updated_ms = now,
 }, now, tonumber(ARGV[8]))
-local view = interaction_stored(ki)
+local view = {}  -- the record as stored (record_interaction's copy: no second read), for the event
+for k, v in pairs(ix) do view[k] = v end
 view.numbers = { part.identifier, part.proxy_identifier }
 view.outbound_identifier = part.identifier
 view.outbound_proxy_identifier = part.proxy_identifier
