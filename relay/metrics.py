@@ -90,8 +90,16 @@ MAX_NUMBERS: Final = 50_000  # pairs in use are summed over at most this many nu
 routes = web.RouteTableDef()
 
 
+# The histogram's child per (kind, outcome), looked up once (labels() per webhook showed in the
+# worker's profile).
+_WEBHOOK_CHILDREN: Final[dict[tuple[str, str], Any]] = {}
+
+
 def observe_webhook(kind: str, outcome: str, seconds: float) -> None:
-    WEBHOOKS.labels(kind, outcome).observe(seconds)
+    child = _WEBHOOK_CHILDREN.get((kind, outcome))
+    if child is None:
+        child = _WEBHOOK_CHILDREN[kind, outcome] = WEBHOOKS.labels(kind, outcome)
+    child.observe(seconds)
 
 
 def rate_limited(kind: str) -> None:

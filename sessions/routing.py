@@ -49,6 +49,10 @@ _KEYWORD_MAX_CHARS: Final = 16
 MAX_MEDIA: Final = 10
 _OWNER_CACHE_MAX: Final = 200_000
 _OPTIONS_CACHE_MAX: Final = 10_000
+# The script's words as enum members by value (a dict lookup; Outcome(value) costs more per webhook).
+_OUTCOMES: Final = {o.value: o for o in Outcome}
+_KEYWORDS: Final = {k.value: k for k in Keyword}
+_REPLAYS: Final = {r.value: r for r in Replay}
 
 
 def classify_keyword(body: str | None) -> Keyword:
@@ -187,7 +191,7 @@ class Router:
         return result
 
     def _decision(self, service_sid: str, result: dict[str, Any]) -> Route:
-        outcome = Outcome(result["outcome"])
+        outcome = _OUTCOMES[result["outcome"]]
         previous = result.get("previous")
         return Route(
             outcome,
@@ -198,8 +202,8 @@ class Router:
             outbound=result.get("outbound") or {},
             interaction=result.get("interaction") or {},
             previous=previous if isinstance(previous, dict) else None,
-            keyword=Keyword(result.get("keyword") or ""),
-            replay=Replay(result.get("replay") or ""),
+            keyword=_KEYWORDS[result.get("keyword") or ""],
+            replay=_REPLAYS[result.get("replay") or ""],
             sender_blocked=bool(result.get("sender_blocked")),
             legs=[(leg["participant"], leg["interaction"]) for leg in result.get("legs") or ()],
             pin=str(result.get("pin") or ""),

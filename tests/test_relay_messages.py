@@ -201,3 +201,26 @@ def test_gather_twiml_matches_twilio_library() -> None:
 def test_control_characters_never_break_the_twiml() -> None:
     xml = twiml.messages([(COURIER, PROXY_A, "bell\x07 and nul\x00 and tab\t ok", (), None)])
     assert ET.fromstring(xml).find("Message").text == "bell and nul and tab\t ok"
+
+
+def test_escaping_skips_only_what_needs_no_change() -> None:
+    # The fast path (a string with nothing to escape goes out as it is) gives exactly what the
+    # escaping gives, for plain strings and for every character the escaping would change.
+    from xml.sax.saxutils import escape, quoteattr
+
+    samples = [
+        "+14155550101",
+        "on my way",
+        "it's 5'",
+        'say "hi"',
+        "a\nb",
+        "a\tb\rc",
+        "x & y",
+        "<b>",
+        "\x07bell",
+        "\ufffe",
+    ]
+    for s in samples:
+        clean = "".join(c for c in s if c not in "\x07\ufffe")
+        assert twiml.text_safe(s) == escape(clean), s
+        assert twiml._attr(s) == quoteattr(clean), s

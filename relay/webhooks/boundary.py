@@ -80,11 +80,10 @@ def sha1_signature(token: bytes, url: str, params: Form) -> str:
     (the URL, then each distinct name in order with each of its distinct values in order, HMAC-SHA1
     with the Auth Token, base64), built with one join instead of string concatenation."""
     parts = [url]
-    for name in sorted(set(params)):
-        values = params.getall(name)
-        for value in sorted(set(values)) if len(values) > 1 else values:
-            parts.append(name)
-            parts.append(value)
+    # (each distinct (name, value) once, by name then value: the validator's order, one sort)
+    for name, value in sorted(set(params.items())):
+        parts.append(name)
+        parts.append(value)
     mac = hmac.new(token, "".join(parts).encode(), hashlib.sha1).digest()
     return base64.b64encode(mac).decode()
 
