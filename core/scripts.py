@@ -8,7 +8,7 @@ the script itself, found in the highest layer that has it. Redis 6.2 has no FUNC
 the prepending; and since Redis runs a script's whole text on every call, each script gets only the
 helpers it names, directly or through another helper (a helper file's top-level `local` definitions
 are its units; a top-level `do` block always goes in): defining every helper on every call made
-finish_scheduled cost Redis twice what it does with the few it uses.
+finish_scheduled cost Redis twice what it did with the few it used.
 
 Every script gets the caller's deadline as its last ARGV (core/deadline.py); one that starts too
 late answers the error DEADLINE, raised here as DeadlineExceeded. Each state-changing script

@@ -1,7 +1,8 @@
 """A proactive text to one participant, from their proxy number, through Twilio's Messages API:
 recorded as an interaction first (record_proactive.lua checks the session, the participant and
 their opt-out), then sent, then the interaction updated with Twilio's answer. The API's
-MessageInteractions and the scheduler (relay/scheduler.py) both send this way."""
+MessageInteractions and the scheduler (relay/scheduler.py) both send this way; the scheduler
+applies Twilio's answer in the same step as the scheduled message's end (finish_scheduled.lua)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,29 @@ from relay.outbound import TwilioSendError
 from relay.state import RelayState
 from sessions.models import sender_address, with_pin
 
-__all__ = ["send_proactive"]
+__all__ = ["record_and_send", "send_proactive"]
 
 
 async def send_proactive(
     state: RelayState, service_sid: str, session_sid: str, participant_sid: str, data: dict[str, Any]
 ) -> dict[str, Any]:
-    """The interaction as updated. Raises MasklineError (nothing sent) or TwilioSendError (the
-    interaction is marked failed)."""
+    """The interaction as updated with Twilio's answer. Raises MasklineError (nothing sent) or
+    TwilioSendError (the interaction is marked failed)."""
+    ix, message = await record_and_send(state, service_sid, session_sid, participant_sid, data)
+    updated = await state.interactions.update(
+        service_sid,
+        ix["sid"],
+        outbound_resource_sid=str(message.get("sid") or ""),
+        outbound_status=str(message.get("status") or "queued"),
+    )
+    return updated or ix
+
+
+async def record_and_send(
+    state: RelayState, service_sid: str, session_sid: str, participant_sid: str, data: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The interaction as recorded and Twilio's Message resource; the caller applies the latter
+    to the former (send_proactive, or the scheduler in the same step as the message's end)."""
     ix, participant = await state.interactions.record_proactive(
         service_sid, session_sid, participant_sid, data
     )
@@ -38,10 +54,4 @@ async def send_proactive(
     except TwilioSendError:
         await state.interactions.update(service_sid, ki, outbound_status="failed")
         raise
-    updated = await state.interactions.update(
-        service_sid,
-        ki,
-        outbound_resource_sid=str(message.get("sid") or ""),
-        outbound_status=str(message.get("status") or "queued"),
-    )
-    return updated or ix
+    return ix, message

@@ -16,7 +16,7 @@ import redis.exceptions
 from core import keys
 from core.errors import MasklineError
 from relay.outbound import TwilioSendError
-from relay.proactive import send_proactive
+from relay.proactive import record_and_send
 from relay.state import RelayState
 from sessions.scheduled import ScheduledMessages
 
@@ -61,7 +61,7 @@ class Scheduler:
         async with self._gate:
             km = message["sid"]
             try:
-                ix = await send_proactive(
+                ix, message = await record_and_send(
                     self.state,
                     ks,
                     message["session_sid"],
@@ -79,4 +79,13 @@ class Scheduler:
                     ks, km, "canceled", reason=_CANCELED.get(err.code, f"error_{err.code}")
                 )
                 return
-            await self.store.finish(ks, km, "sent", interaction_sid=str(ix.get("sid") or ""))
+            # Twilio's answer for the interaction and the message's end: one step (finish_scheduled.lua).
+            await self.store.finish(
+                ks,
+                km,
+                "sent",
+                interaction_sid=str(ix.get("sid") or ""),
+                interaction_update=self.state.interactions.send_result_args(
+                    str(message.get("sid") or ""), str(message.get("status") or "queued")
+                ),
+            )

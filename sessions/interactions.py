@@ -302,6 +302,13 @@ class InteractionStore:
         row: dict[str, Any] = orjson.loads(raw)
         return row or None
 
+    def send_result_args(
+        self, outbound_resource_sid: str, outbound_status: str
+    ) -> tuple[str, str, str, str, int]:
+        """Twilio's answer to a send as finish_scheduled.lua applies it to the interaction (as
+        `update` would: the same script helper, status ranks and hot window)."""
+        return (outbound_resource_sid, outbound_status, _RANKS, new_event_id(), self.hot_ms)
+
     async def _event_view(self, service_sid: str, row: dict[str, Any]) -> dict[str, Any]:
         """The interaction with the real numbers it concerns (design.md, "Events")."""
         view: dict[str, Any] = dict(row)

@@ -11,6 +11,7 @@ never sent twice. Every change is an audit event (scheduled_message.*)."""
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from typing import Any, Final, cast
 
 import orjson
@@ -104,8 +105,17 @@ class ScheduledMessages:
         return claimed
 
     async def finish(
-        self, service_sid: str, message_sid: str, status: str, *, reason: str = "", interaction_sid: str = ""
+        self,
+        service_sid: str,
+        message_sid: str,
+        status: str,
+        *,
+        reason: str = "",
+        interaction_sid: str = "",
+        interaction_update: Sequence[str | int] = ("", "", "", "", ""),
     ) -> bool:
+        """How a claimed message ended; `interaction_update`: Twilio's answer for its interaction,
+        applied in the same step (InteractionStore.send_result_args)."""
         done = await self.scripts.call(
             "finish_scheduled",
             keys.service_prefix(service_sid),
@@ -114,5 +124,6 @@ class ScheduledMessages:
             status,
             reason,
             interaction_sid,
+            *interaction_update,
         )
         return bool(done)

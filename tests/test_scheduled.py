@@ -54,8 +54,16 @@ async def test_a_reminder_for_two_seconds_ahead_is_sent_once_at_its_time(relay: 
     assert done["status"] == "sent" and done["interaction_sid"].startswith("KI")
     interactions = await relay.interactions(ks, sess["sid"])
     assert [i["sid"] for i in interactions] == [done["interaction_sid"]]
-    types = [t for t, _ in await events_of(relay.redis, ks)]
+    # Twilio's answer is on the interaction (its Message sid and status) and in the log.
+    assert interactions[0]["outbound_resource_sid"].startswith("SM")
+    assert interactions[0]["outbound_resource_status"] == "queued"
+    events = await events_of(relay.redis, ks)
+    types = [t for t, _ in events]
     assert types.count("scheduled_message.created") == 1 and types.count("scheduled_message.sent") == 1
+    updated = [d for t, d in events if t == "interaction.updated"]
+    assert [(d["sid"], d["outbound_resource_status"]) for d in updated] == [
+        (done["interaction_sid"], "queued")
+    ]
     status, body = await relay.api("DELETE", path)
     assert status == 400 and body["code"] == 89004  # gone out already: cannot be canceled
 

@@ -273,6 +273,76 @@ local function interaction_stored(ki)
   return t
 end
 
+-- A status callback (or Twilio's answer to a send) applied to interaction `ki`, atomically: a
+-- status only moves forward by `ranks` ("status=rank,..."), `data_json` merges into the record's
+-- data, interaction.updated (`event_id`) is emitted when anything changed, and the record is kept
+-- `keep_ms` at least. Returns the record as stored afterwards, or nil when Redis no longer holds
+-- it (then a status change is still logged when `session_sid` names the session).
+local function apply_interaction_update(ki, out_sid, out_status, in_status, data_json, ranks, event_id,
+                                        keep_ms, session_sid, now)
+  local key = P .. 'ix:' .. ki
+  local row = interaction_stored(ki)
+  if not row then
+    if session_sid ~= '' and (out_status ~= '' or in_status ~= '') then
+      emit(event_id, 'interaction.updated', now, { sid = ki, session_sid = session_sid, updated_ms = tostring(now),
+        outbound_resource_sid = out_sid ~= '' and out_sid or nil,
+        outbound_resource_status = out_status ~= '' and out_status or nil,
+        inbound_resource_status = in_status ~= '' and in_status or nil })
+    end
+    return nil
+  end
+
+  local rank = {}
+  for status, r in string.gmatch(ranks, '([^,=]*)=(%d+)') do rank[status] = tonumber(r) end
+  local function advances(current, new)
+    return new ~= '' and new ~= current and (rank[new] or 1) >= (rank[current or ''] or 0)
+  end
+
+  local changes = {}
+  if out_sid ~= '' and row.outbound_resource_sid ~= out_sid then changes.outbound_resource_sid = out_sid end
+  if advances(row.outbound_resource_status, out_status) then changes.outbound_resource_status = out_status end
+  if advances(row.inbound_resource_status, in_status) then changes.inbound_resource_status = in_status end
+  if data_json ~= '' then
+    local ok, merged = pcall(cjson.decode, row.data or '')
+    if not ok or type(merged) ~= 'table' then merged = {} end
+    local changed = false
+    for k, v in pairs(cjson.decode(data_json)) do
+      if merged[k] ~= v then merged[k], changed = v, true end
+    end
+    if changed then changes.data = cjson.encode(merged) end
+  end
+  if next(changes) == nil then return row end
+
+  changes.updated_ms = tostring(now)
+  local flat = {}
+  for f, v in pairs(changes) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = v
+    row[f] = v
+  end
+  redis.call('HSET', key, unpack(flat))
+  local left = redis.call('PTTL', key)
+  if left >= 0 and left < tonumber(keep_ms) then redis.call('PEXPIRE', key, keep_ms) end
+
+  -- The event: the interaction with the real numbers it concerns (design.md, "Events").
+  local view, numbers = {}, {}
+  for f, v in pairs(row) do view[f] = v end
+  for _, side in ipairs({ 'inbound', 'outbound' }) do
+    local kp = row[side .. '_participant_sid']
+    if kp and kp ~= '' then
+      local found = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier')
+      if found[1] then
+        view[side .. '_identifier'] = found[1]
+        numbers[#numbers + 1] = found[1]
+      end
+      if found[2] then numbers[#numbers + 1] = found[2] end
+    end
+  end
+  view.numbers = numbers
+  emit(event_id, 'interaction.updated', now, view)
+  return row
+end
+
 -- The Service's relay settings, by name (sessions.models.RelayOptions reads the same names).
 local function relay_settings(extra)
   -- (`extra`: one more field of the `svc` hash read in the same HMGET, e.g. 'limits')
