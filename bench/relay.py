@@ -329,7 +329,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
                   f"(off-on-on-off, ...): {limited['rps']:.0f} req/s ({limited['rps_ratio'] - 1:+.1%}), worker CPU "
                   f"per relayed text {limited['cpu_us']:.0f} us ({limited['cpu_ratio'] - 1:+.1%}: the worker never "
                   f"reads the limits, so this is the machine's drift), Redis per routing call "
-                  f"{limited['redis_us']:.1f} us ({limited['redis_us'] - limited['redis_off_us']:+.1f} us); medians of "
+                  f"{limited['redis_us']:.1f} us ({limited['redis_delta_us']:+.1f} us); medians of "
                   f"{limited['pairs']:.0f} pairs   (target: cost <= 5 %)")  # fmt: skip
         two = await _two_workers(worker, worker_port, env, closed_loop, files["two"], duration_s, procs)
         if relayed and two["relayed"]:

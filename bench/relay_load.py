@@ -268,7 +268,7 @@ async def with_limits(redis_url: str, worker: Any, runs: list[Any], duration_s: 
             "cpu_us": statistics.median(on[2] for _, on in pairs) * 1e6,
             "cpu_ratio": statistics.median(on[2] / off[2] for off, on in pairs if off[2]),
             "redis_us": statistics.median(on[3] for _, on in pairs),
-            "redis_off_us": statistics.median(off[3] for off, _ in pairs),
+            "redis_delta_us": statistics.median(on[3] - off[3] for off, on in pairs),
             "pairs": float(len(pairs)),
         }
     finally:
