@@ -12,7 +12,7 @@ from relay.outbound import TwilioSendError
 from relay.state import RelayState
 from sessions.models import sender_address, with_pin
 
-__all__ = ["record_and_send", "send_proactive"]
+__all__ = ["record_and_send", "send_proactive", "twilio_answer"]
 
 
 async def send_proactive(
@@ -21,13 +21,16 @@ async def send_proactive(
     """The interaction as updated with Twilio's answer. Raises MasklineError (nothing sent) or
     TwilioSendError (the interaction is marked failed)."""
     ix, message = await record_and_send(state, service_sid, session_sid, participant_sid, data)
+    sid, status = twilio_answer(message)
     updated = await state.interactions.update(
-        service_sid,
-        ix["sid"],
-        outbound_resource_sid=str(message.get("sid") or ""),
-        outbound_status=str(message.get("status") or "queued"),
+        service_sid, ix["sid"], outbound_resource_sid=sid, outbound_status=status
     )
     return updated or ix
+
+
+def twilio_answer(message: dict[str, Any]) -> tuple[str, str]:
+    """The Message sid and status Twilio answered a send with, for its interaction."""
+    return str(message.get("sid") or ""), str(message.get("status") or "queued")
 
 
 async def record_and_send(

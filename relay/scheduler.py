@@ -16,7 +16,7 @@ import redis.exceptions
 from core import keys
 from core.errors import MasklineError
 from relay.outbound import TwilioSendError
-from relay.proactive import record_and_send
+from relay.proactive import record_and_send, twilio_answer
 from relay.state import RelayState
 from sessions.scheduled import ScheduledMessages
 
@@ -61,7 +61,7 @@ class Scheduler:
         async with self._gate:
             km = message["sid"]
             try:
-                ix, message = await record_and_send(
+                ix, sent = await record_and_send(
                     self.state,
                     ks,
                     message["session_sid"],
@@ -85,7 +85,5 @@ class Scheduler:
                 km,
                 "sent",
                 interaction_sid=str(ix.get("sid") or ""),
-                interaction_update=self.state.interactions.send_result_args(
-                    str(message.get("sid") or ""), str(message.get("status") or "queued")
-                ),
+                interaction_update=self.state.interactions.send_result_args(*twilio_answer(sent)),
             )

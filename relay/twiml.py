@@ -27,11 +27,12 @@ XML_DECL: Final = '<?xml version="1.0" encoding="UTF-8"?>'
 EMPTY: Final = XML_DECL + "<Response />"
 
 # Characters XML 1.0 cannot carry at all (a body with one would make the whole answer unparsable).
-_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_NOT_XML_CHARS: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff"
+_NOT_XML: Final = re.compile(f"[{_NOT_XML_CHARS}]")
 # What escape / quoteattr would change: a string with none of these goes out as it is (most
 # numbers and bodies: one search instead of the escaping's replaces).
-_TEXT_UNSAFE: Final = re.compile("[&<>\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_ATTR_UNSAFE: Final = re.compile('[&<>"\n\r\t\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]')
+_TEXT_UNSAFE: Final = re.compile(f"[&<>{_NOT_XML_CHARS}]")
+_ATTR_UNSAFE: Final = re.compile(f'[&<>"\n\r\t{_NOT_XML_CHARS}]')
 
 
 def text_safe(text: str) -> str:
