@@ -141,9 +141,10 @@ def number_sids(service_sid: str) -> str:
     return f"ml:{{{service_sid}}}:numsid"
 
 
-def last_proxy(service_sid: str, identifier: str) -> str:
-    """The last proxy number given to a participant (prefer-sticky / avoid-sticky; hold_pair)."""
-    return f"ml:{{{service_sid}}}:last:{identifier}"
+def last_proxy(service_sid: str, period: int) -> str:
+    """hash identifier -> the last proxy number given to it within a 30-day period (epoch seconds
+    // 2,592,000): prefer-sticky / avoid-sticky (_pool.lua remember_sticky, sticky_proxy)."""
+    return f"ml:{{{service_sid}}}:last:{period}"
 
 
 def inflight(service_sid: str) -> str:

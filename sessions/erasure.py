@@ -1,9 +1,9 @@
 """Erasing a person's number from Redis (the hot-path copies), for `maskline audit erase`.
 
 The number lives in Redis in participant hashes (`part:{KP}` field `identifier`), in the NAMES of
-its routing pairs (`pair:{identifier}:{proxy}`), of its sticky proxy (`last:{identifier}`) and of
-its opt-outs (`optout:{identifier}:{proxy}`), in the abuse limits' counters (`rl:` hashes, field
-`p:{identifier}`), and in the views carried by events not yet written
+its routing pairs (`pair:{identifier}:{proxy}`) and of its opt-outs (`optout:{identifier}:{proxy}`),
+in the sticky proxy numbers (`last:{period}` hashes, field `{identifier}`; `last:{identifier}`
+keys before them), in the abuse limits' counters (`rl:` hashes, field `p:{identifier}`), and in the views carried by events not yet written
 (`events` streams: the audit writer drains those, see maskline/erasure.py). Every session the
 number took part in (live, closed and still readable, or one it was removed from) is deleted
 through SessionStore.delete_session: a live one is closed first, so its pairs are released and
@@ -40,7 +40,7 @@ class RedisErasure:
     sessions_deleted: int = 0  # every session of the number deleted (the closed ones included)
     participants: int = 0  # participant hashes left after the sessions went (removed participants)
     pairs: int = 0  # pair keys left after the sessions went (cooling pairs)
-    last: int = 0  # `last:` keys (sticky proxy number)
+    last: int = 0  # sticky proxy numbers (`last:` hash fields, or keys of the earlier form)
     optouts: int = 0  # `optout:` keys
 
     @property
@@ -131,18 +131,32 @@ async def _erase_in_service(
             redis, tag + kind + ":*" + ident + ":*", prefix + kind + ":", number, proxy=True
         )
     # Abuse-limit counters (`rl:{kind}:{window}` hashes, field `p:{identifier}`; an hour at most).
-    async for raw in redis.scan_iter(match=tag + "rl:*", count=_SCAN_COUNT):
-        fields = [
-            f
-            async for f, _ in redis.hscan_iter(raw, match="p:*" + ident, count=_SCAN_COUNT)
-            if is_identifier_of(_text(f)[2:], number)
-        ]
-        if fields:
-            await redis.hdel(raw, *fields)
+    await _delete_fields(redis, tag + "rl:*", "p:", ident, number)
     counts.participants += await _delete(redis, participants)
     counts.pairs += await _delete(redis, pairs)
     counts.last += await _delete(redis, lasts)
+    # Sticky proxy numbers (`last:{period}` hashes, field `{identifier}`).
+    counts.last += await _delete_fields(redis, tag + "last:*", "", ident, number)
     counts.optouts += await _delete(redis, optouts)
+
+
+async def _delete_fields(
+    redis: aioredis.Redis, match: str, field_prefix: str, ident: str, number: str
+) -> int:
+    """Delete the fields `<field_prefix><identifier>` whose identifier is the number from the
+    hashes whose names match `match`; returns how many."""
+    deleted = 0
+    async for raw in redis.scan_iter(match=match, count=_SCAN_COUNT):
+        if await redis.type(raw) not in ("hash", b"hash"):
+            continue  # (`last:{identifier}` strings of the earlier form: deleted as keys)
+        fields = [
+            f
+            async for f, _ in redis.hscan_iter(raw, match=field_prefix + "*" + ident, count=_SCAN_COUNT)
+            if is_identifier_of(_text(f)[len(field_prefix) :], number)
+        ]
+        if fields:
+            deleted += int(await redis.hdel(raw, *fields))
+    return deleted
 
 
 async def _named_keys(

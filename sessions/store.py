@@ -267,12 +267,18 @@ _SESSION_OPTIONAL: Final = (
 )
 
 
+# Fields a session's hash leaves out while they hold their default (SESSION_DEFAULTS in _session.lua).
+_SESSION_DEFAULTS: Final = {"mode": "voice-and-message", "ttl": "0", "expires_at_ms": "0"}
+
+
 def session_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
     """A session's hash as the scripts read it (session_record in _session.lua): with its sid
-    (the key's, not stored) and its empty fields as ''."""
+    (the key's, not stored), its empty fields as '' and its defaults filled in."""
     row["sid"] = sid
     for name in _SESSION_OPTIONAL:
         row.setdefault(name, "")
+    for name, default in _SESSION_DEFAULTS.items():
+        row.setdefault(name, default)
     return row
 
 

@@ -166,6 +166,27 @@ async def test_prefer_sticky_gives_back_the_previous_number(world: World) -> Non
     assert proxies(again)[CUSTOMER] == proxies(first)[CUSTOMER]
 
 
+async def test_sticky_hints_are_fields_of_one_hash_per_period_read_across_its_end(world: World) -> None:
+    """The last number given to each participant is a field of the period's `last:` hash (a third of
+    the memory of a key each), which expires at the end of the next period: a hint given just
+    before a period ends is still read after it."""
+    ks = await world.service(number_selection_behavior="prefer-sticky", cool_off_s=0)
+    await world.pool(ks, *US_POOL)
+    first = await world.session(ks, CUSTOMER)
+    await world.sessions.close_session(ks, first["sid"])
+    (now_s, _) = await world.redis.time()
+    period = now_s // 2_592_000
+    current = keys.last_proxy(ks, period)
+    assert await world.redis.hgetall(current) == {CUSTOMER: proxies(first)[CUSTOMER]}
+    assert (period + 1) * 2_592_000 < now_s + await world.redis.ttl(current) <= (period + 2) * 2_592_000
+    # The period ends: its hash is now the previous one's.
+    await world.redis.rename(current, keys.last_proxy(ks, period - 1))
+    for person in (HOST, GUEST, COURIER):  # load the other numbers so least-used would differ
+        await world.session(ks, person)
+    again = await world.session(ks, CUSTOMER)
+    assert proxies(again)[CUSTOMER] == proxies(first)[CUSTOMER]
+
+
 async def test_avoid_sticky_spreads_to_another_number(world: World) -> None:
     ks = await world.service(number_selection_behavior="avoid-sticky", cool_off_s=0)
     await world.pool(ks, *US_POOL[:2])

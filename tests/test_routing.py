@@ -133,14 +133,16 @@ async def test_a_two_party_session_stays_in_redis_compact_encoding_and_old_sessi
 
 async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(world: World) -> None:
     """Redis memory: a session's and a participant's hashes leave out their sid (the key's) and
-    their empty fields; the views fill them in, and a session written in the earlier, complete
-    form reads the same."""
+    their empty fields, and a session's hash its default mode, TTL and expiry; the views fill
+    them in, and a session written in the earlier, complete form reads the same."""
     ks = await world.service()
     await world.pool(ks, "+14155550201", "+14155550202")
     view = await world.session(ks, CUSTOMER, COURIER)
     kc, kp = view["sid"], view["participants"][0]["sid"]
     stored = await world.redis.hgetall(keys.session(ks, kc))
     assert "sid" not in stored and all(value != "" for value in stored.values()), stored
+    assert not {"mode", "ttl", "expires_at_ms"} & set(stored), stored
+    assert (view["mode"], view["ttl"], view["expires_at_ms"]) == ("voice-and-message", "0", "0")
     part = await world.redis.hgetall(keys.participant(ks, kp))
     assert "sid" not in part and "friendly_name" not in part, part
 
@@ -153,8 +155,20 @@ async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(wo
     listed = await world.sessions.list_sessions(ks, PageRequest(size=10))
     assert [s["sid"] for s in listed.items] == [kc]
 
-    # The earlier form (sid and empty fields stored) is read alike.
-    await world.redis.hset(keys.session(ks, kc), mapping={"sid": kc, "unique_name": "", "ended_ms": ""})
+    # A TTL is stored while it is not the default, and its expiry with it.
+    timed = await world.sessions.update_session(ks, kc, ttl_s=600)
+    stored = await world.redis.hgetall(keys.session(ks, kc))
+    assert stored["ttl"] == "600" and int(stored["expires_at_ms"]) > 0
+    assert timed["expires_at_ms"] == stored["expires_at_ms"]
+    await world.sessions.update_session(ks, kc, ttl_s=0)
+    assert not {"ttl", "expires_at_ms"} & set(await world.redis.hgetall(keys.session(ks, kc)))
+
+    # The earlier form (sid, empty fields and defaults stored) is read alike.
+    await world.redis.hset(
+        keys.session(ks, kc),
+        mapping={"sid": kc, "unique_name": "", "ended_ms": "", "mode": "voice-and-message", "ttl": "0"},
+    )
+    fetched = {**fetched, "updated_ms": (await world.sessions.get_session(ks, kc))["updated_ms"]}
     await world.redis.hset(keys.participant(ks, kp), mapping={"sid": kp, "friendly_name": ""})
     assert await world.sessions.get_session(ks, kc) == fetched
     closed = await world.sessions.close_session(ks, kc)

@@ -2,7 +2,7 @@
 -- Prepended after core/lua/_lib.lua to the pool's scripts and to the session scripts that
 -- allocate numbers (create_session, add_participant, update_session...).
 -- Keys (core/keys.py): `num:{E164}` hash, `pool:{REGION}[:{AREA}]` zset (score = live sessions),
--- `regions` hash (counts), `pair:{identifier}:{proxy}` string "KC:KP", `last:{identifier}`.
+-- `regions` hash (counts), `pair:{identifier}:{proxy}` string "KC:KP", `last:{period}` hash.
 -- PIN mode (the Service's shared FallbackNumber, when the pool has no number left for a
 -- participant): the pair is `pair:{identifier}:{shared}#{PIN}`, and `pins:{identifier}:{shared}`
 -- is the set of the participant's live PINs on that number.
@@ -34,6 +34,27 @@ end
 -- WhatsApp=true for a WhatsApp participant.
 local function reaches(identifier, num)
   return not is_whatsapp(identifier) or redis.call('HGET', P .. 'num:' .. num, 'wa') == '1'
+end
+
+-- The proxy number last given to each participant (prefer-sticky / avoid-sticky): one hash per
+-- 30-day period, `last:{period}` (field identifier, value proxy number), that expires at the end
+-- of the next period, so a hint lives 30 to 60 days. A hash field costs Redis about a third of
+-- what a key per participant did (docs/design.md).
+local STICKY_PERIOD_S = 2592000
+local function sticky_period()
+  return math.floor(tonumber(redis.call('TIME')[1]) / STICKY_PERIOD_S)
+end
+local function sticky_proxy(identifier)
+  local period = sticky_period()
+  return redis.call('HGET', P .. 'last:' .. period, identifier) or
+    redis.call('HGET', P .. 'last:' .. (period - 1), identifier)
+end
+local function remember_sticky(identifier, proxy)
+  local period = sticky_period()
+  local key = P .. 'last:' .. period
+  if redis.call('HSET', key, identifier, proxy) == 1 and redis.call('TTL', key) == -1 then
+    redis.call('EXPIREAT', key, (period + 2) * STICKY_PERIOD_S)
+  end
 end
 
 -- Adjust a number's count of live sessions, in its hash and in the pool zsets it belongs to.
@@ -107,7 +128,7 @@ local function choose_proxy(identifier, region, area, explicit, geo, selection, 
 
   local function free(num) return num ~= shared and redis.call('EXISTS', pair_key(identifier, num)) == 0 end
 
-  local last = redis.call('GET', P .. 'last:' .. identifier)
+  local last = sticky_proxy(identifier)
   if selection == 'prefer-sticky' and last and redis.call('ZSCORE', pool, last) and free(last) then
     return last
   end
@@ -165,7 +186,7 @@ local function hold_pair(identifier, proxy, sid, kp, pin)
   if pin and pin ~= '' then
     redis.call('SADD', pins_key(identifier, proxy), pin)
   else
-    redis.call('SET', P .. 'last:' .. identifier, proxy, 'EX', 2592000)
+    remember_sticky(identifier, proxy)
   end
   bump_in_use(proxy, 1)
 end

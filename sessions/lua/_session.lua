@@ -46,9 +46,25 @@ local function expires_at(sess)
   return at
 end
 
+-- A session's fields left out of its hash while they hold their default (each would cost Redis
+-- memory for every session): session_record fills them in, as it does the empty ones.
+local SESSION_DEFAULTS = { mode = 'voice-and-message', ttl = '0', expires_at_ms = '0' }
+-- `value`, or '' (not stored: hset_present) when it is the field's default.
+local function unless_default(field, value)
+  if tostring(value) == SESSION_DEFAULTS[field] then return '' end
+  return value
+end
+local function set_session_field(sid, field, value)
+  if tostring(value) == SESSION_DEFAULTS[field] then
+    redis.call('HDEL', P .. 'sess:' .. sid, field)
+  else
+    redis.call('HSET', P .. 'sess:' .. sid, field, value)
+  end
+end
+
 local function schedule_expiry(sid, sess)
   local at = expires_at(sess)
-  redis.call('HSET', P .. 'sess:' .. sid, 'expires_at_ms', at)
+  set_session_field(sid, 'expires_at_ms', at)
   if at > 0 then redis.call('ZADD', P .. 'expiry', at, sid) else redis.call('ZREM', P .. 'expiry', sid) end
   return at
 end
@@ -92,6 +108,7 @@ local function session_record(sid)
   if s then
     s.sid = sid
     for _, f in ipairs(SESSION_OPTIONAL) do s[f] = s[f] or '' end
+    for f, default in pairs(SESSION_DEFAULTS) do s[f] = s[f] or default end
   end
   return s
 end
@@ -191,8 +208,8 @@ local function close_session(sid, reason, now, event_id)
     release_pair(sid, kp, cool_off_ms)
     keys[#keys + 1] = P .. 'part:' .. kp
   end
-  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now,
-    'expires_at_ms', 0)
+  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now)
+  set_session_field(sid, 'expires_at_ms', '0')
   cancel_scheduled(sid, 'session_' .. reason, now)
   redis.call('ZREM', P .. 'expiry', sid)
   local uname = redis.call('HGET', sk, 'unique_name')

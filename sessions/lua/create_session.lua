@@ -63,7 +63,8 @@ for _, c in ipairs(chosen) do
   parts[#parts + 1] = c.kp
 end
 local sk = P .. 'sess:' .. sid
-hset_present(sk, 'unique_name', uname, 'status', ARGV[6], 'mode', ARGV[5], 'ttl', ttl,
+hset_present(sk, 'unique_name', uname, 'status', ARGV[6], 'mode', unless_default('mode', ARGV[5]),
+  'ttl', unless_default('ttl', ttl),
   'date_expiry_ms', ARGV[8], 'created_ms', now, 'updated_ms', now, 'started_ms', now,
   'last_activity_ms', now, 'parts', parts_field(parts))
 redis.call('ZADD', P .. 'sessions', now, sid)

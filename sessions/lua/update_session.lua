@@ -41,7 +41,7 @@ if sess.status == 'closed' then
   for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or '') }) do redis.call('PERSIST', k) end
   redis.call('HDEL', sk, 'closed_reason', 'ended_ms')
   redis.call('HSET', sk, 'status', 'in-progress', 'updated_ms', now, 'last_activity_ms', now)
-  if ttl ~= '' then redis.call('HSET', sk, 'ttl', ttl) end
+  if ttl ~= '' then set_session_field(sid, 'ttl', ttl) end
   if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
   schedule_expiry(sid, hgetall(sk))
   local view = session_view(sid)
@@ -57,7 +57,7 @@ if status ~= '' and status ~= sess.status then
   return fail(80608, 'Session ' .. sid .. ' cannot go from ' .. sess.status .. ' to ' .. status ..
     '; allowed: closed, or in-progress to re-open a closed Session')
 end
-if ttl ~= '' then redis.call('HSET', sk, 'ttl', ttl) end
+if ttl ~= '' then set_session_field(sid, 'ttl', ttl) end
 if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
 redis.call('HSET', sk, 'updated_ms', now)
 schedule_expiry(sid, hgetall(sk))
