@@ -105,25 +105,19 @@ class InteractionStore:
     async def delete(
         self, service_sid: str, session_sid: str, interaction_sid: str, *, logged: bool = False
     ) -> bool:
-        """Delete it from Redis and log interaction.deleted (the audit log's copy is then read
-        as deleted). `logged`: the audit log holds it, Redis may not (past its hot window)."""
-        if not logged and await self.get(service_sid, session_sid, interaction_sid) is None:
-            return False
-        sk = keys.session(service_sid, session_sid)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.interaction(service_sid, interaction_sid))
-            pipe.zrem(keys.session_interactions(service_sid, session_sid), interaction_sid)
-            pipe.hexists(sk, "ix_count")
-            *_, counted = await pipe.execute()
-        if counted:
-            await self.redis.hincrby(sk, "ix_count", -1)
-        await emit_event(
-            self.redis,
-            service_sid=service_sid,
-            type="interaction.deleted",
-            data={"sid": interaction_sid, "session_sid": session_sid},
+        """Delete it from Redis and log interaction.deleted, in one script (delete_interaction.lua;
+        the audit log's copy is then read as deleted). `logged`: the audit log holds it, Redis may
+        not (past its hot window). False: Redis holds no such interaction of that session."""
+        deleted = await self.scripts.call(
+            "delete_interaction",
+            keys.service_prefix(service_sid),
+            self.clock.script_now(),
+            new_event_id(),
+            session_sid,
+            interaction_sid,
+            "1" if logged else "",
         )
-        return True
+        return bool(deleted)
 
     # -- writes ----------------------------------------------------------------------------------
     async def record_proactive(

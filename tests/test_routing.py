@@ -224,3 +224,37 @@ async def test_status_callbacks_that_race_never_move_a_status_back(world: World)
     assert first is not None and again == first
     assert orjson.loads(first["data"]) == {"duration": "42"}
     assert await store.update(ks, "KI" + "0" * 32, outbound_status="delivered") is None
+
+
+async def test_deleting_an_interaction_counts_and_logs_it_once(world: World) -> None:
+    """Deletes of the same interaction (API calls at the same time): one deletes it, the others
+    find nothing; the session's count of interactions drops by one and the audit log hears of it
+    once. (delete_interaction.lua does it in one step, so no interleaving can count it twice and
+    no crash can drop the record without its event.)"""
+    from sessions.interactions import InteractionStore
+
+    ks = await world.service()
+    await world.pool(ks, "+14155550201", "+14155550202")
+    view = await world.session(ks, CUSTOMER, COURIER)
+    given = proxies(view)
+    router = Router(world.redis, clock=world.clock)
+    store = InteractionStore(world.redis, clock=world.clock)
+    kept = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SMd1", body="hi")
+    gone = await router.route_text(from_=COURIER, to=given[COURIER], message_sid="SMd2", body="yo")
+    kc, ki = view["sid"], str(gone.interaction_sid)
+    counted = int(await world.redis.hget(keys.session(ks, kc), "ix_count"))
+
+    results = await asyncio.gather(*(store.delete(ks, kc, ki) for _ in range(8)))
+
+    assert sorted(results) == [False] * 7 + [True]
+    assert int(await world.redis.hget(keys.session(ks, kc), "ix_count")) == counted - 1
+    assert not await world.redis.exists(keys.interaction(ks, ki))
+    held = await store.held(ks, kc)
+    assert held is not None and [row["sid"] for row in held] == [kept.interaction_sid]
+    deleted = [
+        orjson.loads(fields["data"])
+        for _, fields in await world.redis.xrange(keys.events(ks))
+        if fields["type"] == "interaction.deleted"
+    ]
+    assert deleted == [{"sid": ki, "session_sid": kc}]
+    assert await store.delete(ks, "KC" + "0" * 32, str(kept.interaction_sid)) is False  # not its session
