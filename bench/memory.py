@@ -10,9 +10,11 @@ within them, and once they have passed, which is what a text retains.
 
 Sessions are created through the session store (a Service with 50 numbers); texts are distinct,
 correctly signed inbound SMS webhooks sent to a worker (`maskline serve` as bench relay runs it)
-by the aiohttp load generator. Memory is Redis' `used_memory` (INFO memory) before and after, with
-the audit writer not running: what a text leaves behind includes its audit event waiting in the
-stream (the writer trims what it has committed), reported apart.
+by the aiohttp load generator. Memory is Redis' `used_memory` (INFO memory) before and after,
+with the audit writer not running: what a text leaves behind includes its audit event waiting in
+the stream (the writer trims what it has committed), reported apart. The worker's RSS after the
+texts is compared with a worker's after as many texts to a tenth of the sessions (run first): it
+should not grow with the live sessions (the worker keeps nothing per session).
 
 Data: Redis DB --redis-db (default 12, flushed) and Postgres database maskline_bench_relay."""
 
@@ -79,6 +81,23 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+async def _rss_after_texts(
+    settings: Any, redis_url: str, database_url: str, n_sessions: int, n_texts: int, tmp: Path
+) -> int:
+    """A worker's RSS (KiB) once it relayed `n_texts` texts to `n_sessions` live sessions."""
+    pairs = await _prepare(settings, redis_url, database_url, n_sessions)
+    port = _free_port()
+    worker = _spawn("worker", port, worker_env(redis_url, database_url, port))
+    try:
+        await _wait_ready(port, worker)
+        path = tmp / "few.txt"
+        write_requests(path, f"http://127.0.0.1:{port}/twilio/sms", pairs, n_texts, 6)
+        await pyload(port, path, duration_s=3600, connections=32, limit=n_texts)
+        return _rss_kib(worker.pid)
+    finally:
+        _stop(worker)
+
+
 async def main(settings: Any, args: argparse.Namespace) -> int:
     from maskline.devservers import with_database
 
@@ -90,6 +109,10 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-memory-"))
     worker = None
     try:
+        # The worker's RSS as live sessions grow 10x: the same number of texts relayed with a tenth
+        # of the sessions live first (here), then with all of them (below).
+        few = max(1, n_sessions // 10)
+        rss_few = await _rss_after_texts(settings, redis_url, database_url, few, n_texts, tmp)
         pairs = await _prepare(settings, redis_url, database_url, 0)
         base, _ = await _used(redis_url)
         pairs = await _prepare(settings, redis_url, database_url, n_sessions)
@@ -132,7 +155,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"plus {(streams_after - streams_before) / texts:,.0f} bytes of audit event until the writer commits it "
               f"({sent:,.0f} texts, {result['errors']:.0f} errors)")  # fmt: skip
         print(
-            f"worker RSS: {rss0 / 1024:,.1f} MiB before the texts, {_rss_kib(worker.pid) / 1024:,.1f} MiB after"
+            f"worker RSS: {rss0 / 1024:,.1f} MiB before the texts, {_rss_kib(worker.pid) / 1024:,.1f} MiB after; "
+            f"after as many texts with {few:,} live sessions (a tenth): {rss_few / 1024:,.1f} MiB (target: flat)"
         )
         return 0
     finally:
