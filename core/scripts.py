@@ -39,23 +39,22 @@ __all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for", "raise_deadline"]
 CORE_LUA: Final = Path(__file__).parent / "lua"
 
 
+# A Lua constant: a list of names (a Lua array of strings) or names to integers (a Lua table).
+Constant = Sequence[str] | Mapping[str, int]
+
+
 class LuaLibrary:
-    def __init__(
-        self, layers: Sequence[Path], *, constants: Mapping[str, Sequence[str]] | None = None
-    ) -> None:
+    def __init__(self, layers: Sequence[Path], *, constants: Mapping[str, Constant] | None = None) -> None:
         self.layers = tuple(layers)
         self.constants = dict(constants or {})
 
-    def extend(self, layer: Path, *, constants: Mapping[str, Sequence[str]] | None = None) -> LuaLibrary:
+    def extend(self, layer: Path, *, constants: Mapping[str, Constant] | None = None) -> LuaLibrary:
         """This library with one more layer on top (and more constants)."""
         return LuaLibrary((*self.layers, layer), constants={**self.constants, **(constants or {})})
 
     @cached_property
     def prelude(self) -> str:
-        lines = [
-            f"local {name} = {{{', '.join(_lua_string(v) for v in values)}}}"
-            for name, values in self.constants.items()
-        ]
+        lines = [f"local {name} = {_lua_table(values)}" for name, values in self.constants.items()]
         for layer in self.layers:
             lines.extend(p.read_text() for p in sorted(layer.glob("_*.lua")))
         return "\n".join(lines) + "\n"
@@ -118,9 +117,20 @@ _DEFINES: Final = re.compile(r"local\s+function\s+([A-Za-z_]\w*)|local\s+([A-Za-
 
 
 def _lua_string(value: str) -> str:
-    if not value.isidentifier():
-        raise ValueError(f"Lua constant values must be plain identifiers, got {value!r}")
+    if not _PLAIN.fullmatch(value):
+        raise ValueError(
+            f"Lua constant strings must be plain words (letters, digits, _ and -), got {value!r}"
+        )
     return f"'{value}'"
+
+
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _lua_table(values: Constant) -> str:
+    if isinstance(values, Mapping):
+        return "{" + ", ".join(f"[{_lua_string(k)}] = {int(v)}" for k, v in values.items()) + "}"
+    return "{" + ", ".join(_lua_string(v) for v in values) + "}"
 
 
 def raise_for(result: dict[str, Any]) -> dict[str, Any]:

@@ -32,8 +32,6 @@ from sessions.store import SESSION_SID
 __all__ = ["InteractionStore", "Row", "STATUS_RANK", "TERMINAL_STATUSES"]
 
 TERMINAL_STATUSES: Final = frozenset(s for s, r in STATUS_RANK.items() if r >= 6)
-# STATUS_RANK as update_interaction.lua takes it.
-_RANKS: Final = ",".join(f"{status}={rank}" for status, rank in STATUS_RANK.items())
 
 
 Row = dict[str, Any]  # an interaction as Redis holds it (every field a string)
@@ -288,7 +286,6 @@ class InteractionStore:
             outbound_status or "",
             inbound_status or "",
             orjson.dumps(data).decode() if data else "",
-            _RANKS,
             new_event_id(),
             self.hot_ms,
             session_sid if SESSION_SID.fullmatch(session_sid) else "",
@@ -296,12 +293,10 @@ class InteractionStore:
         row: dict[str, Any] = orjson.loads(raw)
         return row or None
 
-    def send_result_args(
-        self, outbound_resource_sid: str, outbound_status: str
-    ) -> tuple[str, str, str, str, int]:
+    def send_result_args(self, outbound_resource_sid: str, outbound_status: str) -> tuple[str, str, str, int]:
         """Twilio's answer to a send as finish_scheduled.lua applies it to the interaction (as
-        `update` would: the same script helper, status ranks and hot window)."""
-        return (outbound_resource_sid, outbound_status, _RANKS, new_event_id(), self.hot_ms)
+        `update` would: the same script helper and hot window)."""
+        return (outbound_resource_sid, outbound_status, new_event_id(), self.hot_ms)
 
     async def _event_view(self, service_sid: str, row: dict[str, Any]) -> dict[str, Any]:
         """The interaction with the real numbers it concerns (design.md, "Events")."""

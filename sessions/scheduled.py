@@ -112,7 +112,7 @@ class ScheduledMessages:
         *,
         reason: str = "",
         interaction_sid: str = "",
-        interaction_update: Sequence[str | int] = ("", "", "", "", ""),
+        interaction_update: Sequence[str | int] = ("", "", "", ""),
     ) -> bool:
         """How a claimed message ended; `interaction_update`: Twilio's answer for its interaction,
         applied in the same step (InteractionStore.send_result_args)."""

@@ -1,12 +1,13 @@
 """The session scripts' Lua library: core helpers, the pool's allocation helpers, then
-sessions/lua (the session state machine), with the record field lists of sessions/models.py as
-Lua constants."""
+sessions/lua (the session state machine), with the record field lists of sessions/models.py and
+core/records.py's STATUS_RANK as Lua constants."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Final
 
+from core.records import STATUS_RANK
 from pool.scripts import POOL_LUA
 from sessions.models import INTERACTION_FIELDS, RELAY_SETTING_FIELDS
 
@@ -14,5 +15,9 @@ __all__ = ["SESSION_LUA"]
 
 SESSION_LUA: Final = POOL_LUA.extend(
     Path(__file__).parent / "lua",
-    constants={"INTERACTION_FIELDS": INTERACTION_FIELDS, "RELAY_SETTING_FIELDS": RELAY_SETTING_FIELDS},
+    constants={
+        "INTERACTION_FIELDS": INTERACTION_FIELDS,
+        "RELAY_SETTING_FIELDS": RELAY_SETTING_FIELDS,
+        "STATUS_RANK": STATUS_RANK,
+    },
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from core.scripts import CORE_LUA, LuaLibrary
 from sessions.scripts import SESSION_LUA
 
@@ -50,3 +52,13 @@ def test_a_script_that_needs_few_helpers_does_not_carry_the_rest() -> None:
     deadline_check = (CORE_LUA / "_lib.lua").read_text().split("\ndo\n", 1)[1].split("\nend\n", 1)[0]
     for name in SESSION_LUA.names:
         assert deadline_check in SESSION_LUA.source(name), name
+
+
+async def test_constants_from_python_are_lua_tables_of_names_or_of_numbers(redis, tmp_path: Path) -> None:
+    """Python hands Lua its shared constants (field lists, core/records.py's STATUS_RANK) as
+    tables, read by name; a string that could break out of its quotes is refused."""
+    (tmp_path / "rank.lua").write_text("return FIELDS[2] .. ':' .. RANK['in-progress'] .. ':' .. RANK['']\n")
+    library = LuaLibrary([tmp_path], constants={"FIELDS": ("sid", "data"), "RANK": {"": 0, "in-progress": 3}})
+    assert await redis.eval(library.source("rank"), 1, "ml:{test-lua}:") == "data:3:0"
+    with pytest.raises(ValueError, match="plain words"):
+        _ = LuaLibrary([tmp_path], constants={"RANK": {"x']..": 1}}).prelude

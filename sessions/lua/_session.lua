@@ -291,12 +291,13 @@ local function interaction_stored(ki)
 end
 
 -- A status callback (or Twilio's answer to a send) applied to interaction `ki`, atomically: a
--- status only moves forward by `ranks` ("status=rank,..."), `data_json` merges into the record's
+-- status only moves forward by STATUS_RANK (core/records.py: a status moves to one of the same or
+-- a higher rank; unknown: 1 as the new one, 0 as the current), `data_json` merges into the record's
 -- data, interaction.updated (`event_id`) is emitted when anything changed, and the record is kept
 -- `keep_ms` at least. Returns the record as stored afterwards, or nil when Redis no longer holds
 -- it (then a status change is still logged when `session_sid` names the session).
-local function apply_interaction_update(ki, out_sid, out_status, in_status, data_json, ranks, event_id,
-                                        keep_ms, session_sid, now)
+local function apply_interaction_update(ki, out_sid, out_status, in_status, data_json, event_id, keep_ms,
+                                        session_sid, now)
   local key = P .. 'ix:' .. ki
   local row = interaction_stored(ki)
   if not row then
@@ -309,10 +310,8 @@ local function apply_interaction_update(ki, out_sid, out_status, in_status, data
     return nil
   end
 
-  local rank = {}
-  for status, r in string.gmatch(ranks, '([^,=]*)=(%d+)') do rank[status] = tonumber(r) end
   local function advances(current, new)
-    return new ~= '' and new ~= current and (rank[new] or 1) >= (rank[current or ''] or 0)
+    return new ~= '' and new ~= current and (STATUS_RANK[new] or 1) >= (STATUS_RANK[current or ''] or 0)
   end
 
   local changes = {}

@@ -8,17 +8,16 @@
 -- ARGV[4]  outbound resource status, or ''
 -- ARGV[5]  inbound resource status, or ''
 -- ARGV[6]  data to merge: a JSON object of plain values, or ''
--- ARGV[7]  the status ranks, "status=rank,..." (sessions/interactions.py STATUS_RANK; a status
---          moves to one of the same or a higher rank; unknown: 1 as the new one, 0 as the current)
--- ARGV[8]  event id for interaction.updated
--- ARGV[9]  ms Redis keeps the record after this change, at least (its hot window)
--- ARGV[10] the interaction's session sid (KC) as the status callback's URL names it, or ''
--- ARGV[11] the caller's deadline (core/lua/_lib.lua)
+-- ARGV[7]  event id for interaction.updated
+-- ARGV[8]  ms Redis keeps the record after this change, at least (its hot window)
+-- ARGV[9]  the interaction's session sid (KC) as the status callback's URL names it, or ''
+-- ARGV[10] the caller's deadline (core/lua/_lib.lua)
+-- (statuses move forward by STATUS_RANK, core/records.py)
 -- Returns JSON: the interaction as stored afterwards, or {} when Redis no longer holds it. A
 -- record past its hot window is in the audit log only: the change is still logged there (an
 -- interaction.updated event of the statuses alone, which the log's fold lays over the record).
 
 local row = apply_interaction_update(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
-  ARGV[9], ARGV[10], now_ms(ARGV[1]))
+  ARGV[9], now_ms(ARGV[1]))
 if not row then return '{}' end
 return cjson.encode(row)
