@@ -120,6 +120,14 @@ def _ignore_reply(future: asyncio.Future[Any]) -> None:
         future.exception()  # retrieved, so asyncio does not log it; the command's own reply tells
 
 
+def _outcome(waiter: asyncio.Future[Any], target: str) -> Any:
+    """A done waiter's reply, or its exception as a value (execute_many)."""
+    if not waiter.done():  # (cannot happen: replies come in order)
+        waiter.cancel()
+        return RedisTimeoutError(f"Redis at {target} did not answer in time")
+    return waiter.exception() or waiter.result()
+
+
 def _expire(waiter: asyncio.Future[Any], target: str, command: object) -> None:
     if not waiter.done():
         waiter.set_exception(RedisTimeoutError(f"Redis at {target} did not answer {command!s} in time"))
@@ -239,7 +247,19 @@ class RespClient:
         waiters = [proto.expect(loop, deadline, args[0], self.target) for args in commands]
         assert proto.transport is not None
         proto.transport.write(b"".join(_encode(args) for args in commands))
-        return list(await asyncio.gather(*waiters, return_exceptions=True))
+        # Replies come in order, and the watchdog fails a batch's waiters (one deadline) together:
+        # once the last is done, every one is. Awaiting it alone spares a callback per reply
+        # (asyncio.gather's: ~1.5 us per answered webhook).
+        if waiters:
+            try:
+                await waiters[-1]
+            except asyncio.CancelledError:
+                for waiter in waiters:
+                    waiter.cancel()
+                raise
+            except Exception:  # noqa: S110 - its outcome is returned in its place below
+                pass
+        return [_outcome(w, self.target) for w in waiters]
 
     async def run_script(self, source: str, keys: list[str], args: list[Any], *, asking: bool = False) -> Any:
         """EVALSHA, loading the script once if this Redis does not know it yet."""

@@ -12,6 +12,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 from private_redis import PrivateRedis
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.resp import RespClient
@@ -68,6 +69,26 @@ async def test_every_command_times_out_and_the_connection_stays_usable() -> None
         await asyncio.sleep(0.1)
         # The late reply to INCR was read and dropped in order: this GET gets its own answer.
         assert await fast.execute("GET", "k") == "2"
+    finally:
+        await fast.aclose()
+        server.stop()
+
+
+async def test_a_batch_gives_each_reply_in_order_with_failures_in_place_and_times_out_whole() -> None:
+    server = PrivateRedis().start()
+    fast = RespClient(port=server.port, command_timeout_s=0.3)
+    try:
+        replies = await fast.execute_many(
+            [("SET", "a", "1"), ("INCR", "nope", "x"), ("GET", "a"), ("INCR", "a")]
+        )
+        assert replies[0] == "OK" and isinstance(replies[1], ResponseError) and replies[2:] == ["1", 2]
+        assert await fast.execute_many([]) == []
+        server.pause()
+        replies = await fast.execute_many([("INCR", "a"), ("INCR", "a")])
+        assert [type(r) for r in replies] == [RedisTimeoutError, RedisTimeoutError]
+        server.resume()
+        await asyncio.sleep(0.1)
+        assert await fast.execute("GET", "a") == "4"  # the late replies were read and dropped
     finally:
         await fast.aclose()
         server.stop()
