@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -19,12 +20,25 @@ async def world(pg, redis) -> World:
     return World(pg, redis)
 
 
-async def test_text_from_customer_routes_to_courier_via_couriers_proxy(world: World) -> None:
+class Paired(NamedTuple):
+    """A Service with two numbers, a CUSTOMER-COURIER session on them, and a router."""
+
+    ks: str
+    view: dict[str, Any]
+    given: dict[str, str]  # participant number -> the proxy number it was given
+    router: Router
+
+
+@pytest.fixture
+async def paired(world: World) -> Paired:
     ks = await world.service()
     await world.pool(ks, "+14155550201", "+14155550202")
     view = await world.session(ks, CUSTOMER, COURIER)
-    given = proxies(view)
-    router = Router(world.redis, clock=world.clock)
+    return Paired(ks, view, proxies(view), Router(world.redis, clock=world.clock))
+
+
+async def test_text_from_customer_routes_to_courier_via_couriers_proxy(world: World, paired: Paired) -> None:
+    ks, view, given, router = paired
     route = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SM1", body="hi")
     assert route.outcome == "relay"
     assert route.outbound["identifier"] == COURIER
@@ -82,15 +96,11 @@ def test_opt_out_words_ignore_case_and_space() -> None:
 
 
 async def test_interactions_in_one_millisecond_list_newest_first_in_the_order_they_happened(
-    world: World,
+    world: World, paired: Paired
 ) -> None:
     """The clock does not move: three texts land in the same millisecond. The list (and each
     interaction's created time, which the audit log orders by) still follows the order they came."""
-    ks = await world.service()
-    await world.pool(ks, "+14155550201", "+14155550202")
-    view = await world.session(ks, CUSTOMER, COURIER)
-    given = proxies(view)
-    router = Router(world.redis, clock=world.clock)
+    ks, view, given, router = paired
     sids = []
     for n, (sender, receiver) in enumerate([(CUSTOMER, COURIER), (COURIER, CUSTOMER), (CUSTOMER, COURIER)]):
         route = await router.route_text(from_=sender, to=given[sender], message_sid=f"SM{n}", body=str(n))
@@ -176,16 +186,12 @@ async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(wo
 
 
 async def test_records_written_before_the_hot_window_get_one_even_once_they_are_past_it(
-    world: World,
+    world: World, paired: Paired
 ) -> None:
     """After an upgrade, a live session's earlier records (no TTL, no count) get the hot window at
     its next interaction, those older than the window too (not dropped from the index first and
     left in Redis for good)."""
-    ks = await world.service()
-    await world.pool(ks, "+14155550201", "+14155550202")
-    view = await world.session(ks, CUSTOMER, COURIER)
-    given = proxies(view)
-    router = Router(world.redis, clock=world.clock)
+    ks, view, given, router = paired
     first = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SMold1", body="hi")
     old_key = keys.interaction(ks, str(first.interaction_sid))
     for key in (old_key, keys.session_interactions(ks, view["sid"])):
@@ -196,16 +202,12 @@ async def test_records_written_before_the_hot_window_get_one_even_once_they_are_
     assert 0 < await world.redis.pttl(old_key) <= router.interactions.hot_ms
 
 
-async def test_status_callbacks_that_race_never_move_a_status_back(world: World) -> None:
+async def test_status_callbacks_that_race_never_move_a_status_back(world: World, paired: Paired) -> None:
     """Twilio posts `sent` and `delivered` in requests of their own, which may be handled at the
     same time: whichever lands last, the interaction ends `delivered`, with one event per change."""
     from sessions.interactions import InteractionStore
 
-    ks = await world.service()
-    await world.pool(ks, "+14155550201", "+14155550202")
-    view = await world.session(ks, CUSTOMER, COURIER)
-    given = proxies(view)
-    router = Router(world.redis, clock=world.clock)
+    ks, view, given, router = paired
     store = InteractionStore(world.redis, clock=world.clock)
     for n, order in enumerate([("sent", "delivered"), ("delivered", "sent")] * 5):
         route = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid=f"SMr{n}", body="hi")
@@ -226,18 +228,14 @@ async def test_status_callbacks_that_race_never_move_a_status_back(world: World)
     assert await store.update(ks, "KI" + "0" * 32, outbound_status="delivered") is None
 
 
-async def test_deleting_an_interaction_counts_and_logs_it_once(world: World) -> None:
+async def test_deleting_an_interaction_counts_and_logs_it_once(world: World, paired: Paired) -> None:
     """Deletes of the same interaction (API calls at the same time): one deletes it, the others
     find nothing; the session's count of interactions drops by one and the audit log hears of it
     once. (delete_interaction.lua does it in one step, so no interleaving can count it twice and
     no crash can drop the record without its event.)"""
     from sessions.interactions import InteractionStore
 
-    ks = await world.service()
-    await world.pool(ks, "+14155550201", "+14155550202")
-    view = await world.session(ks, CUSTOMER, COURIER)
-    given = proxies(view)
-    router = Router(world.redis, clock=world.clock)
+    ks, view, given, router = paired
     store = InteractionStore(world.redis, clock=world.clock)
     kept = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SMd1", body="hi")
     gone = await router.route_text(from_=COURIER, to=given[COURIER], message_sid="SMd2", body="yo")
