@@ -1,7 +1,7 @@
 """`maskline bench relay`: signed inbound SMS webhooks per second against one worker, and the same
 load against a bare aiohttp handler (parse the form, answer a fixed TwiML), their ratio, the p99
 at a fixed 1,000 requests per second, the cost of counting the Service's abuse limits (runs
-without and with them, off-on-on-off) and two workers. Targets: >= 3,000 relays/s on one core,
+without and with them, off-on-on-off) and two workers (against one, both unpinned, in runs 1-2-1). Targets: >= 3,000 relays/s on one core,
 >= 0.35 of the bare handler, p99 < 10 ms at 1,000 rps.
 
 Processes (loopback only): this one sets up the data and orchestrates; the worker (the app as
@@ -47,6 +47,7 @@ from bench.relay_load import (
     load,
     pin,
     pyload,
+    two_workers,
     worker_env,
     write_requests,
     wrk_run,
@@ -170,29 +171,6 @@ async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float
     raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
 
 
-async def _two_workers(
-    worker: subprocess.Popen[bytes],
-    port: int,
-    env: dict[str, str],
-    closed_loop: Any,
-    path: Path,
-    seconds: int,
-    procs: list[subprocess.Popen[bytes]],
-) -> dict[str, float]:
-    """A second worker joins on the port (SO_REUSEPORT); nothing pinned; both workers' CPU counted."""
-    second = _spawn("worker", port, env)
-    procs.append(second)
-    await asyncio.sleep(2.0)  # started and listening (the port already answers: no probe possible)
-    every = set(range(os.cpu_count() or 1))
-    for pid in (worker.pid, second.pid, os.getpid()):
-        pin(pid, every)
-    relay_load.LOAD_CORES.clear()
-    before = cpu_seconds(worker.pid) + cpu_seconds(second.pid)
-    result = await closed_loop(port, path, seconds)
-    cpu_s = cpu_seconds(worker.pid) + cpu_seconds(second.pid) - before
-    return {"rps": result["rps"], "relayed": result["rps"] * seconds, "cpu_s": cpu_s}
-
-
 async def _redis_cpu(url: str) -> float:
     """Redis' own CPU seconds so far (INFO cpu: user + system of the main thread and children)."""
     import redis.asyncio as aioredis
@@ -258,7 +236,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         per_run = max(20_000, duration_s * 12_000)
         limit_runs = [f"limits{i}" for i in range(8)]  # off, on, on, off, off, on, on, off
         more_pairs = ["pair1", "pair2"]  # worker then bare again: the ratio's median over three pairs
-        names = ("warm", "main", "fixed", "profile", "two", *limit_runs, *more_pairs)
+        two_runs = ["one_before", "two", "one_after"]  # 1 worker, 2, 1 again: all unpinned
+        names = ("warm", "main", "fixed", "profile", *two_runs, *limit_runs, *more_pairs)
         files = {name: tmp / f"{name}.txt" for name in names}
         for run, (name, path) in enumerate(files.items()):
             write_requests(path, url, pairs, per_run if name != "warm" else 3_000, run)
@@ -331,11 +310,20 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
                   f"reads the limits, so this is the machine's drift), Redis per routing call "
                   f"{limited['redis_us']:.1f} us ({limited['redis_delta_us']:+.1f} us); medians of "
                   f"{limited['pairs']:.0f} pairs   (target: cost <= 5 %)")  # fmt: skip
-        two = await _two_workers(worker, worker_port, env, closed_loop, files["two"], duration_s, procs)
-        if relayed and two["relayed"]:
-            per_one, per_two = worker_cpu / relayed * 1e6, two["cpu_s"] / two["relayed"] * 1e6
-            print(f"2 workers on the port (unpinned: they and the load share both cores): {two['rps']:.0f} req/s, "
-                  f"CPU per relayed text {per_two:.0f} us vs {per_one:.0f} us with 1 ({per_two / per_one - 1:+.0%})")  # fmt: skip
+        two = await two_workers(
+            worker,
+            functools.partial(_spawn, "worker", worker_port, env),
+            _stop,
+            functools.partial(closed_loop, worker_port),
+            [files[name] for name in two_runs],
+            duration_s,
+            procs,
+        )
+        if two["rps"] and two["one_rps"]:
+            print(f"2 workers on the port (unpinned: they and the load share both cores): {two['rps']:.0f} req/s "
+                  f"vs {two['one_rps']:.0f} with 1 alike (runs before and after), CPU per relayed text "
+                  f"{two['cpu_us']:.0f} us vs {two['one_cpu_us']:.0f} us ({two['cpu_us'] / two['one_cpu_us'] - 1:+.0%}; "
+                  f"target +-10 %)")  # fmt: skip
         print("profile of the worker under load (py-spy, share of samples):")
         for line in summarise_profile(prof_path):
             print(line)

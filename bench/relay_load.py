@@ -14,12 +14,13 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 __all__ = ["AUTH_TOKEN", "ACCOUNT_SID", "WRK_SCRIPT", "load", "pyload", "write_requests", "wrk_run"]
-__all__ += ["LOAD_CORES", "answered", "pin", "cpu_seconds", "with_limits", "worker_env"]
+__all__ += ["LOAD_CORES", "answered", "pin", "cpu_seconds", "with_limits", "two_workers", "worker_env"]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -288,4 +289,44 @@ def worker_env(redis_url: str, database_url: str, port: int, **more: str) -> dic
         "MASKLINE_EMBEDDED": "never",
         "MASKLINE_LOG_LEVEL": "WARNING",
         **more,
+    }
+
+
+async def two_workers(
+    worker: Any,
+    spawn: Callable[[], Any],
+    stop: Callable[[Any], None],
+    closed_loop: Callable[[Path, int], Awaitable[dict[str, float]]],
+    paths: list[Path],
+    seconds: int,
+    procs: list[Any],
+) -> dict[str, float]:
+    """One worker, then two on its port (`spawn`: another, joining by SO_REUSEPORT), then one
+    again, nothing pinned (the workers and the load share every core): the CPU per relayed text
+    with two against the mean of the runs with one beside it, so that neither the pinning of the
+    main run nor the machine's drift counts as the second worker's cost."""
+    every = set(range(os.cpu_count() or 1))
+    for pid in (worker.pid, os.getpid()):
+        pin(pid, every)
+    LOAD_CORES.clear()
+
+    async def run(path: Path, workers: list[Any]) -> tuple[float, float]:
+        """(req/s, worker CPU us per relayed text)"""
+        before = sum(cpu_seconds(w.pid) for w in workers)
+        result = await closed_loop(path, seconds)
+        cpu_s = sum(cpu_seconds(w.pid) for w in workers) - before
+        return result["rps"], cpu_s / max(1.0, result["rps"] * seconds) * 1e6
+
+    one_before = await run(paths[0], [worker])
+    second = spawn()
+    procs.append(second)
+    await asyncio.sleep(2.0)  # started and listening (the port already answers: no probe possible)
+    two = await run(paths[1], [worker, second])
+    stop(second)
+    one_after = await run(paths[2], [worker])
+    return {
+        "rps": two[0],
+        "cpu_us": two[1],
+        "one_rps": (one_before[0] + one_after[0]) / 2,
+        "one_cpu_us": (one_before[1] + one_after[1]) / 2,
     }
