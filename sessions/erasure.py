@@ -3,12 +3,12 @@
 The number lives in Redis in participant hashes (`part:{KP}` field `identifier`), in the NAMES of
 its routing pairs (`pair:{identifier}:{proxy}`) and of its opt-outs (`optout:{identifier}:{proxy}`),
 in the sticky proxy numbers (`last:{period}` hashes, field `{identifier}`; `last:{identifier}`
-keys before them), in the abuse limits' counters (`rl:` hashes, field `p:{identifier}`), and in the views carried by events not yet written
-(`events` streams: the audit writer drains those, see maskline/erasure.py). Every session the
-number took part in (live, closed and still readable, or one it was removed from) is deleted
-through SessionStore.delete_session: a live one is closed first, so its pairs are released and
-`in_use` stays right, and `session.closed` / `session.deleted` are emitted as for any delete; its
-participants and interactions go with it. Then the number's remaining keys are deleted, cooling
+keys before them), in the abuse limits' counters (`rl:` hashes, field `p:{identifier}`), and in
+the views carried by events not yet written (`events` streams: the audit writer drains those, see
+maskline/erasure.py). Every session the number took part in (live, closed and still readable, or
+one it was removed from) is deleted through SessionStore.delete_session: a live one is closed
+first, so its pairs are released and `in_use` stays right, and `session.closed` /
+`session.deleted` are emitted as for any delete; its participants and interactions go with it. Then the number's remaining keys are deleted, cooling
 pairs included (the person asked to be forgotten; a late caller then simply gets "no session").
 
 Channel identifiers built on the number ("whatsapp:+1...") are erased with it, as audit/erase.py
