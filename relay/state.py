@@ -61,10 +61,15 @@ log = logging.getLogger("maskline.webhooks")
 
 class AnswerWriter:
     """Remembers how each MessageSid / CallSid was answered (what Router.remember_answer does),
-    batched: answers queued during one loop iteration go to Redis in one pipeline, so the hot
-    path pays one Redis round trip per webhook instead of two. Twilio retries after seconds; the
-    write lands within a millisecond or so, and until then a retry finds the in-flight marker
-    and gets an empty answer, never a second relay."""
+    batched: the answers given within COALESCE_S of the first go to Redis in one write, so the hot
+    path pays one Redis round trip per webhook instead of two, and a share of a write (its system
+    call, Redis' wake-up) for the answer. Twilio retries after seconds; the write lands within a
+    few milliseconds, and until then a retry finds the in-flight marker and gets an empty answer,
+    never a second relay."""
+
+    # How long the first answer of a batch waits for others: 1 ms gathers several at any load
+    # worth batching (one per loop iteration measured ~4 % more relays/s lost on this machine).
+    COALESCE_S = 0.001
 
     def __init__(self, redis: FastRedis, *, ttl_s: int) -> None:
         self.redis = redis
@@ -82,6 +87,7 @@ class AnswerWriter:
 
     async def _flush(self) -> None:
         try:
+            await asyncio.sleep(self.COALESCE_S)
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:

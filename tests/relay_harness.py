@@ -21,6 +21,7 @@ from core import keys
 from core.settings import Settings
 from maskline.server import create_app
 from relay.credentials import create_key
+from relay.state import RELAY
 
 __all__ = ["Relay", "sms_params", "call_params", "parse", "world", "message_of", "events_of"]
 
@@ -125,6 +126,12 @@ class Relay:
         sid, secret = await create_key(self.pg, "relay tests")
         self.auth = {"Authorization": "Basic " + base64.b64encode(f"{sid}:{secret}".encode()).decode()}
         return self
+
+    async def answers_written(self) -> None:
+        """Until the webhooks' answers so far are remembered in Redis (AnswerWriter: within a few
+        ms; Twilio's retries come seconds later)."""
+        assert self.runner is not None
+        await self.runner.app[RELAY].answers.drain()
 
     async def stop(self) -> None:
         if self.http:

@@ -34,6 +34,7 @@ async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Rela
         relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], "once", sid="SM" + "1" * 32
     )
     _, first = await relay.post("/twilio/sms", params)
+    await relay.answers_written()  # (Twilio retries seconds later)
     _, second = await relay.post("/twilio/sms", params)
     assert first == second and message_of(first).get("to") == COURIER
     assert len(await relay.interactions(ks, sess["sid"])) == 1
@@ -47,6 +48,7 @@ async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Rela
         relay.settings.twilio_account_sid, CUSTOMER, sess["proxy"][CUSTOMER], sid="CA" + "3" * 32
     )
     _, a = await relay.post("/twilio/voice", call)
+    await relay.answers_written()
     _, b = await relay.post("/twilio/voice", call)
     assert a == b and parse(a).find("Dial") is not None
     assert len(await relay.interactions(ks, sess["sid"])) == 2
