@@ -5,7 +5,8 @@ spreads connections over them), kept alive by this supervisor.
 - SIGTERM / SIGINT: every worker is asked to stop (SIGTERM: it stops accepting, finishes the
   requests in flight, gives its leases back) and the supervisor exits when they have;
 - SIGHUP: a rolling restart, one worker at a time: the new one listens before the old one is asked
-  to stop, so no webhook finds the port closed;
+  to stop, so no webhook finds the port closed (and with net.ipv4.tcp_migrate_req=1 none queued
+  on the old one's socket is reset: the kernel hands them to another worker; a warning otherwise);
 - workers die with the supervisor (PR_SET_PDEATHSIG), even when it is killed with SIGKILL.
 
 Each worker is `maskline serve --workers 1 --reuse-port --no-duties` with the resolved settings in
@@ -144,6 +145,12 @@ async def supervise(
         pool.tasks.append(loop.create_task(pool.keep(await pool.start())))
     if duties is not None:
         pool.tasks.append(loop.create_task(pool.keep(await pool.start(duties))))
+    if workers > 1 and _reset_on_close():
+        log.warning(
+            "net.ipv4.tcp_migrate_req is 0: when a worker stops (SIGHUP reload, restart), the kernel "
+            "resets the connections still waiting in its accept queue instead of handing them to "
+            "another worker; set it to 1 (docs/deploy.md, 'Many workers')"
+        )
     extra = " and a duties process" if duties is not None else ""
     print(
         f"maskline supervising {workers} workers{extra} on http://{host}:{port} (SIGHUP reloads)", flush=True
@@ -155,6 +162,16 @@ async def supervise(
     for task in pool.tasks:
         task.cancel()
     return 0
+
+
+def _reset_on_close(path: str = "/proc/sys/net/ipv4/tcp_migrate_req") -> bool:
+    """Whether this Linux resets, rather than migrates, the connections queued on a SO_REUSEPORT
+    listener that closes (net.ipv4.tcp_migrate_req, Linux 5.14+; elsewhere: unknown, False)."""
+    try:
+        with open(path) as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
 
 
 def worker_argv(host: str, port: int, *, no_audit_writer: bool) -> list[str]:

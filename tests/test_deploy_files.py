@@ -41,6 +41,8 @@ def test_compose_wires_redis_postgres_migrate_and_serve() -> None:
     assert serve["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert serve["depends_on"]["redis"]["condition"] == "service_healthy"
     assert serve["environment"]["MASKLINE_EMBEDDED"] == "never"
+    # A reload's stopping worker hands its queued connections to another (docs/deploy.md).
+    assert serve["sysctls"]["net.ipv4.tcp_migrate_req"] == 1
 
 
 def test_every_maskline_command_the_files_run_exists() -> None:

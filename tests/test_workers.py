@@ -152,3 +152,15 @@ async def test_workers_die_with_a_killed_supervisor(redis, pg, redis_url, databa
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sup.pid, signal.SIGKILL)
+
+
+def test_the_supervisor_knows_whether_the_kernel_resets_a_stopping_workers_queue(tmp_path: Path) -> None:
+    """`serve --workers N` warns when net.ipv4.tcp_migrate_req is 0 (docs/deploy.md)."""
+    from maskline.workers import _reset_on_close
+
+    sysctl = tmp_path / "tcp_migrate_req"
+    sysctl.write_text("0\n")
+    assert _reset_on_close(str(sysctl))
+    sysctl.write_text("1\n")
+    assert not _reset_on_close(str(sysctl))
+    assert not _reset_on_close(str(tmp_path / "absent"))  # an older kernel, another OS: unknown
