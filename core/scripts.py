@@ -39,8 +39,9 @@ __all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for", "raise_deadline"]
 CORE_LUA: Final = Path(__file__).parent / "lua"
 
 
-# A Lua constant: a list of names (a Lua array of strings) or names to integers (a Lua table).
-Constant = Sequence[str] | Mapping[str, int]
+# A Lua constant: a list of names (a Lua array of strings), or names to integers or to plain words
+# (a Lua table).
+Constant = Sequence[str] | Mapping[str, int] | Mapping[str, str]
 
 
 class LuaLibrary:
@@ -127,9 +128,13 @@ def _lua_string(value: str) -> str:
 _PLAIN: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 
+def _lua_value(value: int | str) -> str:
+    return _lua_string(value) if isinstance(value, str) else str(int(value))
+
+
 def _lua_table(values: Constant) -> str:
     if isinstance(values, Mapping):
-        return "{" + ", ".join(f"[{_lua_string(k)}] = {int(v)}" for k, v in values.items()) + "}"
+        return "{" + ", ".join(f"[{_lua_string(k)}] = {_lua_value(v)}" for k, v in values.items()) + "}"
     return "{" + ", ".join(_lua_string(v) for v in values) + "}"
 
 

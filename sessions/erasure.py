@@ -8,8 +8,9 @@ the views carried by events not yet written (`events` streams: the audit writer 
 maskline/erasure.py). Every session the number took part in (live, closed and still readable, or
 one it was removed from) is deleted through SessionStore.delete_session: a live one is closed
 first, so its pairs are released and `in_use` stays right, and `session.closed` /
-`session.deleted` are emitted as for any delete; its participants and interactions go with it. Then the number's remaining keys are deleted, cooling
-pairs included (the person asked to be forgotten; a late caller then simply gets "no session").
+`session.deleted` are emitted as for any delete; its participants and interactions go with it.
+Then the number's remaining keys are deleted, cooling pairs included (the person asked to be
+forgotten; a late caller then simply gets "no session").
 
 Channel identifiers built on the number ("whatsapp:+1...") are erased with it, as audit/erase.py
 does. Erasure is rare: a SCAN per Service (MATCH on the Service's hash tag) is fine."""

@@ -31,6 +31,8 @@ __all__ = [
     "interaction_record",
     "interaction_from_redis",
     "RELAY_SETTING_FIELDS",
+    "SESSION_OPTIONAL",
+    "SESSION_DEFAULTS",
     "RelayOptions",
     "Route",
     "DEFAULT_OUT_OF_SESSION_MESSAGE",
@@ -205,6 +207,19 @@ def with_pin(participant: dict[str, Any], body: str) -> str:
     reply to the shared number with); as it is otherwise."""
     pin = participant.get("pin")
     return f"PIN {pin}: {body}" if pin else body
+
+
+# A session's hash leaves out its empty optional fields and the fields that hold their default
+# (each would cost Redis memory for every session); sessions/store.py session_record and
+# _session.lua's session_record (which gets both as Lua constants) fill them in.
+SESSION_OPTIONAL: Final = (
+    "unique_name",
+    "date_expiry_ms",
+    "last_interaction_ms",
+    "ended_ms",
+    "closed_reason",
+)
+SESSION_DEFAULTS: Final = {"mode": Mode.VOICE_AND_MESSAGE.value, "ttl": "0", "expires_at_ms": "0"}
 
 
 RELAY_SETTING_FIELDS: Final = (

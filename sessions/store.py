@@ -16,7 +16,15 @@ from core.ids import new_event_id, new_event_id_base, new_sid
 from core.paging import Page, PageRequest, newest_first
 from core.scripts import Scripts
 from pool.numbers import parse_participant, parse_proxy_number, split_channel
-from sessions.models import MAX_PARTICIPANTS, PIN_DIGITS, Mode, ParticipantRequest, Status
+from sessions.models import (
+    MAX_PARTICIPANTS,
+    PIN_DIGITS,
+    SESSION_DEFAULTS,
+    SESSION_OPTIONAL,
+    Mode,
+    ParticipantRequest,
+    Status,
+)
 from sessions.scripts import SESSION_LUA
 
 __all__ = ["SESSION_SID", "SessionStore"]
@@ -257,27 +265,13 @@ class SessionStore:
         return [participant_record(sid, row) for sid, row in zip(sids, rows, strict=True) if row]
 
 
-# Fields a session's hash leaves out while empty (_session.lua: hset_present, session_record).
-_SESSION_OPTIONAL: Final = (
-    "unique_name",
-    "date_expiry_ms",
-    "last_interaction_ms",
-    "ended_ms",
-    "closed_reason",
-)
-
-
-# Fields a session's hash leaves out while they hold their default (SESSION_DEFAULTS in _session.lua).
-_SESSION_DEFAULTS: Final = {"mode": "voice-and-message", "ttl": "0", "expires_at_ms": "0"}
-
-
 def session_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
     """A session's hash as the scripts read it (session_record in _session.lua): with its sid
     (the key's, not stored), its empty fields as '' and its defaults filled in."""
     row["sid"] = sid
-    for name in _SESSION_OPTIONAL:
+    for name in SESSION_OPTIONAL:
         row.setdefault(name, "")
-    for name, default in _SESSION_DEFAULTS.items():
+    for name, default in SESSION_DEFAULTS.items():
         row.setdefault(name, default)
     return row
 

@@ -57,8 +57,17 @@ def test_a_script_that_needs_few_helpers_does_not_carry_the_rest() -> None:
 async def test_constants_from_python_are_lua_tables_of_names_or_of_numbers(redis, tmp_path: Path) -> None:
     """Python hands Lua its shared constants (field lists, core/records.py's STATUS_RANK) as
     tables, read by name; a string that could break out of its quotes is refused."""
-    (tmp_path / "rank.lua").write_text("return FIELDS[2] .. ':' .. RANK['in-progress'] .. ':' .. RANK['']\n")
-    library = LuaLibrary([tmp_path], constants={"FIELDS": ("sid", "data"), "RANK": {"": 0, "in-progress": 3}})
-    assert await redis.eval(library.source("rank"), 1, "ml:{test-lua}:") == "data:3:0"
+    (tmp_path / "rank.lua").write_text(
+        "return FIELDS[2] .. ':' .. RANK['in-progress'] .. ':' .. RANK[''] .. ':' .. DEFAULTS.mode\n"
+    )
+    library = LuaLibrary(
+        [tmp_path],
+        constants={
+            "FIELDS": ("sid", "data"),
+            "RANK": {"": 0, "in-progress": 3},
+            "DEFAULTS": {"mode": "voice-and-message"},
+        },
+    )
+    assert await redis.eval(library.source("rank"), 1, "ml:{test-lua}:") == "data:3:0:voice-and-message"
     with pytest.raises(ValueError, match="plain words"):
         _ = LuaLibrary([tmp_path], constants={"RANK": {"x']..": 1}}).prelude

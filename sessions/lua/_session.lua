@@ -46,9 +46,8 @@ local function expires_at(sess)
   return at
 end
 
--- A session's fields left out of its hash while they hold their default (each would cost Redis
--- memory for every session): session_record fills them in, as it does the empty ones.
-local SESSION_DEFAULTS = { mode = 'voice-and-message', ttl = '0', expires_at_ms = '0' }
+-- A session's fields left out of its hash while they hold their default (SESSION_DEFAULTS, from
+-- sessions/models.py): session_record fills them in, as it does the empty ones.
 -- `value`, or '' (not stored: hset_present) when it is the field's default.
 local function unless_default(field, value)
   if tostring(value) == SESSION_DEFAULTS[field] then return '' end
@@ -102,7 +101,7 @@ local function participant_view(kp)
 end
 
 -- A session's hash with its sid (the key's, not stored) and its empty fields as ''.
-local SESSION_OPTIONAL = { 'unique_name', 'date_expiry_ms', 'last_interaction_ms', 'ended_ms', 'closed_reason' }
+-- (SESSION_OPTIONAL and SESSION_DEFAULTS: sessions/models.py)
 local function session_record(sid)
   local s = hgetall(P .. 'sess:' .. sid)
   if s then

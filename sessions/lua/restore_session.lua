@@ -71,8 +71,8 @@ for _, p in ipairs(s.participants) do
 end
 
 hset_present(sk, 'unique_name', f.unique_name, 'status', f.status, 'mode', unless_default('mode', f.mode),
-  'ttl', unless_default('ttl', f.ttl), 'date_expiry_ms', f.date_expiry_ms, 'created_ms', f.created_ms, 'updated_ms', f.updated_ms,
-  'started_ms', f.started_ms, 'last_activity_ms', f.last_activity_ms,
+  'ttl', unless_default('ttl', f.ttl), 'date_expiry_ms', f.date_expiry_ms, 'created_ms', f.created_ms,
+  'updated_ms', f.updated_ms, 'started_ms', f.started_ms, 'last_activity_ms', f.last_activity_ms,
   'last_interaction_ms', f.last_interaction_ms, 'parts', parts_field(parts), 'restored_ms', now)
 redis.call('ZADD', P .. 'sessions', f.created_ms, sid)
 if f.unique_name ~= '' then
