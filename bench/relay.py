@@ -1,8 +1,9 @@
 """`maskline bench relay`: signed inbound SMS webhooks per second against one worker, and the same
 load against a bare aiohttp handler (parse the form, answer a fixed TwiML), their ratio, the p99
 at a fixed 1,000 requests per second, the cost of counting the Service's abuse limits (runs
-without and with them, off-on-on-off) and two workers (against one, both unpinned, in runs 1-2-1). Targets: >= 3,000 relays/s on one core,
->= 0.35 of the bare handler, p99 < 10 ms at 1,000 rps.
+without and with them, off-on-on-off) and two workers (against one, both unpinned, in runs
+1-2-1). Targets: >= 3,000 relays/s on one core, >= 0.35 of the bare handler, p99 < 10 ms at
+1,000 rps.
 
 Processes (loopback only): this one sets up the data and orchestrates; the worker (the app as
 `maskline serve` runs it: one process, uvloop, no access log) and the bare handler each run in
