@@ -78,6 +78,7 @@ def sessions_by_created(service_sid: str) -> str:
 
 
 def participant(service_sid: str, participant_sid: str) -> str:
+    """A participant removed from its session (a live one is fields of the session's hash)."""
     return f"ml:{{{service_sid}}}:part:{participant_sid}"
 
 

@@ -1,7 +1,9 @@
 """Erasing a person's number from Redis (the hot-path copies), for `maskline audit erase`.
 
-The number lives in Redis in participant hashes (`part:{KP}` field `identifier`), in the NAMES of
-its routing pairs (`pair:{identifier}:{proxy}`) and of its opt-outs (`optout:{identifier}:{proxy}`),
+The number lives in Redis in session hashes (a participant's field `{n}i`: sessions/models.py,
+PARTICIPANT_SLOT) and the hashes of participants removed from a session (`part:{KP}` field
+`identifier`), in the NAMES of its routing pairs (`pair:{identifier}:{proxy}`) and of its
+opt-outs (`optout:{identifier}:{proxy}`),
 in the sticky proxy numbers (`last:{period}` hashes, field `{identifier}`; `last:{identifier}`
 keys before them), in the abuse limits' counters (`rl:` hashes, field `p:{identifier}`), and in
 the views carried by events not yet written (`events` streams: the audit writer drains those, see
@@ -24,11 +26,13 @@ import redis.asyncio as aioredis
 
 from core import keys
 from core.errors import NotFound
+from sessions.models import PARTICIPANT_SLOT, is_slot_field
 from sessions.store import SessionStore
 
 __all__ = ["RedisErasure", "erase_number_from_redis", "glob_escape", "is_identifier_of"]
 
 _SCAN_COUNT: Final = 1000
+_IDENTIFIER: Final = PARTICIPANT_SLOT["identifier"]
 _GLOB_SPECIAL: Final = str.maketrans({c: "\\" + c for c in "\\*?[]^{}"})
 
 
@@ -91,15 +95,28 @@ async def _erase_in_service(
     tag = glob_escape(prefix)
     ident = glob_escape(number)
 
-    # 1. Participants of the number (in a session, or removed from one) and the sessions they are in.
+    # 1. Sessions with the number among their participants (fields of the session's hash: `{n}i`),
+    # participants of it removed from a session (their own hashes), and the sessions those were in.
     participants: list[str] = []
     sessions: set[str] = set()
+    session_key = prefix + "sess:"
+    async for key in redis.scan_iter(match=tag + "sess:KC*", count=_SCAN_COUNT):
+        name = _text(key)
+        kc = name[len(session_key) :]
+        if ":" in kc:
+            continue  # a session's interaction or message index
+        row = await redis.hgetall(key)
+        if any(
+            is_slot_field(_text(f)) and _text(f).endswith(_IDENTIFIER) and is_identifier_of(v, number)
+            for f, v in row.items()
+        ):
+            sessions.add(kc)
     async for key in redis.scan_iter(match=tag + "part:*", count=_SCAN_COUNT):
-        identifier, session_sid = await redis.hmget(key, ["identifier", "session_sid"])
+        identifier, holder = await redis.hmget(key, ["identifier", "session_sid"])
         if is_identifier_of(identifier, number):
             participants.append(_text(key))
-            if session_sid:
-                sessions.add(_text(session_sid))
+            if holder:
+                sessions.add(_text(holder))
 
     # 2. Pairs whose identifier is the number (`pair:{identifier}:{proxy}`), and their holders.
     pairs = await _named_keys(redis, tag + "pair:*" + ident + ":*", prefix + "pair:", number, proxy=True)

@@ -27,7 +27,7 @@ from core.scripts import Scripts
 from core.settings import Settings
 from sessions.models import interaction_from_redis, interaction_record
 from sessions.scripts import SESSION_LUA
-from sessions.store import SESSION_SID
+from sessions.store import SESSION_SID, read_participant
 
 __all__ = ["InteractionStore", "Row", "STATUS_RANK", "TERMINAL_STATUSES"]
 
@@ -306,9 +306,8 @@ class InteractionStore:
             kp = row.get(f"{side}_participant_sid")
             if not kp:
                 continue
-            ident, proxy = await self.redis.hmget(
-                keys.participant(service_sid, kp), "identifier", "proxy_identifier"
-            )
+            part = await read_participant(self.redis, service_sid, str(row.get("session_sid", "")), kp) or {}
+            ident, proxy = part.get("identifier"), part.get("proxy_identifier")
             if ident:
                 view[f"{side}_identifier"] = str(ident)
                 numbers.append(str(ident))

@@ -33,6 +33,8 @@ __all__ = [
     "RELAY_SETTING_FIELDS",
     "SESSION_OPTIONAL",
     "SESSION_DEFAULTS",
+    "PARTICIPANT_SLOT",
+    "is_slot_field",
     "RelayOptions",
     "Route",
     "DEFAULT_OUT_OF_SESSION_MESSAGE",
@@ -220,6 +222,28 @@ SESSION_OPTIONAL: Final = (
     "closed_reason",
 )
 SESSION_DEFAULTS: Final = {"mode": Mode.VOICE_AND_MESSAGE.value, "ttl": "0", "expires_at_ms": "0"}
+
+# A session's live participants are fields of the session's hash (one key per session, not one
+# more per participant): field `{n}{code}` holds participant n's value of the field `code` stands
+# for, n its place in the session's `parts` (1-based). Left out besides the empty fields:
+# created_ms when it is the session's, updated_ms when it is the participant's created_ms. A
+# participant removed from its session gets a hash of its own (`part:{KP}`, full field names,
+# with deleted_ms). _session.lua (as a Lua constant) and sessions/store.py read and write them.
+PARTICIPANT_SLOT: Final = {
+    "identifier": "i",
+    "proxy_identifier": "x",
+    "proxy_identifier_sid": "s",
+    "friendly_name": "f",
+    "pin": "n",
+    "created_ms": "c",
+    "updated_ms": "u",
+}
+_SLOT_FIELD: Final = re.compile(r"[0-9]+[a-z]")
+
+
+def is_slot_field(name: str) -> bool:
+    """A participant's field in its session's hash (PARTICIPANT_SLOT), not one of the session's."""
+    return _SLOT_FIELD.fullmatch(name) is not None
 
 
 RELAY_SETTING_FIELDS: Final = (

@@ -1,6 +1,7 @@
 """The session scripts' Lua library: core helpers, the pool's allocation helpers, then
 sessions/lua (the session state machine), with the record field lists and session defaults of
-sessions/models.py and core/records.py's STATUS_RANK as Lua constants."""
+sessions/models.py (PARTICIPANT_SLOT: the participants' fields in a session's hash) and
+core/records.py's STATUS_RANK as Lua constants."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from typing import Final
 
 from core.records import STATUS_RANK
 from pool.scripts import POOL_LUA
-from sessions.models import INTERACTION_FIELDS, RELAY_SETTING_FIELDS, SESSION_DEFAULTS, SESSION_OPTIONAL
+from sessions.models import (
+    INTERACTION_FIELDS,
+    PARTICIPANT_SLOT,
+    RELAY_SETTING_FIELDS,
+    SESSION_DEFAULTS,
+    SESSION_OPTIONAL,
+)
 
 __all__ = ["SESSION_LUA"]
 
@@ -21,5 +28,6 @@ SESSION_LUA: Final = POOL_LUA.extend(
         "STATUS_RANK": STATUS_RANK,
         "SESSION_OPTIONAL": SESSION_OPTIONAL,
         "SESSION_DEFAULTS": SESSION_DEFAULTS,
+        "PARTICIPANT_SLOT": PARTICIPANT_SLOT,
     },
 )

@@ -18,16 +18,18 @@ from core.scripts import Scripts
 from pool.numbers import parse_participant, parse_proxy_number, split_channel
 from sessions.models import (
     MAX_PARTICIPANTS,
+    PARTICIPANT_SLOT,
     PIN_DIGITS,
     SESSION_DEFAULTS,
     SESSION_OPTIONAL,
     Mode,
     ParticipantRequest,
     Status,
+    is_slot_field,
 )
 from sessions.scripts import SESSION_LUA
 
-__all__ = ["SESSION_SID", "SessionStore"]
+__all__ = ["SESSION_SID", "SessionStore", "read_members", "read_participant"]
 
 # A session sid's shape (a path may name a session by sid or by UniqueName).
 SESSION_SID: Final = re.compile(r"KC[0-9a-f]{32}")
@@ -246,28 +248,63 @@ class SessionStore:
     async def get_participant(
         self, service_sid: str, session_sid: str, participant_sid: str
     ) -> dict[str, Any]:
-        data: dict[str, Any] = cast(
-            dict[str, Any], await self.redis.hgetall(keys.participant(service_sid, participant_sid))
-        )
-        if not data or data.get("session_sid") != session_sid:
+        found = await read_participant(self.redis, service_sid, session_sid, participant_sid)
+        if found is None:
             raise NotFound(f"Participant {participant_sid} was not found in Session {session_sid}")
-        return participant_record(participant_sid, data)
+        return found
 
     async def list_participants(self, service_sid: str, session_sid: str) -> list[dict[str, Any]]:
-        session = await self.get_session(service_sid, session_sid)
-        sids = part_sids(session.get("parts", ""))
-        if not sids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
+        await self.get_session(service_sid, session_sid)
+        return await read_members(self.redis, service_sid, session_sid) or []
+
+
+async def read_members(
+    redis: aioredis.Redis, service_sid: str, session_sid: str
+) -> list[dict[str, Any]] | None:
+    """A session's live participants, in order, as session_record in _session.lua gives them (None:
+    no such session). A session written before they moved into its hash reads from their own
+    hashes (the next script to touch it moves them in)."""
+    row: dict[str, Any] = cast(dict[str, Any], await redis.hgetall(keys.session(service_sid, session_sid)))
+    if not row:
+        return None
+    sids = part_sids(row.get("parts", ""))
+    if sids and "1" + PARTICIPANT_SLOT["identifier"] not in row:
+        async with redis.pipeline(transaction=False) as pipe:
             for sid in sids:
                 pipe.hgetall(keys.participant(service_sid, sid))
             rows = await pipe.execute()
-        return [participant_record(sid, row) for sid, row in zip(sids, rows, strict=True) if row]
+        return [participant_record(sid, part) for sid, part in zip(sids, rows, strict=True) if part]
+    members = []
+    for n, sid in enumerate(sids, start=1):
+        part = {name: row[f"{n}{code}"] for name, code in PARTICIPANT_SLOT.items() if f"{n}{code}" in row}
+        part["session_sid"] = session_sid
+        part.setdefault("created_ms", row.get("created_ms", ""))
+        part.setdefault("updated_ms", part["created_ms"])
+        members.append(participant_record(sid, part))
+    return members
+
+
+async def read_participant(
+    redis: aioredis.Redis, service_sid: str, session_sid: str, participant_sid: str
+) -> dict[str, Any] | None:
+    """Participant `participant_sid` of the session: a live one, or one removed from it (its own
+    hash, with deleted_ms); None when neither."""
+    for part in await read_members(redis, service_sid, session_sid) or []:
+        if part["sid"] == participant_sid:
+            return part
+    row: dict[str, Any] = cast(
+        dict[str, Any], await redis.hgetall(keys.participant(service_sid, participant_sid))
+    )
+    if not row or row.get("session_sid") != session_sid:
+        return None
+    return participant_record(participant_sid, row)
 
 
 def session_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
     """A session's hash as the scripts read it (session_record in _session.lua): with its sid
-    (the key's, not stored), its empty fields as '' and its defaults filled in."""
+    (the key's, not stored), its empty fields as '' and its defaults filled in, without its
+    participants' fields (read_members)."""
+    row = {name: value for name, value in row.items() if not is_slot_field(name)}
     row["sid"] = sid
     for name in SESSION_OPTIONAL:
         row.setdefault(name, "")
@@ -277,7 +314,7 @@ def session_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def participant_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
-    """A participant's hash as participant_view in _session.lua reads it."""
+    """A participant as the scripts' views give it: its sid and friendly_name always there."""
     row["sid"] = sid
     row.setdefault("friendly_name", "")
     return row

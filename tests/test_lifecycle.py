@@ -199,8 +199,7 @@ async def test_closed_session_records_expire_after_retention_and_reopen_keeps_th
     ix_sids = await world.redis.zrange(keys.session_interactions(ks, view["sid"]), 0, -1)
     assert len(ix_sids) == 1
     await world.sessions.close_session(ks, view["sid"])
-    held = [keys.session(ks, view["sid"])]
-    held += [keys.participant(ks, p["sid"]) for p in view["participants"]]
+    held = [keys.session(ks, view["sid"])]  # (its participants are fields of it)
     # Closed: kept for the retention period (7 days by default), then Redis forgets them; the
     # interaction keeps its own, shorter hot window (then the audit log has it).
     ttls = [await world.redis.pttl(k) for k in held]
@@ -210,6 +209,7 @@ async def test_closed_session_records_expire_after_retention_and_reopen_keeps_th
     await world.sessions.update_session(ks, view["sid"], status=Status.IN_PROGRESS)
     assert [await world.redis.pttl(k) for k in held] == [-1] * len(held)
     assert 0 < await world.redis.pttl(keys.interaction(ks, ix_sids[0])) <= hot_ms
+    assert await world.sessions.list_participants(ks, view["sid"]) == view["participants"]
 
 
 async def test_sweeper_prunes_sessions_redis_has_forgotten_from_the_listing(world: World) -> None:

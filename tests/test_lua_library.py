@@ -46,7 +46,7 @@ async def test_a_script_gets_the_helpers_it_names_and_theirs_and_the_always_run_
 
 def test_a_script_that_needs_few_helpers_does_not_carry_the_rest() -> None:
     everything = SESSION_LUA.prelude
-    small = SESSION_LUA.source("claim_due")
+    small = SESSION_LUA.source("release_cooling_pair")
     assert len(small) < len(everything) / 4
     # ...but the deadline check of core/lua/_lib.lua runs before every script.
     deadline_check = (CORE_LUA / "_lib.lua").read_text().split("\ndo\n", 1)[1].split("\nend\n", 1)[0]

@@ -11,7 +11,7 @@ from pool_helpers import COURIER, CUSTOMER, GUEST, HOST, World, proxies
 
 from core import keys
 from core.paging import PageRequest
-from sessions.models import Replay
+from sessions.models import Replay, is_slot_field
 from sessions.routing import Router, classify_keyword
 
 
@@ -153,8 +153,10 @@ async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(wo
     assert "sid" not in stored and all(value != "" for value in stored.values()), stored
     assert not {"mode", "ttl", "expires_at_ms"} & set(stored), stored
     assert (view["mode"], view["ttl"], view["expires_at_ms"]) == ("voice-and-message", "0", "0")
-    part = await world.redis.hgetall(keys.participant(ks, kp))
-    assert "sid" not in part and "friendly_name" not in part, part
+    # Its participants are fields of it (PARTICIPANT_SLOT), their empty ones and their times
+    # (the session's) left out too.
+    assert not await world.redis.exists(keys.participant(ks, kp))
+    assert {f for f in stored if is_slot_field(f)} == {"1i", "1x", "1s", "2i", "2x", "2s"}, stored
 
     fetched = await world.sessions.get_session(ks, kc)
     assert fetched["sid"] == kc and fetched["unique_name"] == "" and fetched["closed_reason"] == ""
@@ -179,10 +181,45 @@ async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(wo
         mapping={"sid": kc, "unique_name": "", "ended_ms": "", "mode": "voice-and-message", "ttl": "0"},
     )
     fetched = {**fetched, "updated_ms": (await world.sessions.get_session(ks, kc))["updated_ms"]}
-    await world.redis.hset(keys.participant(ks, kp), mapping={"sid": kp, "friendly_name": ""})
     assert await world.sessions.get_session(ks, kc) == fetched
     closed = await world.sessions.close_session(ks, kc)
     assert closed["sid"] == kc and closed["status"] == "closed"
+
+
+async def test_a_session_whose_participants_have_hashes_of_their_own_reads_alike_and_moves_them_in(
+    world: World, paired: Paired
+) -> None:
+    """After an upgrade: a session written when each participant had a `part:{KP}` hash reads as
+    before, routes as before, and its first script moves its participants into its hash."""
+    ks, view, given, router = paired
+    kc = view["sid"]
+    sk = keys.session(ks, kc)
+    stored = await world.redis.hgetall(sk)
+    before = await world.sessions.list_participants(ks, kc)
+    for n, part in enumerate(before, start=1):  # the earlier layout
+        await world.redis.hset(
+            keys.participant(ks, part["sid"]),
+            mapping={
+                "session_sid": kc,
+                "identifier": part["identifier"],
+                "proxy_identifier": part["proxy_identifier"],
+                "proxy_identifier_sid": part["proxy_identifier_sid"],
+                "created_ms": part["created_ms"],
+                "updated_ms": part["updated_ms"],
+            },
+        )
+        await world.redis.hdel(sk, *[f for f in stored if f.startswith(str(n)) and is_slot_field(f)])
+    assert await world.sessions.list_participants(ks, kc) == before
+    assert await world.sessions.get_participant(ks, kc, before[1]["sid"]) == before[1]
+
+    route = await router.route_text(from_=CUSTOMER, to=given[CUSTOMER], message_sid="SMmove1", body="hi")
+    assert route.outcome == "relay" and route.outbound["identifier"] == COURIER
+    assert route.outbound["proxy_identifier"] == given[COURIER]
+    assert not any([await world.redis.exists(keys.participant(ks, p["sid"])) for p in before])
+    assert {f for f in await world.redis.hgetall(sk) if is_slot_field(f)} == {
+        f for f in stored if is_slot_field(f)
+    }
+    assert await world.sessions.list_participants(ks, kc) == before
 
 
 async def test_records_written_before_the_hot_window_get_one_even_once_they_are_past_it(

@@ -191,14 +191,14 @@ local function hold_pair(identifier, proxy, sid, kp, pin)
   bump_in_use(proxy, 1)
 end
 
--- Release a participant's pair into cool-off: the key keeps pointing at the closed session for
--- cool_off_ms, then vanishes. Only the holder releases (a pair re-used after cool-off is not ours).
-local function release_pair(sid, kp, cool_off_ms)
-  local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier', 'pin')
-  if not f[1] then return end
-  local pk = pair_key(f[1], f[2], f[3])
+-- Release participant `kp`'s pair (its identifier, proxy number and PIN or nil) into cool-off:
+-- the key keeps pointing at the closed session for cool_off_ms, then vanishes. Only the holder
+-- releases (a pair re-used after cool-off is not ours).
+local function release_pair(sid, kp, identifier, proxy, pin, cool_off_ms)
+  if not identifier or not proxy then return end
+  local pk = pair_key(identifier, proxy, pin)
   if redis.call('GET', pk) == sid .. ':' .. kp and redis.call('PTTL', pk) == -1 then
-    if f[3] and f[3] ~= '' then redis.call('SREM', pins_key(f[1], f[2]), f[3]) end
+    if pin and pin ~= '' then redis.call('SREM', pins_key(identifier, proxy), pin) end
     if cool_off_ms > 0 then
       redis.call('PEXPIRE', pk, cool_off_ms)
       -- The console's count of cooling pairs per number: "proxy KP" until the cool-off ends (no
@@ -206,10 +206,10 @@ local function release_pair(sid, kp, cool_off_ms)
       local t = redis.call('TIME')
       local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
       redis.call('ZREMRANGEBYSCORE', P .. 'cooling', '-inf', now)
-      redis.call('ZADD', P .. 'cooling', now + cool_off_ms, f[2] .. ' ' .. kp)
+      redis.call('ZADD', P .. 'cooling', now + cool_off_ms, proxy .. ' ' .. kp)
     else
       redis.call('DEL', pk)
     end
-    bump_in_use(f[2], -1)
+    bump_in_use(proxy, -1)
   end
 end

@@ -2,7 +2,7 @@
 -- Prepended after core/lua/_lib.lua and pool/lua/_pool.lua to every session script.
 -- INTERACTION_FIELDS and RELAY_SETTING_FIELDS are defined by the loader from Python's
 -- sessions/models.py, so Lua and Python read and write one field list, by name.
--- Keys (core/keys.py): `sess:{KC}` hash, `part:{KP}` hash, `expiry` zset, `sessions` zset,
+-- Keys (core/keys.py): `sess:{KC}` hash (with its participants), `part:{KP}` hash (a removed one), `expiry` zset, `sessions` zset,
 -- `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix` zset, `wa:{whatsapp:+E164}:{proxy}`.
 
 -- A session's participants, as its `parts` field holds them: their sids without the 'KP', end to
@@ -83,48 +83,126 @@ local function hset_present(key, ...)
   if #args > 0 then redis.call('HSET', key, unpack(args)) end
 end
 
--- A participant's hash (`part:{KP}`); its sid is the key's, not stored. `pn`: its proxy number's
--- PN sid; `pin`: PIN mode's PIN or ''.
-local function store_participant(kp, sid, ident, proxy, pn, name, pin, created_ms, updated_ms)
-  hset_present(P .. 'part:' .. kp, 'session_sid', sid, 'identifier', ident, 'proxy_identifier', proxy,
-    'proxy_identifier_sid', pn, 'friendly_name', name, 'pin', pin, 'created_ms', created_ms,
-    'updated_ms', updated_ms)
+-- A session's live participants are fields of its hash: `{n}{code}`, n the participant's place in
+-- `parts` (1-based), code PARTICIPANT_SLOT[name] (sessions/models.py): one key per session rather
+-- than one more per participant. Left out besides the empty fields: created_ms when it is the
+-- session's, updated_ms when it is the participant's created_ms. A participant removed from its
+-- session gets a `part:{KP}` hash of its own (remove_participant.lua), with deleted_ms.
+
+-- The field/value pairs of participant `p` at place n (for HSET; empty when nothing is stored).
+local function slot_fields(n, p, session_created_ms)
+  local flat = {}
+  for name, code in pairs(PARTICIPANT_SLOT) do
+    local v = p[name]
+    if v ~= nil and v ~= false then v = tostring(v) else v = '' end
+    if (name == 'created_ms' and v == tostring(session_created_ms)) or
+       (name == 'updated_ms' and v == tostring(p.created_ms)) then
+      v = ''
+    end
+    if v ~= '' then
+      flat[#flat + 1] = n .. code
+      flat[#flat + 1] = v
+    end
+  end
+  return flat
 end
 
-local function participant_view(kp)
+-- Participants `members` (views: sid, identifier, ...) as the session's participants, in that
+-- order, in place of its `old_count` earlier ones (their fields go; `parts` is rewritten).
+local function set_members(sid, session_created_ms, members, old_count)
+  local sk = P .. 'sess:' .. sid
+  local gone = {}
+  for n = 1, old_count do
+    for _, code in pairs(PARTICIPANT_SLOT) do gone[#gone + 1] = n .. code end
+  end
+  if #gone > 0 then redis.call('HDEL', sk, unpack(gone)) end
+  local flat, sids = {}, {}
+  for n, p in ipairs(members) do
+    sids[n] = p.sid
+    for _, x in ipairs(slot_fields(n, p, session_created_ms)) do flat[#flat + 1] = x end
+  end
+  if #sids == 0 then
+    redis.call('HDEL', sk, 'parts')
+  else
+    redis.call('HSET', sk, 'parts', parts_field(sids), unpack(flat))
+  end
+end
+
+-- A session written before its participants moved into its hash (each in a `part:{KP}` hash):
+-- they move in when a script first reads it. Returns the hash as it is then.
+local function move_in_participants(sid, raw)
+  local members = {}
+  for _, kp in ipairs(part_sids(raw.parts)) do
+    local p = hgetall(P .. 'part:' .. kp)
+    if p then
+      p.sid = kp
+      members[#members + 1] = p
+      redis.call('DEL', P .. 'part:' .. kp)
+    end
+  end
+  set_members(sid, raw.created_ms, members, 0)
+  return hgetall(P .. 'sess:' .. sid)
+end
+
+local SLOT_FIELD = '^%d+%l$'
+
+-- A session's hash with its sid (the key's, not stored) and its empty fields as '' (SESSION_OPTIONAL
+-- and SESSION_DEFAULTS: sessions/models.py), without its participants' fields; and its live
+-- participants as views (sid, session_sid, identifier, proxy_identifier, proxy_identifier_sid,
+-- friendly_name, pin, created_ms, updated_ms), in order. nil when there is no such session.
+local function session_record(sid)
+  local raw = sid and sid ~= '' and hgetall(P .. 'sess:' .. sid)
+  if not raw then return nil, nil end
+  if (raw.parts or '') ~= '' and not raw['1' .. PARTICIPANT_SLOT.identifier] then
+    raw = move_in_participants(sid, raw)
+  end
+  local s = { sid = sid }
+  for f, v in pairs(raw) do
+    if not string.match(f, SLOT_FIELD) then s[f] = v end
+  end
+  for _, f in ipairs(SESSION_OPTIONAL) do s[f] = s[f] or '' end
+  for f, default in pairs(SESSION_DEFAULTS) do s[f] = s[f] or default end
+  local members = {}
+  for n, kp in ipairs(part_sids(s.parts)) do
+    local p = { sid = kp, session_sid = sid }
+    for name, code in pairs(PARTICIPANT_SLOT) do p[name] = raw[n .. code] end
+    p.created_ms = p.created_ms or raw.created_ms
+    p.updated_ms = p.updated_ms or p.created_ms
+    p.friendly_name = p.friendly_name or ''
+    members[n] = p
+  end
+  return s, members
+end
+
+-- Participant `kp` of session `sid`: one of `members` (session_record's), or one removed from it
+-- (its own hash, with deleted_ms). nil when neither.
+local function member(sid, members, kp)
+  for _, p in ipairs(members or {}) do
+    if p.sid == kp then return p end
+  end
   local p = hgetall(P .. 'part:' .. kp)
-  if p then
+  if p and p.session_sid == sid then
     p.sid = kp
     p.friendly_name = p.friendly_name or ''
+    return p
   end
-  return p
+  return nil
 end
 
--- A session's hash with its sid (the key's, not stored) and its empty fields as ''.
--- (SESSION_OPTIONAL and SESSION_DEFAULTS: sessions/models.py)
-local function session_record(sid)
-  local s = hgetall(P .. 'sess:' .. sid)
-  if s then
-    s.sid = sid
-    for _, f in ipairs(SESSION_OPTIONAL) do s[f] = s[f] or '' end
-    for f, default in pairs(SESSION_DEFAULTS) do s[f] = s[f] or default end
-  end
-  return s
+local function participant_view(sid, kp)
+  local _, members = session_record(sid)
+  return member(sid, members, kp)
 end
 
 local function session_view(sid)
-  local s = session_record(sid)
+  local s, members = session_record(sid)
   if not s then return nil end
-  local parts, numbers = {}, {}
-  for _, kp in ipairs(part_sids(s.parts)) do
-    local p = participant_view(kp)
-    if p then
-      parts[#parts + 1] = p
-      numbers[#numbers + 1] = p.identifier
-      numbers[#numbers + 1] = p.proxy_identifier
-    end
+  local numbers = {}
+  for _, p in ipairs(members) do
+    numbers[#numbers + 1] = p.identifier
+    numbers[#numbers + 1] = p.proxy_identifier
   end
-  s.participants = parts
+  s.participants = members
   s.numbers = numbers
   return s
 end
@@ -152,7 +230,7 @@ local function settle_scheduled(km, status, reason, now, ...)
   local key = P .. 'sm:' .. km
   redis.call('HSET', key, 'status', status, 'reason', reason, 'updated_ms', now, ...)
   local view = hgetall(key)
-  local part = hgetall(P .. 'part:' .. view.participant_sid) or {}
+  local part = participant_view(view.session_sid, view.participant_sid) or {}
   view.numbers = { part.identifier, part.proxy_identifier }
   emit('EV' .. string.sub(redis.sha1hex(km .. ':' .. status), 1, 32), 'scheduled_message.' .. status, now, view)
   view.numbers = nil
@@ -164,11 +242,10 @@ end
 -- the participant has not replied STOP to their proxy number. Returns the session and the
 -- participant, or nil and the failure reply (20404, 80607, 21610).
 local function text_target(sid, kp, verb)
-  local sess = session_record(sid)
+  local sess, members = session_record(sid)
   if not sess then return nil, fail(20404, 'Session ' .. sid .. ' was not found') end
-  local part = participant_view(kp)
-  if not part or part.session_sid ~= sid or
-     not has_part(sess.parts, kp) then
+  local part = member(sid, members, kp)
+  if not part or part.deleted_ms then
     return nil, fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid)
   end
   if sess.status == 'closed' then
@@ -198,21 +275,19 @@ end
 -- session is left alone (returns false).
 local function close_session(sid, reason, now, event_id)
   local sk = P .. 'sess:' .. sid
-  local status = redis.call('HGET', sk, 'status')
-  if not status or status == 'closed' then return false end
+  local sess, members = session_record(sid)
+  if not sess or sess.status == 'closed' then return false end
   local cool_off_ms = (tonumber(svc_field('cool_off_s', '0')) or 0) * 1000
   local keep_ms = math.max(cool_off_ms, (tonumber(svc_field('closed_retention_s', '604800')) or 604800) * 1000)
   local keys = { sk }
-  for _, kp in ipairs(part_sids(redis.call('HGET', sk, 'parts'))) do
-    release_pair(sid, kp, cool_off_ms)
-    keys[#keys + 1] = P .. 'part:' .. kp
+  for _, p in ipairs(members) do
+    release_pair(sid, p.sid, p.identifier, p.proxy_identifier, p.pin, cool_off_ms)
   end
   redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now)
   set_session_field(sid, 'expires_at_ms', '0')
   cancel_scheduled(sid, 'session_' .. reason, now)
   redis.call('ZREM', P .. 'expiry', sid)
-  local uname = redis.call('HGET', sk, 'unique_name')
-  if uname and uname ~= '' then keys[#keys + 1] = P .. 'uname:' .. uname end
+  if sess.unique_name ~= '' then keys[#keys + 1] = P .. 'uname:' .. sess.unique_name end
   keys[#keys + 1] = sk .. ':ix'
   for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do keys[#keys + 1] = P .. 'ix:' .. ki end
   keys[#keys + 1] = sk .. ':sm'
@@ -342,15 +417,16 @@ local function apply_interaction_update(ki, out_sid, out_status, in_status, data
   -- The event: the interaction with the real numbers it concerns (design.md, "Events").
   local view, numbers = {}, {}
   for f, v in pairs(row) do view[f] = v end
+  local _, members = session_record(row.session_sid)
   for _, side in ipairs({ 'inbound', 'outbound' }) do
     local kp = row[side .. '_participant_sid']
-    if kp and kp ~= '' then
-      local found = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier')
-      if found[1] then
-        view[side .. '_identifier'] = found[1]
-        numbers[#numbers + 1] = found[1]
+    local p = kp and kp ~= '' and member(row.session_sid, members, kp)
+    if p then
+      if p.identifier then
+        view[side .. '_identifier'] = p.identifier
+        numbers[#numbers + 1] = p.identifier
       end
-      if found[2] then numbers[#numbers + 1] = found[2] end
+      if p.proxy_identifier then numbers[#numbers + 1] = p.proxy_identifier end
     end
   end
   view.numbers = numbers

@@ -10,15 +10,13 @@
 local now = now_ms(ARGV[1])
 local sid = ARGV[3]
 local sk = P .. 'sess:' .. sid
-local sess = session_record(sid)
+local sess, members = session_record(sid)
 if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
 if sess.status == 'closed' then return fail(80607, 'Session ' .. sid .. ' is closed; participants cannot be added') end
 local kp, ident, region, area, explicit, name = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local count = 0
-local parts = part_sids(sess.parts)
-for _, other in ipairs(parts) do
-  count = count + 1
-  if redis.call('HGET', P .. 'part:' .. other, 'identifier') == ident then
+local count = #members
+for _, other in ipairs(members) do
+  if other.identifier == ident then
     return fail(80103, 'participant ' .. ident .. ' is already in Session ' .. sid)
   end
 end
@@ -39,10 +37,12 @@ local proxy, pin, msg = choose_or_pin(ident, region, area, explicit,
   svc_field('geo_match_level', 'country'), svc_field('number_selection_behavior', 'prefer-sticky'), ARGV[10])
 if not proxy then return fail(pin, msg) end
 hold_pair(ident, proxy, sid, kp, pin)
-store_participant(kp, sid, ident, proxy, redis.call('HGET', P .. 'num:' .. proxy, 'sid'), name, pin, now, now)
-parts[#parts + 1] = kp
-redis.call('HSET', sk, 'parts', parts_field(parts), 'updated_ms', now)
-local p = participant_view(kp)
+members[#members + 1] = { sid = kp, identifier = ident, proxy_identifier = proxy,
+  proxy_identifier_sid = redis.call('HGET', P .. 'num:' .. proxy, 'sid'), friendly_name = name, pin = pin,
+  created_ms = now, updated_ms = now }
+set_members(sid, sess.created_ms, members, 0)
+redis.call('HSET', sk, 'updated_ms', now)
+local p = participant_view(sid, kp)
 emit(ARGV[2], 'participant.added', now, { session_sid = sid, participant = p,
   numbers = { ident, proxy } })
 return cjson.encode(p)

@@ -28,7 +28,7 @@ for _, km in ipairs(redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT'
     else
       redis.call('HSET', P .. 'sm:' .. km, 'status', 'sending', 'updated_ms', now)
       redis.call('ZADD', P .. 'sending', now + tonumber(ARGV[3]), km)
-      local part = hgetall(P .. 'part:' .. m.participant_sid) or {}
+      local part = participant_view(m.session_sid, m.participant_sid) or {}
       claimed[#claimed + 1] = {
         sid = km, session_sid = m.session_sid, participant_sid = m.participant_sid,
         identifier = part.identifier, proxy_identifier = part.proxy_identifier, data = m.data,

@@ -55,18 +55,19 @@ end
 
 local ttl = ARGV[7]
 if ttl == '' then ttl = svc_field('default_ttl_s', '0') end
-local parts = {}
+local members = {}
 for _, c in ipairs(chosen) do
   hold_pair(c.ident, c.proxy, sid, c.kp, c.pin)
-  store_participant(c.kp, sid, c.ident, c.proxy, redis.call('HGET', P .. 'num:' .. c.proxy, 'sid'), c.name,
-    c.pin, now, now)
-  parts[#parts + 1] = c.kp
+  members[#members + 1] = { sid = c.kp, identifier = c.ident, proxy_identifier = c.proxy,
+    proxy_identifier_sid = redis.call('HGET', P .. 'num:' .. c.proxy, 'sid'), friendly_name = c.name, pin = c.pin,
+    created_ms = now, updated_ms = now }
 end
 local sk = P .. 'sess:' .. sid
 hset_present(sk, 'unique_name', uname, 'status', ARGV[6], 'mode', unless_default('mode', ARGV[5]),
   'ttl', unless_default('ttl', ttl),
   'date_expiry_ms', ARGV[8], 'created_ms', now, 'updated_ms', now, 'started_ms', now,
-  'last_activity_ms', now, 'parts', parts_field(parts))
+  'last_activity_ms', now)
+set_members(sid, now, members, 0)
 redis.call('ZADD', P .. 'sessions', now, sid)
 if uname ~= '' then redis.call('SET', P .. 'uname:' .. uname, sid) end
 schedule_expiry(sid, hgetall(sk))

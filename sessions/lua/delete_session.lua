@@ -14,7 +14,6 @@ close_session(sid, 'deleted', now, ARGV[2] .. '0001')
 local view = session_view(sid)
 local uname = redis.call('HGET', sk, 'unique_name')
 if uname and uname ~= '' and redis.call('GET', P .. 'uname:' .. uname) == sid then redis.call('DEL', P .. 'uname:' .. uname) end
-for _, kp in ipairs(part_sids(redis.call('HGET', sk, 'parts'))) do redis.call('DEL', P .. 'part:' .. kp) end
 for _, ki in ipairs(redis.call('ZRANGE', sk .. ':ix', 0, -1)) do redis.call('DEL', P .. 'ix:' .. ki) end
 for _, km in ipairs(redis.call('ZRANGE', sk .. ':sm', 0, -1)) do redis.call('DEL', P .. 'sm:' .. km) end
 redis.call('DEL', sk, sk .. ':ix', sk .. ':sm')

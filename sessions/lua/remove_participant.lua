@@ -9,20 +9,28 @@
 local now = now_ms(ARGV[1])
 local sid, kp = ARGV[3], ARGV[4]
 local sk = P .. 'sess:' .. sid
-local parts = redis.call('HGET', sk, 'parts')
-if not parts then return fail(20404, 'Session ' .. sid .. ' was not found') end
-local kept, found = {}, false
-for _, other in ipairs(part_sids(parts)) do
-  if other == kp then found = true else kept[#kept + 1] = other end
+local sess, members = session_record(sid)
+if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
+local kept, gone = {}, nil
+for _, other in ipairs(members) do
+  if other.sid == kp then gone = other else kept[#kept + 1] = other end
 end
-if not found then return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid) end
+if not gone then return fail(20404, 'Participant ' .. kp .. ' was not found in Session ' .. sid) end
 local cool_off_ms = (tonumber(svc_field('cool_off_s', '0')) or 0) * 1000
-if redis.call('HGET', sk, 'status') ~= 'closed' then release_pair(sid, kp, cool_off_ms) end
+if sess.status ~= 'closed' then
+  release_pair(sid, kp, gone.identifier, gone.proxy_identifier, gone.pin, cool_off_ms)
+end
 cancel_scheduled(sid, 'participant_removed', now, kp)
-redis.call('HSET', P .. 'part:' .. kp, 'deleted_ms', now, 'updated_ms', now)
-redis.call('PEXPIRE', P .. 'part:' .. kp, math.max(cool_off_ms, 86400000))
-redis.call('HSET', sk, 'parts', parts_field(kept), 'updated_ms', now)
-local p = participant_view(kp)
+-- Out of the session's hash into one of its own, for as long as its pair may cool off (a day at
+-- least): still readable (with date_deleted), and found by erasure.
+local pk = P .. 'part:' .. kp
+hset_present(pk, 'session_sid', sid, 'identifier', gone.identifier, 'proxy_identifier', gone.proxy_identifier,
+  'proxy_identifier_sid', gone.proxy_identifier_sid, 'friendly_name', gone.friendly_name, 'pin', gone.pin,
+  'created_ms', gone.created_ms, 'updated_ms', now, 'deleted_ms', now)
+redis.call('PEXPIRE', pk, math.max(cool_off_ms, 86400000))
+set_members(sid, sess.created_ms, kept, #members)
+redis.call('HSET', sk, 'updated_ms', now)
+local p = participant_view(sid, kp)
 emit(ARGV[2], 'participant.removed', now, { session_sid = sid, participant = p,
   numbers = { p.identifier, p.proxy_identifier } })
 return cjson.encode(p)

@@ -52,7 +52,7 @@ for _, p in ipairs(s.participants) do
   if redis.call('GET', pk) == sid .. ':' .. p.sid and redis.call('PTTL', pk) >= 0 then return done('closed') end
 end
 
-local parts = {}
+local members = {}
 for _, p in ipairs(s.participants) do
   local kp, ident, proxy, pin = p.sid, p.identifier, p.proxy_identifier, p.pin or ''
   local holder = redis.call('GET', pair_key(ident, proxy, pin))
@@ -64,8 +64,8 @@ for _, p in ipairs(s.participants) do
   else
     -- A pair already ours (PTTL -1, checked above) kept its in_use count with it.
     if not holder then hold_pair(ident, proxy, sid, kp, pin) end
-    store_participant(kp, sid, ident, proxy, pn, p.friendly_name, pin, p.created_ms, p.updated_ms)
-    parts[#parts + 1] = kp
+    members[#members + 1] = { sid = kp, identifier = ident, proxy_identifier = proxy, proxy_identifier_sid = pn,
+      friendly_name = p.friendly_name, pin = pin, created_ms = p.created_ms, updated_ms = p.updated_ms }
     restored[#restored + 1] = kp
   end
 end
@@ -73,7 +73,8 @@ end
 hset_present(sk, 'unique_name', f.unique_name, 'status', f.status, 'mode', unless_default('mode', f.mode),
   'ttl', unless_default('ttl', f.ttl), 'date_expiry_ms', f.date_expiry_ms, 'created_ms', f.created_ms,
   'updated_ms', f.updated_ms, 'started_ms', f.started_ms, 'last_activity_ms', f.last_activity_ms,
-  'last_interaction_ms', f.last_interaction_ms, 'parts', parts_field(parts), 'restored_ms', now)
+  'last_interaction_ms', f.last_interaction_ms, 'restored_ms', now)
+set_members(sid, f.created_ms, members, 0)
 redis.call('ZADD', P .. 'sessions', f.created_ms, sid)
 if f.unique_name ~= '' then
   local other = redis.call('GET', P .. 'uname:' .. f.unique_name)

@@ -63,13 +63,13 @@ local function duplicate(value)
   if ix then
     t.interaction = ix
     if ix.outbound_participant_sid and ix.outbound_participant_sid ~= '' then
-      t.outbound = participant_view(ix.outbound_participant_sid)
+      t.outbound = participant_view(ix.session_sid, ix.outbound_participant_sid)
     end
     local legs, j = {}, 2
     while true do  -- the other legs of a text to several participants
       local leg = interaction_stored(leg_sid(first, j))
       if not leg then break end
-      legs[#legs + 1] = { participant = participant_view(leg.outbound_participant_sid), interaction = leg }
+      legs[#legs + 1] = { participant = participant_view(leg.session_sid, leg.outbound_participant_sid), interaction = leg }
       j = j + 1
     end
     if #legs > 0 then
@@ -77,7 +77,7 @@ local function duplicate(value)
       t.legs = legs
     end
     -- (its name prefixes the text again; its PIN is left out of it again)
-    if (ix.inbound_participant_sid or '') ~= '' then t.inbound = participant_view(ix.inbound_participant_sid) end
+    if (ix.inbound_participant_sid or '') ~= '' then t.inbound = participant_view(ix.session_sid, ix.inbound_participant_sid) end
   end
   return done(t)
 end
@@ -145,7 +145,7 @@ end
 if not holder then return done({ outcome = 'no_session' }) end
 local sid, kp = string.match(holder, '^([^:]+):(.+)$')
 local sk = P .. 'sess:' .. sid
-local sess = session_record(sid)
+local sess, members = session_record(sid)
 local live = sess and sess.status ~= 'closed' and has_part(sess.parts, kp)
 if live then
   local at = tonumber(sess.expires_at_ms or '0') or 0
@@ -161,10 +161,9 @@ if not live then
   return done({ outcome = 'no_session', previous = sess and session_view(sid) or cjson.null })
 end
 
-local inbound = participant_view(kp)
-local others = {}
-for _, other in ipairs(part_sids(sess.parts)) do
-  if other ~= kp then others[#others + 1] = participant_view(other) end
+local inbound, others = nil, {}
+for _, p in ipairs(members) do
+  if p.sid == kp then inbound = p else others[#others + 1] = p end
 end
 if #others == 0 then
   return done({ outcome = 'no_session', previous = session_view(sid) })

@@ -26,7 +26,7 @@ for i, ki in ipairs(due) do
       local view = interaction_stored(ki)
       local numbers = {}
       for _, side in ipairs({ 'inbound', 'outbound' }) do
-        local p = participant_view(ix[side .. '_participant_sid'])
+        local p = participant_view(ix.session_sid, ix[side .. '_participant_sid'])
         if p then
           view[side .. '_identifier'] = p.identifier
           numbers[#numbers + 1] = p.identifier

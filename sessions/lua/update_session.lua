@@ -11,7 +11,7 @@
 local now = now_ms(ARGV[1])
 local sid, ttl, date_expiry, status = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local sk = P .. 'sess:' .. sid
-local sess = session_record(sid)
+local sess, members = session_record(sid)
 if not sess then return fail(20404, 'Session ' .. sid .. ' was not found') end
 
 if sess.status == 'closed' then
@@ -20,23 +20,17 @@ if sess.status == 'closed' then
     return fail(80607, 'Session ' .. sid .. ' is closed and cannot be updated; re-open it with Status=in-progress')
   end
   -- Re-open only if every pair is still ours (cooling off) or free; never steal a pair.
-  local parts = {}
-  for _, kp in ipairs(part_sids(sess.parts)) do
-    local f = redis.call('HMGET', P .. 'part:' .. kp, 'identifier', 'proxy_identifier', 'pin')
-    if not f[1] then return fail(80604, 'participant ' .. kp .. ' of Session ' .. sid .. ' is gone; create a new Session') end
-    local holder = redis.call('GET', pair_key(f[1], f[2], f[3]))
-    if holder and holder ~= sid .. ':' .. kp then
-      return fail(80604, 'proxy number ' .. f[2] .. ' is now paired with ' .. f[1] .. ' in another Session; create a new Session')
+  for _, m in ipairs(members) do
+    local holder = redis.call('GET', pair_key(m.identifier, m.proxy_identifier, m.pin))
+    if holder and holder ~= sid .. ':' .. m.sid then
+      return fail(80604, 'proxy number ' .. m.proxy_identifier .. ' is now paired with ' .. m.identifier ..
+        ' in another Session; create a new Session')
     end
-    if redis.call('EXISTS', P .. 'num:' .. f[2]) == 0 then
-      return fail(80604, 'proxy number ' .. f[2] .. ' left the pool; create a new Session')
+    if redis.call('EXISTS', P .. 'num:' .. m.proxy_identifier) == 0 then
+      return fail(80604, 'proxy number ' .. m.proxy_identifier .. ' left the pool; create a new Session')
     end
-    parts[#parts + 1] = { kp = kp, ident = f[1], proxy = f[2], pin = f[3] }
   end
-  for _, p in ipairs(parts) do
-    redis.call('PERSIST', P .. 'part:' .. p.kp)
-    hold_pair(p.ident, p.proxy, sid, p.kp, p.pin)
-  end
+  for _, m in ipairs(members) do hold_pair(m.identifier, m.proxy_identifier, sid, m.sid, m.pin) end
   -- (its interactions keep their own hot window: _session.lua, record_interaction)
   for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or '') }) do redis.call('PERSIST', k) end
   redis.call('HDEL', sk, 'closed_reason', 'ended_ms')
