@@ -33,6 +33,7 @@ __all__ = [
     "RELAY_SETTING_FIELDS",
     "SESSION_OPTIONAL",
     "SESSION_DEFAULTS",
+    "SESSION_AS_CREATED",
     "PARTICIPANT_SLOT",
     "is_slot_field",
     "RelayOptions",
@@ -222,6 +223,8 @@ SESSION_OPTIONAL: Final = (
     "closed_reason",
 )
 SESSION_DEFAULTS: Final = {"mode": Mode.VOICE_AND_MESSAGE.value, "ttl": "0", "expires_at_ms": "0"}
+# ...and the times that hold its created_ms until something happens to it.
+SESSION_AS_CREATED: Final = ("updated_ms", "started_ms", "last_activity_ms")
 
 # A session's live participants are fields of the session's hash (one key per session, not one
 # more per participant): field `{n}{code}` holds participant n's value of the field `code` stands

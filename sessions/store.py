@@ -20,6 +20,7 @@ from sessions.models import (
     MAX_PARTICIPANTS,
     PARTICIPANT_SLOT,
     PIN_DIGITS,
+    SESSION_AS_CREATED,
     SESSION_DEFAULTS,
     SESSION_OPTIONAL,
     Mode,
@@ -281,6 +282,15 @@ async def read_members(
         part.setdefault("created_ms", row.get("created_ms", ""))
         part.setdefault("updated_ms", part["created_ms"])
         members.append(participant_record(sid, part))
+    # A live session's PN sids are the pool's (_session.lua, with_pn).
+    unknown = [p for p in members if "proxy_identifier_sid" not in p and p.get("proxy_identifier")]
+    if unknown:
+        async with redis.pipeline(transaction=False) as pipe:
+            for p in unknown:
+                pipe.hget(keys.number(service_sid, p["proxy_identifier"]), "sid")
+            for p, pn in zip(unknown, await pipe.execute(), strict=True):
+                if pn:
+                    p["proxy_identifier_sid"] = pn
     return members
 
 
@@ -310,6 +320,8 @@ def session_record(sid: str, row: dict[str, Any]) -> dict[str, Any]:
         row.setdefault(name, "")
     for name, default in SESSION_DEFAULTS.items():
         row.setdefault(name, default)
+    for name in SESSION_AS_CREATED:
+        row.setdefault(name, row.get("created_ms", ""))
     return row
 
 

@@ -220,3 +220,25 @@ async def test_sweeper_prunes_sessions_redis_has_forgotten_from_the_listing(worl
     await world.redis.delete(keys.session(ks, gone["sid"]))  # as when its retention ends
     await sweep_once(world.sessions)
     assert await world.redis.zrange(keys.sessions_by_created(ks), 0, -1) == [kept["sid"]]
+
+
+async def test_a_closed_session_keeps_its_participants_pn_sids_when_their_numbers_leave_the_pool(
+    world: World,
+) -> None:
+    """A live session reads its participants' PN sids from the pool (a number in use cannot leave
+    it); closing writes them into the session, so they stay right once the numbers are gone."""
+    ks = await world.service()
+    await world.pool(ks, *POOL)
+    view = await world.session(ks, CUSTOMER, COURIER)
+    before = await world.sessions.list_participants(ks, view["sid"])
+    assert [p["proxy_identifier_sid"] for p in before] == [
+        p["proxy_identifier_sid"] for p in view["participants"]
+    ]
+    await world.sessions.close_session(ks, view["sid"])
+    for pn in {p["proxy_identifier_sid"] for p in before}:
+        await world.numbers.remove(ks, pn)
+    after = await world.sessions.list_participants(ks, view["sid"])
+    assert [p["proxy_identifier_sid"] for p in after] == [p["proxy_identifier_sid"] for p in before]
+    kp = before[0]["sid"]
+    got = await world.sessions.get_participant(ks, view["sid"], kp)
+    assert got["proxy_identifier_sid"] == before[0]["proxy_identifier_sid"]

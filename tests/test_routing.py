@@ -153,10 +153,14 @@ async def test_a_session_stores_no_sid_and_no_empty_field_yet_reads_as_before(wo
     assert "sid" not in stored and all(value != "" for value in stored.values()), stored
     assert not {"mode", "ttl", "expires_at_ms"} & set(stored), stored
     assert (view["mode"], view["ttl"], view["expires_at_ms"]) == ("voice-and-message", "0", "0")
-    # Its participants are fields of it (PARTICIPANT_SLOT), their empty ones and their times
-    # (the session's) left out too.
+    # Its times are its created_ms until something happens to it. Its participants are fields of
+    # it (PARTICIPANT_SLOT), their empty ones, their times (the session's) and, while it is live,
+    # their PN sids (the pool's) left out too.
+    assert not {"updated_ms", "started_ms", "last_activity_ms"} & set(stored), stored
+    assert view["updated_ms"] == view["started_ms"] == view["last_activity_ms"] == stored["created_ms"]
     assert not await world.redis.exists(keys.participant(ks, kp))
-    assert {f for f in stored if is_slot_field(f)} == {"1i", "1x", "1s", "2i", "2x", "2s"}, stored
+    assert {f for f in stored if is_slot_field(f)} == {"1i", "1x", "2i", "2x"}, stored
+    assert all(p["proxy_identifier_sid"].startswith("PN") for p in view["participants"])
 
     fetched = await world.sessions.get_session(ks, kc)
     assert fetched["sid"] == kc and fetched["unique_name"] == "" and fetched["closed_reason"] == ""

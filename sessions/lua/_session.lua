@@ -53,6 +53,11 @@ local function unless_default(field, value)
   if tostring(value) == SESSION_DEFAULTS[field] then return '' end
   return value
 end
+-- `fields[name]`, or '' (not stored) when it is the session's created_ms (SESSION_AS_CREATED).
+local function unless_as_created(fields, name)
+  if tostring(fields[name]) == tostring(fields.created_ms) then return '' end
+  return fields[name]
+end
 local function set_session_field(sid, field, value)
   if tostring(value) == SESSION_DEFAULTS[field] then
     redis.call('HDEL', P .. 'sess:' .. sid, field)
@@ -86,17 +91,20 @@ end
 -- A session's live participants are fields of its hash: `{n}{code}`, n the participant's place in
 -- `parts` (1-based), code PARTICIPANT_SLOT[name] (sessions/models.py): one key per session rather
 -- than one more per participant. Left out besides the empty fields: created_ms when it is the
--- session's, updated_ms when it is the participant's created_ms. A participant removed from its
--- session gets a `part:{KP}` hash of its own (remove_participant.lua), with deleted_ms.
+-- session's, updated_ms when it is the participant's created_ms, and while the session is live
+-- the proxy number's PN sid (the pool's `num:` hash has it, and a number in use cannot leave the
+-- pool; close_session writes it in). A participant removed from its session gets a `part:{KP}`
+-- hash of its own (remove_participant.lua), with deleted_ms.
 
 -- The field/value pairs of participant `p` at place n (for HSET; empty when nothing is stored).
-local function slot_fields(n, p, session_created_ms)
+local function slot_fields(n, p, session_created_ms, with_pn)
   local flat = {}
   for name, code in pairs(PARTICIPANT_SLOT) do
     local v = p[name]
     if v ~= nil and v ~= false then v = tostring(v) else v = '' end
     if (name == 'created_ms' and v == tostring(session_created_ms)) or
-       (name == 'updated_ms' and v == tostring(p.created_ms)) then
+       (name == 'updated_ms' and v == tostring(p.created_ms)) or
+       (name == 'proxy_identifier_sid' and not with_pn) then
       v = ''
     end
     if v ~= '' then
@@ -109,7 +117,8 @@ end
 
 -- Participants `members` (views: sid, identifier, ...) as the session's participants, in that
 -- order, in place of its `old_count` earlier ones (their fields go; `parts` is rewritten).
-local function set_members(sid, session_created_ms, members, old_count)
+-- `with_pn`: their PN sids too (a closed session's).
+local function set_members(sid, session_created_ms, members, old_count, with_pn)
   local sk = P .. 'sess:' .. sid
   local gone = {}
   for n = 1, old_count do
@@ -119,7 +128,7 @@ local function set_members(sid, session_created_ms, members, old_count)
   local flat, sids = {}, {}
   for n, p in ipairs(members) do
     sids[n] = p.sid
-    for _, x in ipairs(slot_fields(n, p, session_created_ms)) do flat[#flat + 1] = x end
+    for _, x in ipairs(slot_fields(n, p, session_created_ms, with_pn)) do flat[#flat + 1] = x end
   end
   if #sids == 0 then
     redis.call('HDEL', sk, 'parts')
@@ -140,7 +149,7 @@ local function move_in_participants(sid, raw)
       redis.call('DEL', P .. 'part:' .. kp)
     end
   end
-  set_members(sid, raw.created_ms, members, 0)
+  set_members(sid, raw.created_ms, members, 0, raw.status == 'closed')
   return hgetall(P .. 'sess:' .. sid)
 end
 
@@ -162,6 +171,7 @@ local function session_record(sid)
   end
   for _, f in ipairs(SESSION_OPTIONAL) do s[f] = s[f] or '' end
   for f, default in pairs(SESSION_DEFAULTS) do s[f] = s[f] or default end
+  for _, f in ipairs(SESSION_AS_CREATED) do s[f] = s[f] or s.created_ms end
   local members = {}
   for n, kp in ipairs(part_sids(s.parts)) do
     local p = { sid = kp, session_sid = sid }
@@ -189,9 +199,17 @@ local function member(sid, members, kp)
   return nil
 end
 
+-- A participant as the API shows it: its PN sid from the pool while its session is live.
+local function with_pn(p)
+  if p and not p.proxy_identifier_sid and p.proxy_identifier then
+    p.proxy_identifier_sid = redis.call('HGET', P .. 'num:' .. p.proxy_identifier, 'sid') or nil
+  end
+  return p
+end
+
 local function participant_view(sid, kp)
   local _, members = session_record(sid)
-  return member(sid, members, kp)
+  return with_pn(member(sid, members, kp))
 end
 
 local function session_view(sid)
@@ -199,6 +217,7 @@ local function session_view(sid)
   if not s then return nil end
   local numbers = {}
   for _, p in ipairs(members) do
+    with_pn(p)
     numbers[#numbers + 1] = p.identifier
     numbers[#numbers + 1] = p.proxy_identifier
   end
@@ -280,10 +299,15 @@ local function close_session(sid, reason, now, event_id)
   local cool_off_ms = (tonumber(svc_field('cool_off_s', '0')) or 0) * 1000
   local keep_ms = math.max(cool_off_ms, (tonumber(svc_field('closed_retention_s', '604800')) or 604800) * 1000)
   local keys = { sk }
-  for _, p in ipairs(members) do
+  local pns = {}  -- (its numbers may leave the pool now: their PN sids are kept with it)
+  for n, p in ipairs(members) do
     release_pair(sid, p.sid, p.identifier, p.proxy_identifier, p.pin, cool_off_ms)
+    if with_pn(p).proxy_identifier_sid then
+      pns[#pns + 1] = n .. PARTICIPANT_SLOT.proxy_identifier_sid
+      pns[#pns + 1] = p.proxy_identifier_sid
+    end
   end
-  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now)
+  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now, unpack(pns))
   set_session_field(sid, 'expires_at_ms', '0')
   cancel_scheduled(sid, 'session_' .. reason, now)
   redis.call('ZREM', P .. 'expiry', sid)

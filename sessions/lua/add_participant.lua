@@ -40,7 +40,7 @@ hold_pair(ident, proxy, sid, kp, pin)
 members[#members + 1] = { sid = kp, identifier = ident, proxy_identifier = proxy,
   proxy_identifier_sid = redis.call('HGET', P .. 'num:' .. proxy, 'sid'), friendly_name = name, pin = pin,
   created_ms = now, updated_ms = now }
-set_members(sid, sess.created_ms, members, 0)
+set_members(sid, sess.created_ms, members, 0, false)
 redis.call('HSET', sk, 'updated_ms', now)
 local p = participant_view(sid, kp)
 emit(ARGV[2], 'participant.added', now, { session_sid = sid, participant = p,

@@ -65,12 +65,11 @@ end
 local sk = P .. 'sess:' .. sid
 hset_present(sk, 'unique_name', uname, 'status', ARGV[6], 'mode', unless_default('mode', ARGV[5]),
   'ttl', unless_default('ttl', ttl),
-  'date_expiry_ms', ARGV[8], 'created_ms', now, 'updated_ms', now, 'started_ms', now,
-  'last_activity_ms', now)
-set_members(sid, now, members, 0)
+  'date_expiry_ms', ARGV[8], 'created_ms', now)  -- (updated, started, last activity: SESSION_AS_CREATED)
+set_members(sid, now, members, 0, false)
 redis.call('ZADD', P .. 'sessions', now, sid)
 if uname ~= '' then redis.call('SET', P .. 'uname:' .. uname, sid) end
-schedule_expiry(sid, hgetall(sk))
+schedule_expiry(sid, session_record(sid))
 local view = session_view(sid)
 emit(ARGV[2], 'session.created', now, view)
 return cjson.encode(view)

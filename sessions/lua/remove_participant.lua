@@ -28,7 +28,7 @@ hset_present(pk, 'session_sid', sid, 'identifier', gone.identifier, 'proxy_ident
   'proxy_identifier_sid', gone.proxy_identifier_sid, 'friendly_name', gone.friendly_name, 'pin', gone.pin,
   'created_ms', gone.created_ms, 'updated_ms', now, 'deleted_ms', now)
 redis.call('PEXPIRE', pk, math.max(cool_off_ms, 86400000))
-set_members(sid, sess.created_ms, kept, #members)
+set_members(sid, sess.created_ms, kept, #members, sess.status == 'closed')
 redis.call('HSET', sk, 'updated_ms', now)
 local p = participant_view(sid, kp)
 emit(ARGV[2], 'participant.removed', now, { session_sid = sid, participant = p,

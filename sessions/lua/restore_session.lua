@@ -72,9 +72,10 @@ end
 
 hset_present(sk, 'unique_name', f.unique_name, 'status', f.status, 'mode', unless_default('mode', f.mode),
   'ttl', unless_default('ttl', f.ttl), 'date_expiry_ms', f.date_expiry_ms, 'created_ms', f.created_ms,
-  'updated_ms', f.updated_ms, 'started_ms', f.started_ms, 'last_activity_ms', f.last_activity_ms,
+  'updated_ms', unless_as_created(f, 'updated_ms'), 'started_ms', unless_as_created(f, 'started_ms'),
+  'last_activity_ms', unless_as_created(f, 'last_activity_ms'),
   'last_interaction_ms', f.last_interaction_ms, 'restored_ms', now)
-set_members(sid, f.created_ms, members, 0)
+set_members(sid, f.created_ms, members, 0, f.status == 'closed')
 redis.call('ZADD', P .. 'sessions', f.created_ms, sid)
 if f.unique_name ~= '' then
   local other = redis.call('GET', P .. 'uname:' .. f.unique_name)
@@ -82,5 +83,5 @@ if f.unique_name ~= '' then
     redis.call('SET', P .. 'uname:' .. f.unique_name, sid)
   end
 end
-schedule_expiry(sid, hgetall(sk))
+schedule_expiry(sid, session_record(sid))
 return done('restored')

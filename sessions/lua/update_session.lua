@@ -31,13 +31,14 @@ if sess.status == 'closed' then
     end
   end
   for _, m in ipairs(members) do hold_pair(m.identifier, m.proxy_identifier, sid, m.sid, m.pin) end
+  set_members(sid, sess.created_ms, members, #members, false)  -- (live again: PN sids from the pool)
   -- (its interactions keep their own hot window: _session.lua, record_interaction)
   for _, k in ipairs({ sk, P .. 'uname:' .. (sess.unique_name or '') }) do redis.call('PERSIST', k) end
   redis.call('HDEL', sk, 'closed_reason', 'ended_ms')
   redis.call('HSET', sk, 'status', 'in-progress', 'updated_ms', now, 'last_activity_ms', now)
   if ttl ~= '' then set_session_field(sid, 'ttl', ttl) end
   if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
-  schedule_expiry(sid, hgetall(sk))
+  schedule_expiry(sid, session_record(sid))
   local view = session_view(sid)
   emit(ARGV[2], 'session.updated', now, view)
   return cjson.encode(view)
@@ -54,7 +55,7 @@ end
 if ttl ~= '' then set_session_field(sid, 'ttl', ttl) end
 if date_expiry ~= '' then redis.call('HSET', sk, 'date_expiry_ms', date_expiry) end
 redis.call('HSET', sk, 'updated_ms', now)
-schedule_expiry(sid, hgetall(sk))
+schedule_expiry(sid, session_record(sid))
 local view = session_view(sid)
 emit(ARGV[2], 'session.updated', now, view)
 return cjson.encode(view)
