@@ -83,7 +83,8 @@ def participant(service_sid: str, participant_sid: str) -> str:
 
 
 def pair(service_sid: str, identifier: str, proxy: str) -> str:
-    """The routing key: (participant's real number, proxy number) -> "KC:KP"."""
+    """The routing key: (participant's real number, proxy number) -> "KC..." while its session
+    holds it, "KC...:KP..." while it cools off (_pool.lua, holds)."""
     return f"ml:{{{service_sid}}}:pair:{identifier}:{proxy}"
 
 

@@ -197,10 +197,7 @@ async def test_rebuild_never_steals_a_pair_and_is_idempotent(world: World) -> No
     report = await recovery.rebuild()
     assert report is not None and report.sessions["restored"] == 1 and report.skipped == 1
     assert await world.redis.get(keys.PUBLISHED) == report.epoch
-    assert (
-        await world.redis.get(keys.pair(ks, CUSTOMER, PROXY_A))
-        == f"{thief['sid']}:{thief['participants'][0]['sid']}"
-    )
+    assert await world.redis.get(keys.pair(ks, CUSTOMER, PROXY_A)) == thief["sid"]
     restored = await world.sessions.list_participants(ks, old["sid"])
     assert [(p["identifier"], p["proxy_identifier"], p["friendly_name"]) for p in restored] == [
         (COURIER, PROXY_B, "")

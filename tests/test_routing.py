@@ -224,6 +224,11 @@ async def test_a_session_whose_participants_have_hashes_of_their_own_reads_alike
         f for f in stored if is_slot_field(f)
     }
     assert await world.sessions.list_participants(ks, kc) == before
+    # Its pairs of the earlier form are released as theirs when it closes: they cool off.
+    await world.sessions.close_session(ks, kc)
+    for part in before:
+        pair = keys.pair(ks, part["identifier"], part["proxy_identifier"])
+        assert await world.redis.get(pair) == f"{kc}:{part['sid']}" and await world.redis.pttl(pair) > 0
 
 
 async def test_records_written_before_the_hot_window_get_one_even_once_they_are_past_it(

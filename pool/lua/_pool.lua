@@ -181,8 +181,16 @@ local function choose_or_pin(identifier, region, area, explicit, geo, selection,
   return nil, code, msg .. ', and no PIN on the FallbackNumber is free for it'
 end
 
+-- A pair's value: the session's sid while the session holds it (34 bytes: Redis stores it with
+-- its key's object, 32 bytes less than `KC...:KP...`; the participant is the one with that
+-- identifier, which a session has once), `KC...:KP...` while it cools off (release_pair), as every
+-- pair did before 2026-12.
+local function holds(value, sid, kp)
+  return value == sid or value == sid .. ':' .. kp
+end
+
 local function hold_pair(identifier, proxy, sid, kp, pin)
-  redis.call('SET', pair_key(identifier, proxy, pin), sid .. ':' .. kp)
+  redis.call('SET', pair_key(identifier, proxy, pin), sid)
   if pin and pin ~= '' then
     redis.call('SADD', pins_key(identifier, proxy), pin)
   else
@@ -197,10 +205,10 @@ end
 local function release_pair(sid, kp, identifier, proxy, pin, cool_off_ms)
   if not identifier or not proxy then return end
   local pk = pair_key(identifier, proxy, pin)
-  if redis.call('GET', pk) == sid .. ':' .. kp and redis.call('PTTL', pk) == -1 then
+  if holds(redis.call('GET', pk), sid, kp) and redis.call('PTTL', pk) == -1 then
     if pin and pin ~= '' then redis.call('SREM', pins_key(identifier, proxy), pin) end
     if cool_off_ms > 0 then
-      redis.call('PEXPIRE', pk, cool_off_ms)
+      redis.call('SET', pk, sid .. ':' .. kp, 'PX', cool_off_ms)
       -- The console's count of cooling pairs per number: "proxy KP" until the cool-off ends (no
       -- participant number here: erasure need not look for it).
       local t = redis.call('TIME')

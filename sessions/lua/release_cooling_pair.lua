@@ -9,7 +9,7 @@
 local pk = pair_key(ARGV[1], ARGV[2])
 local holder = redis.call('GET', pk)
 if not holder then return 0 end
-local sid = string.match(holder, '^([^:]+):')
+local sid = string.match(holder, '^([^:]+)')
 local status = redis.call('HGET', P .. 'sess:' .. sid, 'status')
 if status and status ~= 'closed' then return 0 end
 redis.call('DEL', pk)

@@ -59,7 +59,7 @@ for _, p in ipairs(s.participants) do
   local pn = redis.call('HGET', P .. 'num:' .. proxy, 'sid')
   if not pn then
     skipped[#skipped + 1] = { sid = kp, proxy = proxy, why = 'not_in_pool' }
-  elseif holder and holder ~= sid .. ':' .. kp then
+  elseif holder and not holds(holder, sid, kp) then
     skipped[#skipped + 1] = { sid = kp, proxy = proxy, why = 'held' }
   else
     -- A pair already ours (PTTL -1, checked above) kept its in_use count with it.

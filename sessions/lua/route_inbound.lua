@@ -143,10 +143,15 @@ if not holder and to == redis.call('HGET', P .. 'svc', 'fallback_number') then
   end
 end
 if not holder then return done({ outcome = 'no_session' }) end
-local sid, kp = string.match(holder, '^([^:]+):(.+)$')
+-- (the session's sid; `sid:KP` while the pair cools off: _pool.lua, holds)
+local sid, kp = string.match(holder, '^([^:]+):?(.*)$')
 local sk = P .. 'sess:' .. sid
 local sess, members = session_record(sid)
-local live = sess and sess.status ~= 'closed' and has_part(sess.parts, kp)
+local inbound, others = nil, {}
+for _, p in ipairs(members or {}) do
+  if p.identifier == from then inbound = p else others[#others + 1] = p end
+end
+local live = sess and sess.status ~= 'closed' and inbound and (kp == '' or inbound.sid == kp)
 if live then
   local at = tonumber(sess.expires_at_ms or '0') or 0
   if at > 0 and at <= now then
@@ -160,11 +165,8 @@ end
 if not live then
   return done({ outcome = 'no_session', previous = sess and session_view(sid) or cjson.null })
 end
+kp = inbound.sid
 
-local inbound, others = nil, {}
-for _, p in ipairs(members) do
-  if p.sid == kp then inbound = p else others[#others + 1] = p end
-end
 if #others == 0 then
   return done({ outcome = 'no_session', previous = session_view(sid) })
 end

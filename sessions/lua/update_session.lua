@@ -22,7 +22,7 @@ if sess.status == 'closed' then
   -- Re-open only if every pair is still ours (cooling off) or free; never steal a pair.
   for _, m in ipairs(members) do
     local holder = redis.call('GET', pair_key(m.identifier, m.proxy_identifier, m.pin))
-    if holder and holder ~= sid .. ':' .. m.sid then
+    if holder and not holds(holder, sid, m.sid) then
       return fail(80604, 'proxy number ' .. m.proxy_identifier .. ' is now paired with ' .. m.identifier ..
         ' in another Session; create a new Session')
     end
