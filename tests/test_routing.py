@@ -302,3 +302,24 @@ async def test_deleting_an_interaction_counts_and_logs_it_once(world: World, pai
     ]
     assert deleted == [{"sid": ki, "session_sid": kc}]
     assert await store.delete(ks, "KC" + "0" * 32, str(kept.interaction_sid)) is False  # not its session
+
+
+async def test_a_session_of_twelve_keeps_each_participant_in_its_place(world: World) -> None:
+    """Participants 10 and up have two-digit places in the session's hash ({n}{code}): each reads
+    back as itself, before and after one of the first nine leaves, and routes to the others."""
+    ks = await world.service(options={"max_participants": 12})
+    await world.pool(ks, "+14155550201", "+14155550202")
+    people = [f"+1415555{300 + i:04d}" for i in range(12)]
+    view = await world.session(ks, *people)
+    listed = await world.sessions.list_participants(ks, view["sid"])
+    assert [p["identifier"] for p in listed] == people and listed == view["participants"]
+    await world.sessions.remove_participant(ks, view["sid"], listed[2]["sid"])
+    kept = await world.sessions.list_participants(ks, view["sid"])
+    assert kept == [p for p in listed if p["sid"] != listed[2]["sid"]]
+    router = Router(world.redis, clock=world.clock)
+    last = kept[-1]
+    route = await router.route_text(
+        from_=last["identifier"], to=last["proxy_identifier"], message_sid="SM12", body="hi"
+    )
+    assert route.outcome == "relay" and route.inbound["sid"] == last["sid"]
+    assert sorted(part["identifier"] for part, _ in route.legs) == sorted(people[:2] + people[3:11])

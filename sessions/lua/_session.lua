@@ -153,7 +153,9 @@ local function move_in_participants(sid, raw)
   return hgetall(P .. 'sess:' .. sid)
 end
 
-local SLOT_FIELD = '^%d+%l$'
+-- A participant's field name in its session's hash by its code's byte (session_record).
+local SLOT_NAME = {}
+for name, code in pairs(PARTICIPANT_SLOT) do SLOT_NAME[string.byte(code)] = name end
 
 -- A session's hash with its sid (the key's, not stored) and its empty fields as '' (SESSION_OPTIONAL
 -- and SESSION_DEFAULTS: sessions/models.py), without its participants' fields; and its live
@@ -165,17 +167,28 @@ local function session_record(sid)
   if (raw.parts or '') ~= '' and not raw['1' .. PARTICIPANT_SLOT.identifier] then
     raw = move_in_participants(sid, raw)
   end
-  local s = { sid = sid }
+  local s, slots = { sid = sid }, {}
   for f, v in pairs(raw) do
-    if not string.match(f, SLOT_FIELD) then s[f] = v end
+    local first = string.byte(f)
+    if first > 57 then
+      s[f] = v
+    else  -- a participant's field `{n}{code}` (n: 1-9, or more digits)
+      local n = #f == 2 and first - 48 or tonumber(string.sub(f, 1, -2))
+      local p = slots[n]
+      if not p then
+        p = {}
+        slots[n] = p
+      end
+      p[SLOT_NAME[string.byte(f, -1)]] = v
+    end
   end
   for _, f in ipairs(SESSION_OPTIONAL) do s[f] = s[f] or '' end
   for f, default in pairs(SESSION_DEFAULTS) do s[f] = s[f] or default end
   for _, f in ipairs(SESSION_AS_CREATED) do s[f] = s[f] or s.created_ms end
   local members = {}
   for n, kp in ipairs(part_sids(s.parts)) do
-    local p = { sid = kp, session_sid = sid }
-    for name, code in pairs(PARTICIPANT_SLOT) do p[name] = raw[n .. code] end
+    local p = slots[n] or {}
+    p.sid, p.session_sid = kp, sid
     p.created_ms = p.created_ms or raw.created_ms
     p.updated_ms = p.updated_ms or p.created_ms
     p.friendly_name = p.friendly_name or ''
