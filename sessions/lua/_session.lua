@@ -342,8 +342,8 @@ local function leg_sid(ki, j)
 end
 
 -- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
--- session's interaction list. Returns the record as stored. Its created_ms is its position in that
--- list and is kept strictly increasing within the session (a millisecond past the newest when two
+-- session's interaction list. Returns `t`, now the record as stored (every field a string). Its
+-- created_ms is its position in that list and is kept strictly increasing within the session (a millisecond past the newest when two
 -- land in the same one), so newest-first is the order they happened in, here and in the audit log.
 -- Redis keeps it for its hot window (`hot_ms`; a call for as long as it may last besides, since
 -- its statuses come at its end), then the audit log is its only copy: the session's index drops
@@ -359,16 +359,19 @@ local function record_interaction(ki, t, now, hot_ms)
   local newest = redis.call('ZREVRANGE', index, 0, 0, 'WITHSCORES')[2]
   if newest and tonumber(newest) >= now then now = tonumber(newest) + 1 end
   t.created_ms, t.updated_ms = now, now
-  local flat, stored = {}, {}
-  for _, f in ipairs(INTERACTION_FIELDS) do
+  local flat, n = {}, 0
+  for _, f in ipairs(INTERACTION_FIELDS) do  -- `t` becomes the record as stored
     local v = t[f]
-    if v == nil then v = '' end
-    v = tostring(v)  -- as Redis stores it (and interaction_stored gives it back)
-    if v ~= '' and not NOT_STORED[f] then
-      flat[#flat + 1] = f
-      flat[#flat + 1] = v
+    if v == nil then
+      v = ''
+    elseif type(v) ~= 'string' then
+      v = tostring(v)  -- as Redis stores it (and interaction_stored gives it back)
     end
-    stored[f] = v
+    if v ~= '' and not NOT_STORED[f] then
+      flat[n + 1], flat[n + 2] = f, v
+      n = n + 2
+    end
+    t[f] = v
   end
   local keep = hot_ms + (t.type == 'voice' and CALL_MAX_MS or 0)
   redis.call('HSET', P .. 'ix:' .. ki, unpack(flat))
@@ -384,7 +387,7 @@ local function record_interaction(ki, t, now, hot_ms)
   redis.call('ZADD', index, now, ki)
   if redis.call('PTTL', index) < keep then redis.call('PEXPIRE', index, keep) end
   redis.call('HINCRBY', P .. 'sess:' .. t.session_sid, 'ix_count', 1)
-  return stored
+  return t
 end
 
 -- An interaction record as record_interaction stored it, whole again (nil when Redis no longer

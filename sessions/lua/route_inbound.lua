@@ -259,12 +259,12 @@ for j, target in ipairs(targets) do
   }, now, tonumber(ARGV[12]))
   if j == 1 then ix = recorded end
   legs[#legs + 1] = { participant = target, interaction = recorded }
-  local ix_view = {}
-  for k, v in pairs(recorded) do ix_view[k] = v end
-  ix_view.numbers = { from, to, target.identifier, target.proxy_identifier }
-  ix_view.inbound_identifier = from
-  ix_view.outbound_identifier = target.identifier
-  emit(j == 1 and ARGV[2] or ('EV' .. string.sub(leg, 3)), 'interaction.created', now, ix_view)
+  -- The event: the record with the real numbers it concerns (design.md, "Events"), which the
+  -- answer does not carry.
+  recorded.numbers = { from, to, target.identifier, target.proxy_identifier }
+  recorded.inbound_identifier, recorded.outbound_identifier = from, target.identifier
+  emit(j == 1 and ARGV[2] or ('EV' .. string.sub(leg, 3)), 'interaction.created', now, recorded)
+  recorded.numbers, recorded.inbound_identifier, recorded.outbound_identifier = nil, nil, nil
 end
 if outcome == 'rate_limited' then
   -- its own event (a sibling id of the interaction's event), for the audit log and alerts
