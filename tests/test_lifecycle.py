@@ -13,7 +13,7 @@ from core.errors import PoolError
 from core.paging import PageRequest
 from core.settings import Settings
 from sessions.expiry import sweep_once
-from sessions.models import Status
+from sessions.models import ParticipantRequest, Status
 from sessions.routing import Router
 
 POOL = ["+14155550201", "+14155550202"]
@@ -226,7 +226,8 @@ async def test_a_closed_session_keeps_its_participants_pn_sids_when_their_number
     world: World,
 ) -> None:
     """A live session reads its participants' PN sids from the pool (a number in use cannot leave
-    it); closing writes them into the session, so they stay right once the numbers are gone."""
+    it); closing writes them into the session, and removing a participant into its own hash, so
+    they stay right once the numbers are gone."""
     ks = await world.service()
     await world.pool(ks, *POOL)
     view = await world.session(ks, CUSTOMER, COURIER)
@@ -242,3 +243,18 @@ async def test_a_closed_session_keeps_its_participants_pn_sids_when_their_number
     kp = before[0]["sid"]
     got = await world.sessions.get_participant(ks, view["sid"], kp)
     assert got["proxy_identifier_sid"] == before[0]["proxy_identifier_sid"]
+    # A participant removed from a live session keeps its PN sid in its own hash alike.
+    more = ["+14155550203", "+14155550204"]
+    await world.pool(ks, *more)
+    live = await world.sessions.create_session(
+        ks,
+        participants=[
+            ParticipantRequest(identifier=HOST, proxy_identifier=more[0]),
+            ParticipantRequest(identifier=GUEST, proxy_identifier=more[1]),
+        ],
+    )
+    host = live["participants"][0]
+    await world.sessions.remove_participant(ks, live["sid"], host["sid"])
+    await world.numbers.remove(ks, host["proxy_identifier_sid"])
+    removed = await world.sessions.get_participant(ks, live["sid"], host["sid"])
+    assert removed["proxy_identifier_sid"] == host["proxy_identifier_sid"] and removed["deleted_ms"]

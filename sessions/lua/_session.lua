@@ -2,8 +2,9 @@
 -- Prepended after core/lua/_lib.lua and pool/lua/_pool.lua to every session script.
 -- INTERACTION_FIELDS and RELAY_SETTING_FIELDS are defined by the loader from Python's
 -- sessions/models.py, so Lua and Python read and write one field list, by name.
--- Keys (core/keys.py): `sess:{KC}` hash (with its participants), `part:{KP}` hash (a removed one), `expiry` zset, `sessions` zset,
--- `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix` zset, `wa:{whatsapp:+E164}:{proxy}`.
+-- Keys (core/keys.py): `sess:{KC}` hash (with its participants), `part:{KP}` hash (a removed
+-- participant), `expiry` zset, `sessions` zset, `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix`
+-- zset, `wa:{whatsapp:+E164}:{proxy}`.
 
 -- A session's participants, as its `parts` field holds them: their sids without the 'KP', end to
 -- end (32 hex digits each), so that a two-party session's field stays within 64 bytes and its hash
@@ -320,7 +321,8 @@ local function close_session(sid, reason, now, event_id)
       pns[#pns + 1] = p.proxy_identifier_sid
     end
   end
-  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now, unpack(pns))
+  redis.call('HSET', sk, 'status', 'closed', 'closed_reason', reason, 'ended_ms', now, 'updated_ms', now,
+    unpack(pns))
   set_session_field(sid, 'expires_at_ms', '0')
   cancel_scheduled(sid, 'session_' .. reason, now)
   redis.call('ZREM', P .. 'expiry', sid)
@@ -343,8 +345,9 @@ end
 
 -- Record an interaction: every field of INTERACTION_FIELDS, '' where `t` has none, indexed in its
 -- session's interaction list. Returns `t`, now the record as stored (every field a string). Its
--- created_ms is its position in that list and is kept strictly increasing within the session (a millisecond past the newest when two
--- land in the same one), so newest-first is the order they happened in, here and in the audit log.
+-- created_ms is its position in that list and is kept strictly increasing within the session (a
+-- millisecond past the newest when two land in the same one), so newest-first is the order they
+-- happened in, here and in the audit log.
 -- Redis keeps it for its hot window (`hot_ms`; a call for as long as it may last besides, since
 -- its statuses come at its end), then the audit log is its only copy: the session's index drops
 -- what is older than the window, and the session counts its interactions (`ix_count`), so a

@@ -38,8 +38,7 @@ local proxy, pin, msg = choose_or_pin(ident, region, area, explicit,
 if not proxy then return fail(pin, msg) end
 hold_pair(ident, proxy, sid, kp, pin)
 members[#members + 1] = { sid = kp, identifier = ident, proxy_identifier = proxy,
-  proxy_identifier_sid = redis.call('HGET', P .. 'num:' .. proxy, 'sid'), friendly_name = name, pin = pin,
-  created_ms = now, updated_ms = now }
+  friendly_name = name, pin = pin, created_ms = now, updated_ms = now }  -- (PN sid: the pool's)
 set_members(sid, sess.created_ms, members, 0, false)
 redis.call('HSET', sk, 'updated_ms', now)
 local p = participant_view(sid, kp)

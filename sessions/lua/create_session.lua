@@ -59,8 +59,7 @@ local members = {}
 for _, c in ipairs(chosen) do
   hold_pair(c.ident, c.proxy, sid, c.kp, c.pin)
   members[#members + 1] = { sid = c.kp, identifier = c.ident, proxy_identifier = c.proxy,
-    proxy_identifier_sid = redis.call('HGET', P .. 'num:' .. c.proxy, 'sid'), friendly_name = c.name, pin = c.pin,
-    created_ms = now, updated_ms = now }
+    friendly_name = c.name, pin = c.pin, created_ms = now, updated_ms = now }  -- (PN sid: the pool's)
 end
 local sk = P .. 'sess:' .. sid
 hset_present(sk, 'unique_name', uname, 'status', ARGV[6], 'mode', unless_default('mode', ARGV[5]),

@@ -24,6 +24,7 @@ cancel_scheduled(sid, 'participant_removed', now, kp)
 -- Out of the session's hash into one of its own, for as long as its pair may cool off (a day at
 -- least): still readable (with date_deleted), and found by erasure.
 local pk = P .. 'part:' .. kp
+with_pn(gone)  -- (its number may leave the pool later)
 hset_present(pk, 'session_sid', sid, 'identifier', gone.identifier, 'proxy_identifier', gone.proxy_identifier,
   'proxy_identifier_sid', gone.proxy_identifier_sid, 'friendly_name', gone.friendly_name, 'pin', gone.pin,
   'created_ms', gone.created_ms, 'updated_ms', now, 'deleted_ms', now)

@@ -64,8 +64,9 @@ for _, p in ipairs(s.participants) do
   else
     -- A pair already ours (PTTL -1, checked above) kept its in_use count with it.
     if not holder then hold_pair(ident, proxy, sid, kp, pin) end
-    members[#members + 1] = { sid = kp, identifier = ident, proxy_identifier = proxy, proxy_identifier_sid = pn,
-      friendly_name = p.friendly_name, pin = pin, created_ms = p.created_ms, updated_ms = p.updated_ms }
+    members[#members + 1] = { sid = kp, identifier = ident, proxy_identifier = proxy,
+      proxy_identifier_sid = pn, friendly_name = p.friendly_name, pin = pin, created_ms = p.created_ms,
+      updated_ms = p.updated_ms }
     restored[#restored + 1] = kp
   end
 end

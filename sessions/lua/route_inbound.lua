@@ -69,7 +69,9 @@ local function duplicate(value)
     while true do  -- the other legs of a text to several participants
       local leg = interaction_stored(leg_sid(first, j))
       if not leg then break end
-      legs[#legs + 1] = { participant = participant_view(leg.session_sid, leg.outbound_participant_sid), interaction = leg }
+      legs[#legs + 1] = {
+        participant = participant_view(leg.session_sid, leg.outbound_participant_sid), interaction = leg,
+      }
       j = j + 1
     end
     if #legs > 0 then
@@ -77,7 +79,9 @@ local function duplicate(value)
       t.legs = legs
     end
     -- (its name prefixes the text again; its PIN is left out of it again)
-    if (ix.inbound_participant_sid or '') ~= '' then t.inbound = participant_view(ix.session_sid, ix.inbound_participant_sid) end
+    if (ix.inbound_participant_sid or '') ~= '' then
+      t.inbound = participant_view(ix.session_sid, ix.inbound_participant_sid)
+    end
   end
   return done(t)
 end
