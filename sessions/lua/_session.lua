@@ -67,8 +67,11 @@ local function set_session_field(sid, field, value)
   end
 end
 
+-- `sess`: the session's record as stored, with the changes that move its expiry (last activity,
+-- TTL, date expiry) applied; nothing is written when its expiry stays as stored.
 local function schedule_expiry(sid, sess)
   local at = expires_at(sess)
+  if tostring(at) == tostring(sess.expires_at_ms) then return at end
   set_session_field(sid, 'expires_at_ms', at)
   if at > 0 then redis.call('ZADD', P .. 'expiry', at, sid) else redis.call('ZREM', P .. 'expiry', sid) end
   return at

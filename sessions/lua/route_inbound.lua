@@ -238,8 +238,12 @@ end
 if outcome == 'relay' and over_limit() then outcome = 'rate_limited' end
 
 -- The session is in use: in-progress, and its TTL counts from now.
-if sess.status == 'open' then redis.call('HSET', sk, 'status', 'in-progress') end
-redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
+if sess.status == 'open' then
+  redis.call('HSET', sk, 'status', 'in-progress', 'last_interaction_ms', now, 'last_activity_ms', now,
+    'updated_ms', now)
+else
+  redis.call('HSET', sk, 'last_interaction_ms', now, 'last_activity_ms', now, 'updated_ms', now)
+end
 sess.last_activity_ms = now
 schedule_expiry(sid, sess)
 
