@@ -14,19 +14,21 @@
 local now = now_ms(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now - tonumber(ARGV[3]),
   'LIMIT', 0, tonumber(ARGV[4]))
+if #due > 0 then redis.call('ZREM', P .. 'inflight', unpack(due)) end
 local settled = 0
 for i, ki in ipairs(due) do
-  redis.call('ZREM', P .. 'inflight', ki)
-  local ix = interaction_stored(ki)
-  if ix and ix.outcome == 'relay' and ix.inbound_resource_sid ~= '' then
-    local seen = redis.call('GET', P .. 'seen:' .. ix.inbound_resource_sid)
+  -- (nearly every one was answered: two fields and its marker tell, before anything else is read)
+  local f = redis.call('HMGET', P .. 'ix:' .. ki, 'outcome', 'inbound_resource_sid')
+  local outcome, resource = f[1], f[2]
+  if outcome == 'relay' and resource then
+    local seen = redis.call('GET', P .. 'seen:' .. resource)
     if seen and string.sub(seen, 1, 1) == ':' then
       redis.call('HSET', P .. 'ix:' .. ki, 'outcome', 'not_relayed', 'outbound_resource_status', 'failed',
         'updated_ms', now)
       local view = interaction_stored(ki)
       local numbers = {}
       for _, side in ipairs({ 'inbound', 'outbound' }) do
-        local p = participant_view(ix.session_sid, ix[side .. '_participant_sid'])
+        local p = participant_view(view.session_sid, view[side .. '_participant_sid'])
         if p then
           view[side .. '_identifier'] = p.identifier
           numbers[#numbers + 1] = p.identifier
