@@ -27,7 +27,7 @@ from core.scripts import Scripts
 from core.settings import Settings
 from sessions.models import interaction_from_redis, interaction_record
 from sessions.scripts import SESSION_LUA
-from sessions.store import SESSION_SID, read_participant
+from sessions.store import SESSION_SID, read_members, read_participant
 
 __all__ = ["InteractionStore", "Row", "STATUS_RANK", "TERMINAL_STATUSES"]
 
@@ -302,11 +302,13 @@ class InteractionStore:
         """The interaction with the real numbers it concerns (design.md, "Events")."""
         view: dict[str, Any] = dict(row)
         numbers: list[str] = []
+        session_sid = str(row.get("session_sid", ""))
+        members = await read_members(self.redis, service_sid, session_sid) or []
         for side in ("inbound", "outbound"):
             kp = row.get(f"{side}_participant_sid")
             if not kp:
                 continue
-            part = await read_participant(self.redis, service_sid, str(row.get("session_sid", "")), kp) or {}
+            part = await read_participant(self.redis, service_sid, session_sid, kp, members) or {}
             ident, proxy = part.get("identifier"), part.get("proxy_identifier")
             if ident:
                 view[f"{side}_identifier"] = str(ident)

@@ -255,8 +255,10 @@ class SessionStore:
         return found
 
     async def list_participants(self, service_sid: str, session_sid: str) -> list[dict[str, Any]]:
-        await self.get_session(service_sid, session_sid)
-        return await read_members(self.redis, service_sid, session_sid) or []
+        members = await read_members(self.redis, service_sid, session_sid)
+        if members is None:
+            raise NotFound(f"Session {session_sid} was not found in Service {service_sid}")
+        return members
 
 
 async def read_members(
@@ -295,11 +297,18 @@ async def read_members(
 
 
 async def read_participant(
-    redis: aioredis.Redis, service_sid: str, session_sid: str, participant_sid: str
+    redis: aioredis.Redis,
+    service_sid: str,
+    session_sid: str,
+    participant_sid: str,
+    members: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """Participant `participant_sid` of the session: a live one, or one removed from it (its own
-    hash, with deleted_ms); None when neither."""
-    for part in await read_members(redis, service_sid, session_sid) or []:
+    """Participant `participant_sid` of the session: a live one (of `members`, read_members' list,
+    when the caller has it), or one removed from it (its own hash, with deleted_ms); None when
+    neither."""
+    if members is None:
+        members = await read_members(redis, service_sid, session_sid) or []
+    for part in members:
         if part["sid"] == participant_sid:
             return part
     row: dict[str, Any] = cast(

@@ -229,6 +229,24 @@ local function participant_view(sid, kp)
   return with_pn(member(sid, members, kp))
 end
 
+-- Interaction `view` with the real numbers it concerns (design.md, "Events"): each side's
+-- participant's identifier (`inbound_identifier`, `outbound_identifier`) and `numbers`.
+local function with_numbers(view)
+  local _, members = session_record(view.session_sid)
+  local numbers = {}
+  for _, side in ipairs({ 'inbound', 'outbound' }) do
+    local kp = view[side .. '_participant_sid']
+    local p = kp and kp ~= '' and member(view.session_sid, members, kp)
+    if p then
+      view[side .. '_identifier'] = p.identifier
+      numbers[#numbers + 1] = p.identifier
+      numbers[#numbers + 1] = p.proxy_identifier
+    end
+  end
+  view.numbers = numbers
+  return view
+end
+
 local function session_view(sid)
   local s, members = session_record(sid)
   if not s then return nil end
@@ -460,23 +478,9 @@ local function apply_interaction_update(ki, out_sid, out_status, in_status, data
   local left = redis.call('PTTL', key)
   if left >= 0 and left < tonumber(keep_ms) then redis.call('PEXPIRE', key, keep_ms) end
 
-  -- The event: the interaction with the real numbers it concerns (design.md, "Events").
-  local view, numbers = {}, {}
+  local view = {}  -- the event's: the record with the numbers it concerns
   for f, v in pairs(row) do view[f] = v end
-  local _, members = session_record(row.session_sid)
-  for _, side in ipairs({ 'inbound', 'outbound' }) do
-    local kp = row[side .. '_participant_sid']
-    local p = kp and kp ~= '' and member(row.session_sid, members, kp)
-    if p then
-      if p.identifier then
-        view[side .. '_identifier'] = p.identifier
-        numbers[#numbers + 1] = p.identifier
-      end
-      if p.proxy_identifier then numbers[#numbers + 1] = p.proxy_identifier end
-    end
-  end
-  view.numbers = numbers
-  emit(event_id, 'interaction.updated', now, view)
+  emit(event_id, 'interaction.updated', now, with_numbers(view))
   return row
 end
 

@@ -25,17 +25,7 @@ for i, ki in ipairs(due) do
     if seen and string.sub(seen, 1, 1) == ':' then
       redis.call('HSET', P .. 'ix:' .. ki, 'outcome', 'not_relayed', 'outbound_resource_status', 'failed',
         'updated_ms', now)
-      local view = interaction_stored(ki)
-      local numbers = {}
-      for _, side in ipairs({ 'inbound', 'outbound' }) do
-        local p = participant_view(view.session_sid, view[side .. '_participant_sid'])
-        if p then
-          view[side .. '_identifier'] = p.identifier
-          numbers[#numbers + 1] = p.identifier
-          numbers[#numbers + 1] = p.proxy_identifier
-        end
-      end
-      view.numbers = numbers
+      local view = with_numbers(interaction_stored(ki))
       view.reason = 'unanswered'
       emit(ARGV[2] .. string.format('%04x', i % 65536), 'interaction.updated', now, view)
       settled = settled + 1
