@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from relay_harness import (
     COURIER,
     CUSTOMER,
+    GUEST,
     HOST,
     PROXY_A,
     PROXY_B,
@@ -24,6 +25,7 @@ from relay_harness import (
 )
 
 from core import keys
+from relay.state import RELAY, SESSIONS
 
 # ------------------------------------------------------------------------------------------ retries, signatures
 
@@ -52,6 +54,31 @@ async def test_twilio_retry_gets_the_same_answer_and_is_relayed_once(relay: Rela
     _, b = await relay.post("/twilio/voice", call)
     assert a == b and parse(a).find("Dial") is not None
     assert len(await relay.interactions(ks, sess["sid"])) == 2
+
+
+async def test_answered_relays_leave_nothing_in_flight_for_the_sweeper(relay: Relay) -> None:
+    """Writing a webhook's answer takes its relays off the in-flight index: the sweeper judges only
+    a relay whose answer was never written (its worker killed first), and settles that one."""
+    ks, sess = await world(relay, MaxParticipants=3)
+    group = await relay.session(ks, HOST, GUEST, CUSTOMER)
+    assert message_of((await relay.sms(CUSTOMER, sess["proxy"][CUSTOMER], "hi"))[1]) is not None
+    assert parse((await relay.call(COURIER, sess["proxy"][COURIER]))[1]).find("Dial") is not None
+    _, xml = await relay.sms(HOST, group["proxy"][HOST], "to you both")  # two legs
+    assert len(parse(xml).findall("Message")) == 2
+    await relay.answers_written()
+    assert await relay.redis.zcard(keys.inflight(ks)) == 0
+
+    # Routed, never answered: in flight until the sweeper settles it as not relayed.
+    router = relay.runner.app[RELAY].router
+    route = await router.route_text(
+        from_=COURIER, to=sess["proxy"][COURIER], message_sid="SM" + "4" * 32, body="lost"
+    )
+    assert await relay.redis.zrange(keys.inflight(ks), 0, -1) == [route.interaction_sid]
+    await relay.redis.zadd(keys.inflight(ks), {route.interaction_sid: 0})  # (its deadline passed)
+    assert await relay.runner.app[SESSIONS].settle_unanswered(ks, grace_ms=0) == (1, 1)
+    outcomes = {ix["sid"]: ix["outbound_resource_status"] for ix in await relay.interactions(ks, sess["sid"])}
+    assert outcomes.pop(route.interaction_sid) == "failed"
+    assert set(outcomes.values()) == {"initiated"}  # the answered text and call stay relayed
 
 
 async def test_unsigned_and_tampered_webhooks_are_refused_and_not_acted_on(relay: Relay) -> None:

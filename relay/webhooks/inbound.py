@@ -106,7 +106,13 @@ async def _handle(state: RelayState, inbound: Inbound) -> str:
         replay, reply = await _render_text(state, route, inbound)
     else:
         replay, reply = await _render_call(state, route)
-    state.answers.remember(ks, inbound.sid, replay, route.interaction_sid or inbound.interaction_sid)
+    # (every interaction the route recorded: off the in-flight index once the answer is written)
+    answered = [ix["sid"] for _, ix in route.legs] or (
+        [route.interaction_sid] if route.interaction_sid else []
+    )
+    state.answers.remember(
+        ks, inbound.sid, replay, route.interaction_sid or inbound.interaction_sid, answered
+    )
     return reply
 
 

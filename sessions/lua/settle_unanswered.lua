@@ -1,9 +1,10 @@
 -- Settle the relays whose webhook never answered: the worker died (kill -9, OOM) after the route
 -- script recorded the interaction and before the TwiML left. route_inbound.lua indexes each
 -- recorded interaction in `inflight` by its webhook's deadline; the answer writer replaces the
--- `seen:` marker ":KI" with "<replay>:KI" once answered. An interaction still on record as relay
--- whose marker says unanswered well after the deadline was never relayed: it is marked
--- not_relayed (reason "unanswered") and its interaction.updated event emitted.
+-- `seen:` marker ":KI" with "<replay>:KI" once answered and takes the interaction off the index
+-- (relay/state.py AnswerWriter), so what is left is mostly unanswered. An interaction still on
+-- record as relay whose marker says unanswered well after the deadline was never relayed: it is
+-- marked not_relayed (reason "unanswered") and its interaction.updated event emitted.
 -- KEYS[1]  Service prefix "ml:{KS}:"
 -- ARGV[1]  now_ms or '' (server TIME: the index holds real deadlines)
 -- ARGV[2]  event id base: 28 hex chars; the script appends 4 hex per settled interaction
