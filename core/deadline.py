@@ -128,9 +128,10 @@ class _Limit:
         self.fired = False
 
     async def __aenter__(self) -> None:
-        loop = asyncio.get_running_loop()
+        # (the task's loop: asyncio.get_running_loop() costs a getpid() system call on Python 3.11)
         task = asyncio.current_task()
         assert task is not None
+        loop = task.get_loop()
         self.task, self.cancelling = task, task.cancelling()
         self.at = loop.time() + self.watchdog.seconds
         self.watchdog._watch(self, loop)
