@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.relay import _arg, _free_port, _prepare, _spawn, _stop, _wait_ready
+from bench.relay import _arg, _duties, _free_port, _prepare, _spawn, _stop, _wait_ready
 from bench.relay_load import pyload, worker_env, write_requests
 
 __all__ = ["main"]
@@ -107,7 +107,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     database_url = with_database(settings.database_url, "maskline_bench_relay")
     print(f"maskline bench memory: {n_sessions} live two-party sessions, then {n_texts} relayed texts")
     tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-memory-"))
-    worker = None
+    worker = duties = None
     try:
         # The worker's RSS as live sessions grow 10x: the same number of texts relayed with a tenth
         # of the sessions live first (here), then with all of them (below).
@@ -130,7 +130,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
             MASKLINE_INTERACTION_HOT_S=str(window_s),
             MASKLINE_DEDUPE_TTL_S=str(window_s),
         )
-        worker = _spawn("worker", port, env)
+        worker = _spawn("worker", port, env)  # a webhook worker, with its duties process beside it
+        duties = _duties(env)
         await _wait_ready(port, worker)
         path = tmp / "texts.txt"
         write_requests(path, f"http://127.0.0.1:{port}/twilio/sms", pairs, n_texts, 7)
@@ -139,8 +140,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         # Each line once: the generator stops after the file's last line.
         result = await pyload(port, path, duration_s=3600, connections=32, limit=n_texts)
         sent = result["requests"]
-        # What a text leaves only for a while (its entry in the in-flight index, judged by the
-        # sweeper after the webhook deadline and a grace) is not what it retains: let it settle.
+        # What a text leaves only for a while (its entry in the in-flight index, until its answer
+        # is written or the sweeper judges it) is not what it retains: let it settle.
         await asyncio.sleep(SETTLE_S)
         texts = max(1.0, sent)
         held, streams_held = await _used(redis_url)
@@ -160,6 +161,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         )
         return 0
     finally:
-        if worker is not None:
-            _stop(worker)
+        for proc in (worker, duties):
+            if proc is not None:
+                _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)

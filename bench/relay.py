@@ -8,9 +8,15 @@ prints the target scaled by this run's bare figure, for a slower or faster machi
 bare handler, p99 < 10 ms at 1,000 rps.
 
 Processes (loopback only): this one sets up the data and orchestrates; the worker (the app as
-`maskline serve` runs it: one process, uvloop, no access log) and the bare handler each run in
-their own subprocess, pinned to one core (the load generator and this process to the others, when
-there are two or more: a generator sharing the server's core flatters every ratio); the worker's
+`maskline serve --workers N` runs each of its webhook workers: uvloop, no access log, no
+background duties) and the bare handler each run in their own subprocess, pinned to one core (the
+load generator, this process and the duties process to the others, when there are two or more: a
+generator sharing the server's core flatters every ratio). The duties process (`maskline serve
+--duties-only --no-audit-writer`: sweeper, scheduler, recovery watchdog, each under its lease)
+runs beside them as in production, where `--workers N` keeps them off the webhook workers (in the
+worker they held its event loop for ~10 ms once a second on this machine: the p99 at 1,000 rps);
+the audit writer is left out (its cost: `maskline bench audit`), so the events pile up in Redis as
+the bench's texts go; the worker's
 CPU time (/proc) and Redis' (INFO cpu) over the main run give the CPU cost per relayed text; the load comes from `wrk` when installed (apt install wrk), else from a
 Python/aiohttp generator in another subprocess (keep-alive, bounded concurrency), both driven from
 bench/relay_load.py. Every request
@@ -163,6 +169,18 @@ def _spawn(mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]
     )
 
 
+def _duties(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The background duties in their own process, as `maskline serve --workers N` runs them; the
+    audit writer left out (`maskline bench audit` measures it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "maskline", "serve", "--duties-only", "--no-audit-writer"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
 async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -224,7 +242,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         env = worker_env(redis_url, database_url, worker_port)
         worker = _spawn("worker", worker_port, env)
         bare = _spawn("bare", bare_port, env)
-        procs += [worker, bare]
+        duties = _duties(env)
+        procs += [worker, bare, duties]
         # Per core: the worker and the bare handler each on the last core (one at a time under
         # load), this process and the load generator on the others, so neither ratio is flattered
         # by a generator that shares the server's core.
@@ -234,8 +253,10 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
             for proc in (worker, bare):
                 pin(proc.pid, server_core)
             pin(os.getpid(), load_cores)
+            pin(duties.pid, load_cores)
             relay_load.LOAD_CORES.update(load_cores)
-            print(f"pinned: worker and bare handler on core {cores[-1]}, load on {sorted(load_cores)}")
+            print(f"pinned: worker and bare handler on core {cores[-1]}, load and the duties process on "
+                  f"{sorted(load_cores)}")  # fmt: skip
         else:
             print("not pinned: fewer than 2 cores (the ratio is flattered: load shares the server's core)")
         await asyncio.gather(_wait_ready(worker_port, worker), _wait_ready(bare_port, bare))
@@ -353,7 +374,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
 
 
 def _run_worker(port: int) -> None:
-    """The app exactly as `maskline serve` runs it: create_app, no access log, uvloop."""
+    """A webhook worker exactly as `maskline serve --workers N` runs it (`serve --no-duties`):
+    create_app without the background duties, no access log, uvloop."""
     import logging
 
     from aiohttp import web
@@ -363,7 +385,7 @@ def _run_worker(port: int) -> None:
 
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper())
-    app = create_app(settings)
+    app = create_app(settings, background=False, recovery=False)
     # reuse_port: a second worker may join on the same port (the two-worker run).
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, reuse_port=True)
 

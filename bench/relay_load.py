@@ -1,7 +1,7 @@
 """The load side of `maskline bench relay` (bench/relay.py): the signed requests, and what sends them.
 
 `write_requests` writes distinct, correctly signed inbound-SMS webhooks to a file, one per line;
-`wrk_run` sends them with `wrk` (through WRK_SCRIPT), `pyload` with the aiohttp generator `load`,
+`wrk_run` sends them with `wrk` (through WRK_SCRIPT), `pyload` with the Python generator `load`,
 run in its own process (`python -m bench.relay load`). Both report requests per second, p50 and
 p99 (the generator also the maximum, and it can hold a fixed rate)."""
 
@@ -139,60 +139,116 @@ async def pyload(
     return result
 
 
+class _Client(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the generator: a request written whole, its answer
+    read by Content-Length (the worker's answers carry it). Bare asyncio, not an HTTP client
+    library: what the generator spends per request is time it is not measuring the server."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        length = _CONTENT_LENGTH.search(self.buffer, 0, end)
+        size = end + 4 + (int(length.group(1)) if length else 0)
+        if len(self.buffer) < size:
+            return
+        status = int(self.buffer[9:12])
+        del self.buffer[:size]
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError(str(exc or "closed")))
+
+    async def send(self, request: bytes) -> int:
+        if self.transport is None:
+            raise ConnectionError("closed")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.waiter
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
+
+
 async def load(
     port: int, path: Path, duration_s: float, connections: int, rate: float, limit: int = 0
 ) -> dict[str, float]:
     """Closed loop (rate 0: `connections` senders back to back, at most `limit` requests if set) or
-    open loop at `rate` req/s, where latency counts from the scheduled send time (no coordinated
-    omission)."""
-    import aiohttp
-
-    lines = [line.rstrip("\n").split("\t", 1) for line in path.open()]
-    url = f"http://127.0.0.1:{port}/twilio/sms"
+    open loop at `rate` req/s over `connections` keep-alive connections, where latency counts from
+    the scheduled send time (no coordinated omission: a request waiting for a free connection
+    counts its wait)."""
+    head = (
+        "POST /twilio/sms HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: TwilioProxy/1.1\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nX-Twilio-Signature: {sig}\r\n"
+        "Content-Length: {length}\r\n\r\n"
+    )
+    requests = []
+    for line in path.open():
+        sig, body = line.rstrip("\n").split("\t", 1)
+        requests.append(head.format(port=port, sig=sig, length=len(body)).encode() + body.encode())
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Queue[_Client] = asyncio.Queue()
+    for _ in range(connections):
+        _, client = await loop.create_connection(_Client, "127.0.0.1", port)
+        idle.put_nowait(client)
     latencies: list[float] = []
     errors = 0
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as http:
 
-        async def send(i: int, scheduled: float) -> None:
-            nonlocal errors
-            sig, body = lines[i % len(lines)]
-            headers = {"X-Twilio-Signature": sig, "Content-Type": "application/x-www-form-urlencoded"}
-            try:
-                async with http.post(url, data=body.encode(), headers=headers) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
+    async def send(i: int, scheduled: float) -> None:
+        nonlocal errors
+        client = await idle.get()
+        try:
+            if await client.send(requests[i % len(requests)]) != 200:
                 errors += 1
-            latencies.append((time.perf_counter() - scheduled) * 1000)
+        except ConnectionError:
+            errors += 1
+            _, client = await loop.create_connection(_Client, "127.0.0.1", port)
+        idle.put_nowait(client)
+        latencies.append((time.perf_counter() - scheduled) * 1000)
 
-        start = time.perf_counter()
-        end = start + duration_s
-        if rate > 0:
-            tasks = []
-            i = 0
-            while True:
-                scheduled = start + i / rate
-                if scheduled >= end:
+    start = time.perf_counter()
+    end = start + duration_s
+    if rate > 0:
+        tasks = []
+        i = 0
+        while True:
+            scheduled = start + i / rate
+            if scheduled >= end:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(i, scheduled)))
+            i += 1
+        await asyncio.gather(*tasks)
+    else:
+        counter = iter(range(limit or 10**9))
+
+        async def sender() -> None:
+            for i in counter:
+                if time.perf_counter() >= end:
                     break
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(send(i, scheduled)))
-                i += 1
-            await asyncio.gather(*tasks)
-        else:
-            counter = iter(range(limit or 10**9))
+                await send(i, time.perf_counter())
 
-            async def sender() -> None:
-                for i in counter:
-                    if time.perf_counter() >= end:
-                        break
-                    await send(i, time.perf_counter())
-
-            await asyncio.gather(*(sender() for _ in range(connections)))
-        elapsed = time.perf_counter() - start
+        await asyncio.gather(*(sender() for _ in range(connections)))
+    elapsed = time.perf_counter() - start
+    while not idle.empty():
+        client = idle.get_nowait()
+        if client.transport is not None:
+            client.transport.close()
     latencies.sort()
     n = len(latencies)
     return {
