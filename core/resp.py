@@ -39,7 +39,9 @@ class FastRedis(Protocol):
 
     async def execute(self, *args: Any, timeout_s: float | None = None) -> Any: ...
 
-    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any: ...
+    async def run_script(
+        self, source: str, keys: list[str], args: list[Any], *, function: tuple[str, str] | None = None
+    ) -> Any: ...
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]: ...
 
@@ -117,6 +119,11 @@ class _Protocol(asyncio.Protocol):
 
 
 _ASKING: Final = _encode(("ASKING",))
+# FCALL's answers when the function is not there: not loaded yet (or flushed), or no functions at
+# all (Redis 6.2: unknown command; an ACL without FUNCTION: NOPERM), after which FUNCTION LOAD
+# tells which.
+_NO_FUNCTION: Final = ("ERR Function not found", "ERR unknown command", "NOPERM")
+_NO_FUNCTIONS: Final = ("ERR unknown command", "NOPERM", "ERR Error registering functions")
 
 
 def _ignore_reply(future: asyncio.Future[Any]) -> None:
@@ -158,6 +165,9 @@ class RespClient:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
         self._sha: dict[str, str] = {}
+        # Redis 7 functions: None until tried, then whether this server runs them (Redis 6.2 has
+        # no FCALL; an ACL may refuse FUNCTION LOAD): scripts by SHA otherwise.
+        self.functions: bool | None = None
         self.target = f"unix:{path}" if path else f"{'rediss' if tls else 'redis'}://{host}:{port}/{db}"
 
     @classmethod
@@ -260,8 +270,33 @@ class RespClient:
                 pass
         return [_outcome(w, self.target) for w in waiters]
 
-    async def run_script(self, source: str, keys: list[str], args: list[Any], *, asking: bool = False) -> Any:
-        """EVALSHA, loading the script once if this Redis does not know it yet."""
+    async def run_script(
+        self,
+        source: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        function: tuple[str, str] | None = None,
+        asking: bool = False,
+    ) -> Any:
+        """FCALL of `function` (its name, and its library's text to load where it is missing:
+        core/scripts.py LuaLibrary.functions) where the server runs Redis 7 functions, else
+        EVALSHA of `source`, loading the script once if this Redis does not know it yet."""
+        if function is not None and self.functions is not False:
+            name, library = function
+            try:
+                return await self.execute("FCALL", name, len(keys), *keys, *args, asking=asking)
+            except ResponseError as err:
+                if not str(err).startswith(_NO_FUNCTION):
+                    raise
+            try:
+                await self.execute("FUNCTION", "LOAD", "REPLACE", library)
+                self.functions = True
+                return await self.execute("FCALL", name, len(keys), *keys, *args, asking=asking)
+            except ResponseError as err:
+                if not str(err).startswith(_NO_FUNCTIONS):
+                    raise
+                self.functions = False  # no FCALL here: by SHA from now on
         sha = self._sha.get(source)
         if sha is None:
             sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()

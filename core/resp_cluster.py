@@ -171,9 +171,12 @@ class ClusterRespClient:
             key, lambda node, asking: node.execute(*args, timeout_s=timeout_s, asking=asking)
         )
 
-    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+    async def run_script(
+        self, source: str, keys: list[str], args: list[Any], *, function: tuple[str, str] | None = None
+    ) -> Any:
         return await self._routed(
-            keys[0], lambda node, asking: node.run_script(source, keys, args, asking=asking)
+            keys[0],
+            lambda node, asking: node.run_script(source, keys, args, function=function, asking=asking),
         )
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -31,5 +31,7 @@ SESSION_LUA: Final = POOL_LUA.extend(
         "SESSION_DEFAULTS": SESSION_DEFAULTS,
         "SESSION_AS_CREATED": SESSION_AS_CREATED,
         "PARTICIPANT_SLOT": PARTICIPANT_SLOT,
+        # (by the code's byte: session_record reads a field's code with string.byte)
+        "SLOT_NAME": {ord(code): name for name, code in PARTICIPANT_SLOT.items()},
     },
 )

@@ -1,5 +1,6 @@
 """The Lua loader gives each script the helpers it names, and those helpers' own, and nothing else
-(Redis runs a script's whole text on every call), with the always-run prelude code kept."""
+(Redis runs a script's whole text on every call), with the always-run prelude code kept; on Redis 7
+the scripts run as functions of one library, its helpers defined once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from core.resp import RespClient
 from core.scripts import CORE_LUA, LuaLibrary
 from sessions.scripts import SESSION_LUA
 
@@ -71,3 +73,49 @@ async def test_constants_from_python_are_lua_tables_of_names_or_of_numbers(redis
     assert await redis.eval(library.source("rank"), 1, "ml:{test-lua}:") == "data:3:0:voice-and-message"
     with pytest.raises(ValueError, match="plain words"):
         _ = LuaLibrary([tmp_path], constants={"RANK": {"x']..": 1}}).prelude
+
+
+async def test_on_redis_7_scripts_run_as_functions_and_as_scripts_elsewhere(redis, tmp_path: Path) -> None:
+    """The same script answers alike through FCALL (Redis 7: the library loads itself where it is
+    missing, and again after it was deleted) and through EVALSHA (Redis 6.2, or a client told
+    not to), the per-call prelude (P from KEYS, the `do` block) running in both."""
+    (tmp_path / "_helpers.lua").write_text(HELPERS)
+    (tmp_path / "spell.lua").write_text("return a() .. LETTERS[1] .. ARGV[1] .. #KEYS\n")
+    library = LuaLibrary([tmp_path])
+    text, names = library.functions
+    prefix = "ml:{test-lua}:"
+    kw = redis.connection_pool.connection_kwargs
+    fast = RespClient(kw.get("host", "127.0.0.1"), kw.get("port", 6379), db=kw.get("db", 0))
+    by_sha = RespClient(kw.get("host", "127.0.0.1"), kw.get("port", 6379), db=kw.get("db", 0))
+    by_sha.functions = False
+    version = int((await redis.info("server"))["redis_version"].split(".")[0])
+    try:
+        for client in (fast, by_sha, fast):
+            answer = await client.run_script(
+                library.source("spell"), [prefix], ["!", ""], function=(names["spell"], text)
+            )
+            assert answer == "abx!1"
+            assert await redis.get(prefix + "prelude-ran") == "1"
+            await redis.delete(prefix + "prelude-ran")
+        assert fast.functions is (version >= 7)
+        if version >= 7:
+            library_name = text.split("name=", 1)[1].split("\n", 1)[0]
+            await redis.execute_command("FUNCTION", "DELETE", library_name)
+            assert await fast.run_script("", [prefix], ["?", ""], function=(names["spell"], text)) == "abx?1"
+            await redis.execute_command("FUNCTION", "DELETE", library_name)
+    finally:
+        await fast.aclose()
+        await by_sha.aclose()
+        await redis.delete(prefix + "prelude-ran")
+
+
+def test_the_function_library_defines_helpers_once_and_refuses_load_time_code(tmp_path: Path) -> None:
+    text, names = SESSION_LUA.functions
+    assert set(names) == set(SESSION_LUA.names)
+    assert text.count("local function session_record(") == 1  # once, whatever uses it
+    assert text.count("redis.register_function(") == len(names)
+    # Redis 7.0 runs a library's top level without Lua's globals: a helper that would is refused.
+    (tmp_path / "_bad.lua").write_text("local BYTES = {}\nfor i = 1, 3 do BYTES[i] = string.byte('a') end\n")
+    (tmp_path / "x.lua").write_text("return BYTES[1]\n")
+    with pytest.raises(ValueError, match="runs code when loaded"):
+        _ = LuaLibrary([tmp_path]).functions

@@ -1,7 +1,8 @@
 -- The session state machine's helpers: expiry, views, closing, the interaction record.
 -- Prepended after core/lua/_lib.lua and pool/lua/_pool.lua to every session script.
 -- INTERACTION_FIELDS and RELAY_SETTING_FIELDS are defined by the loader from Python's
--- sessions/models.py, so Lua and Python read and write one field list, by name.
+-- sessions/models.py, so Lua and Python read and write one field list, by name; so are
+-- PARTICIPANT_SLOT and SLOT_NAME (a participant's field name by its code's byte: session_record).
 -- Keys (core/keys.py): `sess:{KC}` hash (with its participants), `part:{KP}` hash (a removed
 -- participant), `expiry` zset, `sessions` zset, `uname:{name}`, `ix:{KI}` hash, `sess:{KC}:ix`
 -- zset, `wa:{whatsapp:+E164}:{proxy}`.
@@ -157,9 +158,6 @@ local function move_in_participants(sid, raw)
   return hgetall(P .. 'sess:' .. sid)
 end
 
--- A participant's field name in its session's hash by its code's byte (session_record).
-local SLOT_NAME = {}
-for name, code in pairs(PARTICIPANT_SLOT) do SLOT_NAME[string.byte(code)] = name end
 
 -- A session's hash with its sid (the key's, not stored) and its empty fields as '' (SESSION_OPTIONAL
 -- and SESSION_DEFAULTS: sessions/models.py), without its participants' fields; and its live
