@@ -23,6 +23,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from bench import procs
 from bench.audit import (
     ENSURE_MONTHS,
     FILL_EVENTS,
@@ -32,7 +33,6 @@ from bench.audit import (
     SERVICES,
     _fresh_database,
 )
-from bench.relay import _free_port
 from core.connections import redis_client
 from core.settings import Settings
 from maskline.devservers import with_database
@@ -92,7 +92,7 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
     pg = await asyncpg.create_pool(
         await _fresh_database(settings.database_url, BENCH_DB), min_size=2, max_size=8
     )
-    port, phones = _free_port(), _free_port()
+    port, phones = procs.free_port(), procs.free_port()
     conf = dataclasses.replace(
         settings,
         redis_url=redis_url,

@@ -27,7 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.relay import _arg, _duties, _free_port, _prepare, _spawn, _stop, _wait_ready
+from bench import procs
+from bench.relay import _arg, _prepare
 from bench.relay_load import pyload, worker_env, write_requests
 
 __all__ = ["main"]
@@ -86,16 +87,16 @@ async def _rss_after_texts(
 ) -> int:
     """A worker's RSS (KiB) once it relayed `n_texts` texts to `n_sessions` live sessions."""
     pairs = await _prepare(settings, redis_url, database_url, n_sessions)
-    port = _free_port()
-    worker = _spawn("worker", port, worker_env(redis_url, database_url, port))
+    port = procs.free_port()
+    worker = procs.spawn("worker", port, worker_env(redis_url, database_url, port))
     try:
-        await _wait_ready(port, worker)
+        await procs.wait_ready(port, worker)
         path = tmp / "few.txt"
         write_requests(path, f"http://127.0.0.1:{port}/twilio/sms", pairs, n_texts, 6)
         await pyload(port, path, duration_s=3600, connections=32, limit=n_texts)
         return _rss_kib(worker.pid)
     finally:
-        _stop(worker)
+        procs.stop(worker)
 
 
 async def main(settings: Any, args: argparse.Namespace) -> int:
@@ -121,7 +122,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         print(f"Redis per live session: {per_session:,.0f} bytes (target <= {SESSION_TARGET_B}); "
               f"their creation events wait in the streams: {streams0 / max(1, n_sessions):,.0f} bytes each")  # fmt: skip
 
-        port = _free_port()
+        port = procs.free_port()
         window_s = int(_arg(args, "window_s", None) or max(60, n_texts // 1000))
         env = worker_env(
             redis_url,
@@ -130,9 +131,9 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
             MASKLINE_INTERACTION_HOT_S=str(window_s),
             MASKLINE_DEDUPE_TTL_S=str(window_s),
         )
-        worker = _spawn("worker", port, env)  # a webhook worker, with its duties process beside it
-        duties = _duties(env)
-        await _wait_ready(port, worker)
+        worker = procs.spawn("worker", port, env)  # a webhook worker, with its duties process beside it
+        duties = procs.duties(env)
+        await procs.wait_ready(port, worker)
         path = tmp / "texts.txt"
         write_requests(path, f"http://127.0.0.1:{port}/twilio/sms", pairs, n_texts, 7)
         rss0 = _rss_kib(worker.pid)
@@ -163,5 +164,5 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     finally:
         for proc in (worker, duties):
             if proc is not None:
-                _stop(proc)
+                procs.stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,17 +37,13 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from bench import relay_load
+from bench import procs, relay_load
 from bench.profile import profile, summarise_profile
 from bench.relay_load import (
     ACCOUNT_SID,
@@ -66,8 +62,6 @@ from bench.relay_load import with_limits as _with_limits
 
 __all__ = ["main"]
 
-ROOT = str(Path(__file__).resolve().parent.parent)
-
 BENCH_DB = "maskline_bench_relay"
 BARE_TWIML = (
     '<?xml version="1.0" encoding="UTF-8"?><Response><Message to="+14155550102" from="+14155550201" '
@@ -78,12 +72,6 @@ BARE_TWIML = (
 FLASK_TUTORIAL_RPS = 500
 REFERENCE_BARE_RPS = 16_000
 AREA_CODES = (212, 213, 305, 312, 415, 503, 512, 617, 646, 702, 713, 718, 773, 818, 917)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _numbers(count: int, seed: int) -> list[str]:
@@ -159,65 +147,6 @@ async def _prepare(
 # ---------------------------------------------------------------------------------------- processes
 
 
-def _spawn(mode: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "bench.relay", mode, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-
-
-def _duties(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """The background duties in their own process, as `maskline serve --workers N` runs them; the
-    audit writer left out (`maskline bench audit` measures it)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "maskline", "serve", "--duties-only", "--no-audit-writer"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-
-
-async def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            raise RuntimeError(f"server on port {port} exited: {err}")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            await asyncio.sleep(0.3)
-            return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"server on port {port} did not start in {timeout_s} s")
-
-
-async def _redis_cpu(url: str) -> float:
-    """Redis' own CPU seconds so far (INFO cpu: user + system of the main thread and children)."""
-    import redis.asyncio as aioredis
-
-    client = aioredis.from_url(url)
-    try:
-        info = await client.info("cpu")
-    finally:
-        await client.aclose()
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -233,17 +162,17 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     database_url = with_database(settings.database_url, BENCH_DB)
     use_wrk = shutil.which("wrk") is not None
     tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-relay-"))
-    procs: list[subprocess.Popen[bytes]] = []
+    children: list[subprocess.Popen[bytes]] = []
     try:
         print(f"maskline bench relay: {n_sessions} live sessions, {duration_s} s per run, {connections} connections, "
               f"load from {'wrk' if use_wrk else 'the aiohttp generator'}")  # fmt: skip
         pairs = await _prepare(settings, redis_url, database_url, n_sessions)
-        worker_port, bare_port = _free_port(), _free_port()
+        worker_port, bare_port = procs.free_port(), procs.free_port()
         env = worker_env(redis_url, database_url, worker_port)
-        worker = _spawn("worker", worker_port, env)
-        bare = _spawn("bare", bare_port, env)
-        duties = _duties(env)
-        procs += [worker, bare, duties]
+        worker = procs.spawn("worker", worker_port, env)
+        bare = procs.spawn("bare", bare_port, env)
+        duties = procs.duties(env)
+        children += [worker, bare, duties]
         # Per core: the worker and the bare handler each on the last core (one at a time under
         # load), this process and the load generator on the others, so neither ratio is flattered
         # by a generator that shares the server's core.
@@ -259,7 +188,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
                   f"{sorted(load_cores)}")  # fmt: skip
         else:
             print("not pinned: fewer than 2 cores (the ratio is flattered: load shares the server's core)")
-        await asyncio.gather(_wait_ready(worker_port, worker), _wait_ready(bare_port, bare))
+        await asyncio.gather(procs.wait_ready(worker_port, worker), procs.wait_ready(bare_port, bare))
         url = f"http://127.0.0.1:{worker_port}/twilio/sms"
         per_run = max(20_000, duration_s * 12_000)
         limit_runs = [f"limits{i}" for i in range(8)]  # off, on, on, off, off, on, on, off
@@ -279,13 +208,13 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
 
         await closed_loop(worker_port, files["warm"], 1)  # warm-up: script cache, connections
         await closed_loop(bare_port, files["warm"], 1)
-        redis_cpu0 = await _redis_cpu(redis_url)
+        redis_cpu0 = await procs.redis_cpu(redis_url)
         cpu0 = cpu_seconds(worker.pid)
         counted0 = await _counted(worker_port)
         relay = await closed_loop(worker_port, files["main"], duration_s)
         counted = await _counted(worker_port) - counted0
         worker_cpu = cpu_seconds(worker.pid) - cpu0
-        redis_cpu = await _redis_cpu(redis_url) - redis_cpu0
+        redis_cpu = await procs.redis_cpu(redis_url) - redis_cpu0
         relayed = relay["rps"] * duration_s
         bare_result = await closed_loop(bare_port, files["main"], duration_s)
         ratios = [relay["rps"] / bare_result["rps"] if bare_result["rps"] else float("nan")]
@@ -342,12 +271,12 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
                   f"{limited['pairs']:.0f} pairs   (target: cost <= 5 %)")  # fmt: skip
         two = await two_workers(
             worker,
-            functools.partial(_spawn, "worker", worker_port, env),
-            _stop,
+            functools.partial(procs.spawn, "worker", worker_port, env),
+            procs.stop,
             functools.partial(closed_loop, worker_port),
             [files[name] for name in two_runs],
             duration_s,
-            procs,
+            children,
         )
         if two["rps"] and two["one_rps"]:
             print(f"2 workers on the port (unpinned: they and the load share both cores): {two['rps']:.0f} req/s "
@@ -359,8 +288,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
             print(line)
         return 0
     finally:
-        for proc in procs:
-            _stop(proc)
+        for proc in children:
+            procs.stop(proc)
         with contextlib.suppress(Exception):
             import redis.asyncio as aioredis
 

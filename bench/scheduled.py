@@ -27,8 +27,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
-from bench import relay_load
-from bench.relay import BENCH_DB, ROOT, _arg, _free_port, _prepare, _redis_cpu, _stop, _wait_ready
+from bench import procs, relay_load
+from bench.procs import ROOT
+from bench.relay import BENCH_DB, _arg, _prepare
 from bench.relay_load import (
     WRK_SCRIPT,
     cpu_seconds,
@@ -133,7 +134,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     received = tmp / "received.jsonl"
     print(f"maskline bench scheduled: {count:,} messages over {spread_s:.0f} s")
     pairs = await _prepare(settings, redis_url, database_url, 2000)
-    port, fake_port = _free_port(), _free_port()
+    port, fake_port = procs.free_port(), procs.free_port()
     fake = _spawn_fake(fake_port, received)
     env = worker_env(redis_url, database_url, port, MASKLINE_TWILIO_API_URL=f"http://127.0.0.1:{fake_port}")
     # As `maskline serve --workers N` runs them: a webhook worker that answers HTTP only, and the
@@ -144,8 +145,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     script = tmp / "wrk.lua"
     script.write_text(WRK_SCRIPT)
     try:
-        await _wait_ready(port, worker)
-        await _wait_ready(fake_port, fake)
+        await procs.wait_ready(port, worker)
+        await procs.wait_ready(fake_port, fake)
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         rest = set(cores[:-1])
         if rest:  # the worker on a core of its own; duties, fake Twilio and load on the rest
@@ -183,7 +184,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         before = await closed_loop(files["before"])
 
         async def snapshot() -> tuple[float, ...]:
-            return (time.time(), cpu_seconds(duties.pid), cpu_seconds(fake.pid), await _redis_cpu(redis_url),
+            return (time.time(), cpu_seconds(duties.pid), cpu_seconds(fake.pid), await procs.redis_cpu(redis_url),
                     _busy_cores(rest))  # fmt: skip
 
         # What the messages cost while nothing else runs: a slice of the firing before the first
@@ -201,8 +202,8 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         await asyncio.sleep(max(0.0, t0 + spread_s + 20 - time.time()))
         after = await closed_loop(files["after"])
     finally:
-        _stop(worker)
-        _stop(duties)
+        procs.stop(worker)
+        procs.stop(duties)
         fake.send_signal(signal.SIGTERM)
         fake.wait(timeout=30)
     arrivals: dict[int, list[float]] = {}
