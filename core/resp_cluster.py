@@ -87,6 +87,11 @@ class ClusterRespClient:
         node = self._nodes.get(address)
         if node is None:
             node = self._nodes[address] = RespClient(address[0], address[1], **self.options)
+            # Whether FCALL works, as the other nodes found (a promoted replica runs the same Redis
+            # as a rule; if not, its first FCALL tells it otherwise).
+            node.functions = next(
+                (n.functions for n in self._nodes.values() if n.functions is not None), None
+            )
         return node
 
     async def refresh(self) -> None:
