@@ -286,8 +286,8 @@ async def with_limits(redis_url: str, worker: Any, runs: list[Any], duration_s: 
     counts every text) but out of reach, `runs` being the runs in the order off, on, on, off, off,
     on, ... (pairs of neighbours, every other pair reversed, so that the machine's drift between
     runs cancels out). Returns the medians of the pairs' ratios (rps, worker CPU per relayed text),
-    of the "on" rps and worker CPU, and Redis' time per routing script call (EVALSHA, from INFO
-    commandstats: the whole server) with and without."""
+    of the "on" rps and worker CPU, and Redis' time per routing script call (FCALL on Redis 7,
+    EVALSHA before: INFO commandstats, the whole server) with and without."""
     import statistics
 
     import redis.asyncio as aioredis
@@ -296,9 +296,10 @@ async def with_limits(redis_url: str, worker: Any, runs: list[Any], duration_s: 
 
     client = aioredis.from_url(redis_url, decode_responses=True)
 
-    async def evalsha() -> tuple[float, float]:
-        stat = (await client.info("commandstats")).get("cmdstat_evalsha") or {}
-        return float(stat.get("calls", 0)), float(stat.get("usec", 0))
+    async def script_calls() -> tuple[float, float]:
+        stats = await client.info("commandstats")
+        both = [stats.get(f"cmdstat_{c}") or {} for c in ("fcall", "evalsha")]
+        return sum(float(s.get("calls", 0)) for s in both), sum(float(s.get("usec", 0)) for s in both)
 
     try:
         (ks,) = await client.smembers(keys.SERVICES)
@@ -308,9 +309,9 @@ async def with_limits(redis_url: str, worker: Any, runs: list[Any], duration_s: 
             await client.hset(
                 keys.service_settings(ks), "limits", "1000000,1000000,1000000,1000000" if on else ""
             )
-            cpu0, (calls0, usec0) = cpu_seconds(worker.pid), await evalsha()
+            cpu0, (calls0, usec0) = cpu_seconds(worker.pid), await script_calls()
             result = await run()
-            calls, usec = await evalsha()
+            calls, usec = await script_calls()
             relayed = max(1.0, result["rps"] * duration_s)
             per_call = (usec - usec0) / max(1.0, calls - calls0)
             measured.append((on, result["rps"], (cpu_seconds(worker.pid) - cpu0) / relayed, per_call))
