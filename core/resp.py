@@ -119,11 +119,15 @@ class _Protocol(asyncio.Protocol):
 
 
 _ASKING: Final = _encode(("ASKING",))
-# FCALL's answers when the function is not there: not loaded yet (or flushed), or no functions at
-# all (Redis 6.2: unknown command; an ACL without FUNCTION: NOPERM), after which FUNCTION LOAD
-# tells which.
-_NO_FUNCTION: Final = ("ERR Function not found", "ERR unknown command", "NOPERM")
-_NO_FUNCTIONS: Final = ("ERR unknown command", "NOPERM", "ERR Error registering functions")
+
+
+def _refused(err: ResponseError, command: str) -> bool:
+    """Whether `command` itself was refused (Redis 6.2: unknown command; an ACL: NOPERM), as
+    opposed to an error of the function it ran, which must not run twice."""
+    text = str(err).lower()
+    # (Redis quotes it 'fcall' or `fcall`, and an ACL names a subcommand: 'function|load')
+    named = f"'{command}" in text or f"`{command}`" in text
+    return named and (text.startswith("err unknown command") or "has no permissions to run" in text)
 
 
 def _ignore_reply(future: asyncio.Future[Any]) -> None:
@@ -286,17 +290,18 @@ class RespClient:
             name, library = function
             try:
                 return await self.execute("FCALL", name, len(keys), *keys, *args, asking=asking)
-            except ResponseError as err:
-                if not str(err).startswith(_NO_FUNCTION):
+            except ResponseError as err:  # no such function (yet), or no FCALL at all
+                if not (str(err).startswith("ERR Function not found") or _refused(err, "fcall")):
                     raise
             try:
                 await self.execute("FUNCTION", "LOAD", "REPLACE", library)
                 self.functions = True
-                return await self.execute("FCALL", name, len(keys), *keys, *args, asking=asking)
             except ResponseError as err:
-                if not str(err).startswith(_NO_FUNCTIONS):
+                if not (_refused(err, "function") or str(err).startswith("ERR Error registering")):
                     raise
-                self.functions = False  # no FCALL here: by SHA from now on
+                self.functions = False  # no functions here: scripts by SHA from now on
+            if self.functions:
+                return await self.execute("FCALL", name, len(keys), *keys, *args, asking=asking)
         sha = self._sha.get(source)
         if sha is None:
             sha = self._sha[source] = hashlib.sha1(source.encode()).hexdigest()

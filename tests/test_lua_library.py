@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ResponseError
 
 from core.resp import RespClient
 from core.scripts import CORE_LUA, LuaLibrary
@@ -107,6 +108,32 @@ async def test_on_redis_7_scripts_run_as_functions_and_as_scripts_elsewhere(redi
         await fast.aclose()
         await by_sha.aclose()
         await redis.delete(prefix + "prelude-ran")
+
+
+async def test_a_script_that_fails_has_run_once(redis, tmp_path: Path) -> None:
+    """A script's own error is the caller's answer: never a reason to load and run it again (its
+    writes before the error stay), whether it ran as a function or by SHA."""
+    (tmp_path / "_helpers.lua").write_text(HELPERS)
+    (tmp_path / "fails.lua").write_text(
+        "redis.call('INCR', P .. 'runs')\nreturn redis.error_reply('NOPERM no fcall for you')\n"
+    )
+    library = LuaLibrary([tmp_path])
+    text, names = library.functions
+    prefix = "ml:{test-lua}:"
+    kw = redis.connection_pool.connection_kwargs
+    fast = RespClient(kw.get("host", "127.0.0.1"), kw.get("port", 6379), db=kw.get("db", 0))
+    try:
+        for runs in (1, 2):
+            with pytest.raises(ResponseError, match="no fcall"):
+                await fast.run_script(
+                    library.source("fails"), [prefix], [""], function=(names["fails"], text)
+                )
+            assert await redis.get(prefix + "runs") == str(runs)
+    finally:
+        await fast.aclose()
+        await redis.delete(prefix + "runs", prefix + "prelude-ran")
+        if fast.functions:
+            await redis.execute_command("FUNCTION", "DELETE", text.split("name=", 1)[1].split("\n", 1)[0])
 
 
 def test_the_function_library_defines_helpers_once_and_refuses_load_time_code(tmp_path: Path) -> None:

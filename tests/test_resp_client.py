@@ -104,3 +104,26 @@ def test_serve_refuses_a_redis_url_it_cannot_honour() -> None:
     )
     assert done.returncode == 2
     assert "MASKLINE_REDIS_URL" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("reply", "command", "refused"),
+    [
+        ("ERR unknown command `FCALL`, with args beginning with: `x`, ", "fcall", True),  # Redis 6.2
+        ("ERR unknown command `FUNCTION`, with args beginning with: `LOAD`, ", "function", True),
+        ("NOPERM User u has no permissions to run the 'fcall' command", "fcall", True),  # an ACL
+        ("NOPERM User u has no permissions to run the 'function|load' command", "function", True),
+        # the function's own errors: the caller's answer, never a reason to run it again
+        ("NOPERM User u has no permissions to run the 'set' command script: route_inbound_1", "fcall", False),
+        ("NOPERM no fcall for you", "fcall", False),
+        ("ERR Unknown Redis command called from script", "fcall", False),
+    ],
+)
+def test_only_a_refused_fcall_or_function_load_means_no_functions(
+    reply: str, command: str, refused: bool
+) -> None:
+    from redis.exceptions import ResponseError
+
+    from core.resp import _refused
+
+    assert _refused(ResponseError(reply), command) is refused
