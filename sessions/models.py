@@ -337,3 +337,8 @@ class Route:
     @property
     def interaction_sid(self) -> str:
         return self.interaction.get("sid", "")
+
+    @property
+    def interactions(self) -> list[dict[str, str]]:
+        """Every interaction the route recorded: one per leg, else its one (none if it recorded none)."""
+        return [ix for _, ix in self.legs] or ([self.interaction] if self.interaction else [])

@@ -107,9 +107,7 @@ async def _handle(state: RelayState, inbound: Inbound) -> str:
     else:
         replay, reply = await _render_call(state, route)
     # (every interaction the route recorded: off the in-flight index once the answer is written)
-    answered = [ix["sid"] for _, ix in route.legs] or (
-        [route.interaction_sid] if route.interaction_sid else []
-    )
+    answered = [ix["sid"] for ix in route.interactions]
     state.answers.remember(
         ks, inbound.sid, replay, route.interaction_sid or inbound.interaction_sid, answered
     )
@@ -253,7 +251,7 @@ def _notify(state: RelayState, route: Route) -> None:
     """The Service's CallbackUrl hears of every recorded interaction (in the background)."""
     url = route.options.callback_url
     if url and route.interaction_sid and route.service_sid:
-        for interaction in [ix for _, ix in route.legs] or [route.interaction]:
+        for interaction in route.interactions:
             state.callbacks.submit(url, state.callback_fields(route.service_sid, interaction))
 
 
@@ -270,8 +268,8 @@ async def _intercepted(state: RelayState, route: Route) -> bool:
     )
     if not allowed:
         log.info("interaction %s blocked by the intercept callback", route.interaction_sid)
-        for sid in [ix.get("sid", "") for _, ix in route.legs] or [route.interaction_sid]:
-            await state.interactions.update(ks, sid, outbound_status="failed")
+        for interaction in route.interactions:
+            await state.interactions.update(ks, interaction["sid"], outbound_status="failed")
         if opts.callback_url:
             blocked = {**route.interaction, "outbound_resource_status": "failed"}
             state.callbacks.submit(opts.callback_url, state.callback_fields(ks, blocked))
