@@ -128,8 +128,13 @@ class _Limit:
         self.fired = False
 
     async def __aenter__(self) -> None:
-        # (the task's loop: asyncio.get_running_loop() costs a getpid() system call on Python 3.11)
-        task = asyncio.current_task()
+        # asyncio.get_running_loop() is a getpid() system call on Python 3.11, and so is
+        # current_task() without a loop: ask with the loop the watchdog last served (the running
+        # one, unless this is the first block on a new loop), and take the loop from the task.
+        served = self.watchdog._loop
+        task = asyncio.current_task(served) if served is not None else None
+        if task is None:
+            task = asyncio.current_task()
         assert task is not None
         loop = task.get_loop()
         self.task, self.cancelling = task, task.cancelling()

@@ -40,3 +40,21 @@ async def test_a_cancellation_that_is_not_the_watchdogs_stays_a_cancellation() -
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_one_watchdog_serves_a_new_event_loop_as_it_served_the_first() -> None:
+    # The watchdog remembers the loop it served (to find the running task without a system call):
+    # on a new loop it must find the new loop's task, and time it out on the new loop's clock.
+    watchdog = Watchdog(0.1, tick_s=0.01)
+
+    async def request(work_s: float) -> str:
+        try:
+            async with watchdog.limit():
+                await asyncio.sleep(work_s)
+        except TimeoutError:
+            return "timed out"
+        return "answered"
+
+    for _ in range(2):
+        assert asyncio.run(request(0.01)) == "answered"
+        assert asyncio.run(request(2.0)) == "timed out"

@@ -6,7 +6,6 @@ multipart or JSON body) 400: nothing of either is acted on."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import logging
 import re
@@ -84,7 +83,7 @@ def sha1_signature(token: bytes, url: str, params: Form) -> str:
     for name, value in sorted(set(params.items())):
         parts.append(name)
         parts.append(value)
-    mac = hmac.new(token, "".join(parts).encode(), hashlib.sha1).digest()
+    mac = hmac.digest(token, "".join(parts).encode(), "sha1")  # one-shot: no HMAC object
     return base64.b64encode(mac).decode()
 
 
