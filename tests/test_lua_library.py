@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from private_redis import PrivateRedis, redis7_binary
 from redis.exceptions import ResponseError
 
 from core.resp import RespClient
@@ -146,3 +147,51 @@ def test_the_function_library_defines_helpers_once_and_refuses_load_time_code(tm
     (tmp_path / "x.lua").write_text("return BYTES[1]\n")
     with pytest.raises(ValueError, match="runs code when loaded"):
         _ = LuaLibrary([tmp_path]).functions
+
+
+@pytest.mark.skipif(redis7_binary() is None, reason="no redis-server 7 on this machine")
+async def test_an_acl_that_forbids_functions_gets_the_scripts_by_sha(tmp_path: Path) -> None:
+    """An operator's ACL may allow scripts (EVALSHA) but not FCALL, or FCALL but not FUNCTION LOAD:
+    the client then runs every script by SHA, with the same answer, and never asks again."""
+    (tmp_path / "_helpers.lua").write_text(HELPERS)
+    (tmp_path / "spell.lua").write_text("return a() .. LETTERS[1] .. ARGV[1]\n")
+    library = LuaLibrary([tmp_path])
+    text, names = library.functions
+    server = PrivateRedis(binary=redis7_binary()).start()
+    admin = RespClient("127.0.0.1", server.port)
+    try:
+        for user, rules in (("no-fcall", ("-fcall", "-function")), ("no-load", ("-function",)), ("all", ())):
+            await admin.execute("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", *rules)
+        for user, functions in (("no-fcall", False), ("no-load", False), ("all", True)):
+            before = await _command_calls(admin)
+            client = RespClient("127.0.0.1", server.port, username=user, password="pw")
+            try:
+                for mark in ("!", "?"):  # the second call goes straight to the way the first found
+                    answer = await client.run_script(
+                        library.source("spell"), ["ml:{acl}:"], [mark, ""], function=(names["spell"], text)
+                    )
+                    assert answer == "abx" + mark
+                assert client.functions is functions, user
+            finally:
+                await client.aclose()
+            after = await _command_calls(admin)
+            by_sha = after.get("evalsha", 0) - before.get("evalsha", 0)
+            as_function = after.get("fcall", 0) - before.get("fcall", 0)
+            assert (by_sha >= 2) is not functions and (as_function >= 2) is functions, (
+                user,
+                by_sha,
+                as_function,
+            )
+    finally:
+        await admin.aclose()
+        server.stop()
+
+
+async def _command_calls(client: RespClient) -> dict[str, int]:
+    """Calls of each command so far (INFO commandstats; a command an ACL refused is not counted)."""
+    stats = await client.execute("INFO", "commandstats")
+    return {
+        line.split(":")[0].removeprefix("cmdstat_"): int(line.split("calls=")[1].split(",")[0])
+        for line in stats.splitlines()
+        if line.startswith("cmdstat_")
+    }
