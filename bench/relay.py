@@ -17,7 +17,8 @@ runs beside them as in production, where `--workers N` keeps them off the webhoo
 worker they held its event loop for ~10 ms once a second on this machine: the p99 at 1,000 rps);
 the audit writer is left out (its cost: `maskline bench audit`), so the events pile up in Redis as
 the bench's texts go; the worker's
-CPU time (/proc) and Redis' (INFO cpu) over the main run give the CPU cost per relayed text; the load comes from `wrk` when installed (apt install wrk), else from a
+CPU time (/proc), Redis' (INFO cpu) and the duties process's over the main run give the CPU cost
+per relayed text of each; the load comes from `wrk` when installed (apt install wrk), else from a
 Python/aiohttp generator in another subprocess (keep-alive, bounded concurrency), both driven from
 bench/relay_load.py. Every request
 is a distinct, correctly signed webhook with Twilio's full parameter set, for a live session
@@ -209,11 +210,12 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         await closed_loop(worker_port, files["warm"], 1)  # warm-up: script cache, connections
         await closed_loop(bare_port, files["warm"], 1)
         redis_cpu0 = await procs.redis_cpu(redis_url)
-        cpu0 = cpu_seconds(worker.pid)
+        cpu0, duties_cpu0 = cpu_seconds(worker.pid), cpu_seconds(duties.pid)
         counted0 = await _counted(worker_port)
         relay = await closed_loop(worker_port, files["main"], duration_s)
         counted = await _counted(worker_port) - counted0
         worker_cpu = cpu_seconds(worker.pid) - cpu0
+        duties_cpu = cpu_seconds(duties.pid) - duties_cpu0
         redis_cpu = await procs.redis_cpu(redis_url) - redis_cpu0
         relayed = relay["rps"] * duration_s
         bare_result = await closed_loop(bare_port, files["main"], duration_s)
@@ -254,7 +256,9 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
               f"({', '.join(f'{r:.2f}' for r in ratios)})   (target >= 0.35)")  # fmt: skip
         if relayed:
             print(f"CPU per relayed text: worker {worker_cpu / relayed * 1e6:.0f} us, "
-                  f"Redis {redis_cpu / relayed * 1e6:.0f} us (Redis: whole server, any client)")  # fmt: skip
+                  f"Redis {redis_cpu / relayed * 1e6:.0f} us (Redis: whole server, any client), "
+                  f"duties process {duties_cpu / relayed * 1e6:.1f} us (the sweeper's share; "
+                  f"the audit writer's: maskline bench audit)")  # fmt: skip
         print(f"fixed rate {rate:.0f} req/s for {fixed['seconds']:.0f} s: achieved {fixed['rps']:.0f} req/s, "
               f"p50 {fixed['p50_ms']:.2f} ms, p99 {fixed['p99_ms']:.2f} ms, max {fixed['max_ms']:.2f} ms, "
               f"errors {fixed['errors']:.0f}   (target p99 < 10 ms)")  # fmt: skip
