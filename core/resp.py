@@ -31,7 +31,7 @@ DEFAULT_COMMAND_TIMEOUT_S: Final = 5.0
 # How often a connection's watchdog looks for commands past their timeout.
 WATCH_S: Final = 0.05
 
-__all__ = ["RespClient", "FastRedis"]
+__all__ = ["RespClient", "FastRedis", "command_refused"]
 
 
 class FastRedis(Protocol):
@@ -121,13 +121,15 @@ class _Protocol(asyncio.Protocol):
 _ASKING: Final = _encode(("ASKING",))
 
 
-def _refused(err: ResponseError, command: str) -> bool:
+def command_refused(err: ResponseError, command: str) -> bool:
     """Whether `command` itself was refused (Redis 6.2: unknown command; an ACL: NOPERM), as
     opposed to an error of the function it ran, which must not run twice."""
     text = str(err).lower()
     # (Redis quotes it 'fcall' or `fcall`, and an ACL names a subcommand: 'function|load')
     named = f"'{command}" in text or f"`{command}`" in text
-    return named and (text.startswith("err unknown command") or "has no permissions to run" in text)
+    return named and (
+        text.startswith(("err unknown command", "unknown command")) or "has no permissions to run" in text
+    )
 
 
 def _ignore_reply(future: asyncio.Future[Any]) -> None:
@@ -291,13 +293,13 @@ class RespClient:
             try:
                 return await self.execute("FCALL", name, len(keys), *keys, *args, asking=asking)
             except ResponseError as err:  # no such function (yet), or no FCALL at all
-                if not (str(err).startswith("ERR Function not found") or _refused(err, "fcall")):
+                if not (str(err).startswith("ERR Function not found") or command_refused(err, "fcall")):
                     raise
             try:
                 await self.execute("FUNCTION", "LOAD", "REPLACE", library)
                 self.functions = True
             except ResponseError as err:
-                if not (_refused(err, "function") or str(err).startswith("ERR Error registering")):
+                if not (command_refused(err, "function") or str(err).startswith("ERR Error registering")):
                     raise
                 self.functions = False  # no functions here: scripts by SHA from now on
             if self.functions:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import weakref
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -33,9 +34,9 @@ from redis.exceptions import ResponseError
 from core.connections import is_cluster
 from core.deadline import DEADLINE_REPLY, DeadlineExceeded, script_arg
 from core.errors import MasklineError, NotFound, PoolError
-from core.resp import FastRedis
+from core.resp import FastRedis, command_refused
 
-__all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "raise_for", "raise_deadline"]
+__all__ = ["CORE_LUA", "LuaLibrary", "Scripts", "prune_function_libraries", "raise_for", "raise_deadline"]
 
 CORE_LUA: Final = Path(__file__).parent / "lua"
 
@@ -45,10 +46,17 @@ CORE_LUA: Final = Path(__file__).parent / "lua"
 Constant = Sequence[str] | Mapping[str, int] | Mapping[str, str] | Mapping[int, str]
 
 
+# Every library this release defines (the modules that define them are imported by any process
+# that runs their scripts): prune_function_libraries keeps theirs.
+_DEFINED: weakref.WeakSet[LuaLibrary] = weakref.WeakSet()
+LIBRARY_PREFIX: Final = "maskline_"
+
+
 class LuaLibrary:
     def __init__(self, layers: Sequence[Path], *, constants: Mapping[str, Constant] | None = None) -> None:
         self.layers = tuple(layers)
         self.constants = dict(constants or {})
+        _DEFINED.add(self)
 
     def extend(self, layer: Path, *, constants: Mapping[str, Constant] | None = None) -> LuaLibrary:
         """This library with one more layer on top (and more constants)."""
@@ -112,12 +120,17 @@ class LuaLibrary:
         bodies = {name: self._body(name) for name in self.names}
         digest = hashlib.sha1("\n".join([*top, prologue, *bodies.values()]).encode()).hexdigest()[:12]
         functions = {name: f"{name}_{digest}" for name in self.names}
-        lines = [f"#!lua name=maskline_{digest}", *top]
+        lines = [f"#!lua name={LIBRARY_PREFIX}{digest}", *top]
         for name, body in bodies.items():
             lines.append(
                 f"redis.register_function('{functions[name]}', function(KEYS, ARGV)\n{prologue}\n{body}\nend)"
             )
         return "\n".join(lines) + "\n", functions
+
+    @property
+    def library_name(self) -> str:
+        """Its function library's name: `maskline_{hash}` (`functions`)."""
+        return self.functions[0].split("\n", 1)[0].removeprefix("#!lua name=")
 
     def _body(self, name: str) -> str:
         for layer in reversed(self.layers):
@@ -167,6 +180,54 @@ _PLAIN: Final = re.compile(r"[A-Za-z0-9_-]*")
 
 def _lua_value(value: int | str) -> str:
     return _lua_string(value) if isinstance(value, str) else str(int(value))
+
+
+async def prune_function_libraries(redis: Any) -> list[str]:
+    """Delete the function libraries of other releases (a `maskline_{hash}` that no library of
+    this one builds) from Redis, from every master of a cluster; returns their names. Libraries
+    live in Redis' RDB and AOF until deleted, one per release. A release still running beside this
+    one (a rolling update) loads its own again at its next call (core/resp.py). Nothing to do
+    where Redis has no functions (6.2) or Maskline's ACL user may not list or delete them."""
+    keep: set[str] = set()
+    for library in list(_DEFINED):
+        try:
+            keep.add(library.library_name)
+        except Exception:  # noqa: S112 - one that cannot be built was never loaded either
+            continue
+    targets: list[dict[str, Any]] = [{}]
+    if is_cluster(redis):  # each master holds its own libraries (its node list: once it knows the slots)
+        await redis.initialize()
+        targets = [{"target_nodes": node} for node in redis.get_primaries()]
+    deleted: list[str] = []
+    for target in targets:
+        try:
+            listed = await redis.execute_command(
+                "FUNCTION LIST", "LIBRARYNAME", f"{LIBRARY_PREFIX}*", **target
+            )
+        except ResponseError as err:
+            if command_refused(err, "function"):
+                return deleted
+            raise
+        for entry in listed:
+            name = _library_name(entry)
+            if not name.startswith(LIBRARY_PREFIX) or name in keep:
+                continue
+            try:
+                await redis.execute_command("FUNCTION DELETE", name, **target)
+            except ResponseError as err:
+                if "not found" not in str(err).lower():  # (unless deleted meanwhile)
+                    raise
+            else:
+                deleted.append(name)
+    return deleted
+
+
+def _library_name(entry: Any) -> str:
+    """One library of FUNCTION LIST's reply: its fields as a list of names and values (RESP2) or
+    as a map, names as text or bytes."""
+    fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=True))
+    name = fields.get("library_name", fields.get(b"library_name", ""))
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def _lua_table(values: Constant) -> str:

