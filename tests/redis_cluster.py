@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from private_redis import _binary, launch
+from private_redis import launch, server_args
 
 __all__ = ["RedisClusterUnderTest"]
 
@@ -63,15 +63,7 @@ class RedisClusterUnderTest:
 
     def _launch(self, node: Node) -> None:
         os.makedirs(node.directory, exist_ok=True)
-        args = [
-            self.binary or _binary(),
-            "--port",
-            str(node.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            node.directory,
-        ]
+        args = server_args(self.binary, node.port, node.directory)
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--save", ""]
         args += ["--appendonly", "no", "--cluster-node-timeout", "2000"]
         node.process = launch(args, node.port)
