@@ -214,6 +214,15 @@ async def test_the_sweeper_deletes_earlier_releases_libraries_and_keeps_this_one
         text, _ = SESSION_LUA.functions
         for library in (text, earlier, theirs):
             await redis.execute_command("FUNCTION", "LOAD", library)
+        # An ACL user that may not list or delete libraries prunes nothing, and fails nothing.
+        for user, rules in (("no-function", ("-function",)), ("list-only", ("-function", "+function|list"))):
+            await redis.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", *rules)
+            limited = aioredis.from_url(server.url, username=user, password="pw", decode_responses=True)
+            try:
+                assert await prune_function_libraries(limited) == []
+            finally:
+                await limited.aclose()
+        assert "maskline_000000000000" in await _libraries(redis)
         stop = asyncio.Event()
         sweeper = asyncio.create_task(run_sweeper(SessionStore(redis), interval_s=0.05, stop=stop))
         for _ in range(100):
