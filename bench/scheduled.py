@@ -7,7 +7,8 @@ webhook worker (signed inbound SMS, closed loop; the worker pinned to a core of 
 while the messages fire (target: <= 10 % lower), and the CPU each message sent costs the duties
 process, the fake Twilio and Redis (a slice of the firing without relay load).
 
-Data: Redis DB --redis-db (default 9, flushed) and Postgres database maskline_bench_relay."""
+Data: Redis DB --redis-db (default 9, flushed before and after) and Postgres database
+maskline_bench_relay."""
 
 from __future__ import annotations
 
@@ -124,13 +125,29 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def main(settings: Any, args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from maskline.devservers import with_database
+
+    redis_url = with_database(settings.redis_url, str(_arg(args, "redis_db", 9)))
+    tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-scheduled-"))
+    try:
+        return await _measure(settings, args, redis_url, tmp)
+    finally:  # its own DB only: the messages and sessions it made (~200 MB of Redis)
+        redis = aioredis.from_url(redis_url)
+        try:
+            await redis.flushdb()
+        finally:
+            await redis.aclose()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _measure(settings: Any, args: argparse.Namespace, redis_url: str, tmp: Path) -> int:
     from maskline.devservers import with_database
 
     count = int(_arg(args, "messages", 100_000))
     spread_s = float(_arg(args, "spread", 300))
-    redis_url = with_database(settings.redis_url, str(_arg(args, "redis_db", 9)))
     database_url = with_database(settings.database_url, BENCH_DB)
-    tmp = Path(tempfile.mkdtemp(prefix="maskline-bench-scheduled-"))
     received = tmp / "received.jsonl"
     print(f"maskline bench scheduled: {count:,} messages over {spread_s:.0f} s")
     pairs = await _prepare(settings, redis_url, database_url, 2000)
