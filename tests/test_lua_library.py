@@ -105,10 +105,9 @@ async def test_on_redis_7_scripts_run_as_functions_and_as_scripts_elsewhere(redi
             await redis.delete(prefix + "prelude-ran")
         assert fast.functions is (version >= 7)
         if version >= 7:
-            library_name = text.split("name=", 1)[1].split("\n", 1)[0]
-            await redis.execute_command("FUNCTION", "DELETE", library_name)
+            await redis.execute_command("FUNCTION", "DELETE", library.library_name)
             assert await fast.run_script("", [prefix], ["?", ""], function=(names["spell"], text)) == "abx?1"
-            await redis.execute_command("FUNCTION", "DELETE", library_name)
+            await redis.execute_command("FUNCTION", "DELETE", library.library_name)
     finally:
         await fast.aclose()
         await by_sha.aclose()
@@ -138,7 +137,7 @@ async def test_a_script_that_fails_has_run_once(redis, tmp_path: Path) -> None:
         await fast.aclose()
         await redis.delete(prefix + "runs", prefix + "prelude-ran")
         if fast.functions:
-            await redis.execute_command("FUNCTION", "DELETE", text.split("name=", 1)[1].split("\n", 1)[0])
+            await redis.execute_command("FUNCTION", "DELETE", library.library_name)
 
 
 def test_the_function_library_defines_helpers_once_and_refuses_load_time_code(tmp_path: Path) -> None:
