@@ -1,6 +1,7 @@
 """The processes of the relay benches (bench/relay.py, bench/memory.py, bench/scheduled.py,
 bench/console.py): a free port, a webhook worker or the bare handler (`python -m bench.relay`), the
-duties process, waiting for one to listen, Redis' CPU so far, and stopping one."""
+duties process, waiting for one to listen, Redis' CPU so far, emptying the bench's Redis DB, and
+stopping one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["ROOT", "free_port", "spawn", "duties", "wait_ready", "redis_cpu", "stop"]
+__all__ = ["ROOT", "free_port", "spawn", "duties", "wait_ready", "redis_cpu", "flush_db", "stop"]
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -71,6 +72,17 @@ async def redis_cpu(url: str) -> float:
     finally:
         await client.aclose()
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def flush_db(url: str) -> None:
+    """Empty the bench's own Redis DB (the one `url` names) once it is done with it."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -295,11 +295,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
         for proc in children:
             procs.stop(proc)
         with contextlib.suppress(Exception):
-            import redis.asyncio as aioredis
-
-            r = aioredis.from_url(redis_url)
-            await r.flushdb()
-            await r.aclose()
+            await procs.flush_db(redis_url)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

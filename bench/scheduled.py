@@ -125,8 +125,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def main(settings: Any, args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
     from maskline.devservers import with_database
 
     redis_url = with_database(settings.redis_url, str(_arg(args, "redis_db", 9)))
@@ -134,11 +132,7 @@ async def main(settings: Any, args: argparse.Namespace) -> int:
     try:
         return await _measure(settings, args, redis_url, tmp)
     finally:  # its own DB only: the messages and sessions it made (~200 MB of Redis)
-        redis = aioredis.from_url(redis_url)
-        try:
-            await redis.flushdb()
-        finally:
-            await redis.aclose()
+        await procs.flush_db(redis_url)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
